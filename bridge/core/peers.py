@@ -1,0 +1,112 @@
+"""Upstream candidate selection (sans-IO: the caller passes ``now``).
+
+Rules: one connection per remote at a time (pooled or relaying), never our own onion or a
+remote found to be our own kaspad, exponential backoff after failures, round robin otherwise.
+Issue C replaces the static candidate list by a persistent address book; the rules stay here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bridge.core.onion import OnionAddress, is_onion_host
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    host: str  # onion host ("<56>.onion"), IPv4 or IPv6 literal (no brackets)
+    port: int
+
+    @property
+    def is_onion(self) -> bool:
+        return is_onion_host(self.host)
+
+    @property
+    def authority(self) -> bytes:
+        """The HTTP/2 ``:authority`` kaspad's tonic would send for this peer."""
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{h}:{self.port}".encode()
+
+    def __str__(self) -> str:
+        return self.authority.decode()
+
+
+@dataclass(slots=True)
+class _State:
+    failures: int = 0
+    retry_at: float = 0.0
+    in_use: bool = False
+    is_self: bool = False
+    successes: int = 0
+
+
+@dataclass(slots=True)
+class PeerSelector:
+    candidates: list[Target]
+    base_backoff: float = 5.0
+    max_backoff: float = 600.0
+    own_onion: OnionAddress | None = None
+    _state: dict[Target, _State] = field(default_factory=dict)
+    _next: int = 0
+
+    def __post_init__(self) -> None:
+        for t in self.candidates:
+            self._state.setdefault(t, _State())
+
+    def add(self, target: Target) -> None:
+        if target not in self._state:
+            self.candidates.append(target)
+            self._state[target] = _State()
+
+    def _eligible(self, t: Target, now: float) -> bool:
+        st = self._state[t]
+        if st.in_use or st.is_self or st.retry_at > now:
+            return False
+        return not (self.own_onion is not None and t.host == self.own_onion.host)
+
+    def pick(self, now: float) -> Target | None:
+        """Reserve the next eligible candidate (mark it in use), or ``None``."""
+        n = len(self.candidates)
+        for i in range(n):
+            t = self.candidates[(self._next + i) % n]
+            if self._eligible(t, now):
+                self._next = (self._next + i + 1) % n
+                self._state[t].in_use = True
+                return t
+        return None
+
+    def next_retry(self, now: float) -> float | None:
+        """Earliest time a currently backed-off candidate becomes eligible."""
+        times = [s.retry_at for t, s in self._state.items()
+                 if not s.in_use and not s.is_self and s.retry_at > now]
+        return float(min(times)) if times else None
+
+    def release(self, t: Target) -> None:
+        self._state[t].in_use = False
+
+    def success(self, t: Target) -> None:
+        st = self._state[t]
+        st.failures = 0
+        st.retry_at = 0.0
+        st.successes += 1
+
+    def failure(self, t: Target, now: float) -> float:
+        """Record a failure; returns the backoff applied."""
+        st = self._state[t]
+        st.failures += 1
+        delay = min(self.max_backoff, self.base_backoff * float(2 ** min(st.failures - 1, 30)))
+        st.retry_at = now + delay
+        return delay
+
+    def mark_self(self, t: Target) -> None:
+        self._state[t].is_self = True
+
+    def in_use(self) -> list[Target]:
+        return [t for t, s in self._state.items() if s.in_use]
+
+    def snapshot(self) -> dict[str, dict[str, float | int | bool]]:
+        return {
+            str(t): {"failures": s.failures, "retry_at": s.retry_at, "in_use": s.in_use,
+                     "self": s.is_self, "successes": s.successes}
+            for t, s in self._state.items()
+        }

@@ -1,0 +1,277 @@
+"""The rewrite policy: what may cross the bridge in each direction, and how it is changed.
+
+Sans-IO and clock-free. One :class:`ConnectionPolicy` per relayed connection decides, from a
+message's payload type alone, whether it passes byte for byte, must be decoded and rewritten, is
+dropped, or ends the connection (facts §3.2, §4.1, §8, §10). Only Version and Addresses are ever
+rewritten. The bridge never injects a message of its own.
+
+Directions: ``TO_REMOTE`` is kaspad → Tor peer, ``TO_KASPAD`` is Tor peer → kaspad.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bridge.core import proto
+from bridge.core.onion import OnionAddress
+from bridge.errors import DecodeError, Fault, OnionAddressError, PolicyViolation
+
+MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (facts §4.1)
+MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this
+
+
+class Direction(enum.Enum):
+    TO_REMOTE = "kaspad→remote"
+    TO_KASPAD = "remote→kaspad"
+
+
+class Action(enum.Enum):
+    PASS = "pass"  # forward byte for byte
+    REWRITE = "rewrite"  # buffer whole, call ConnectionPolicy.rewrite
+    DROP = "drop"  # swallow (with a logged reason)
+
+
+@dataclass(frozen=True, slots=True)
+class OnionPeer:
+    address: OnionAddress
+    port: int
+
+
+@dataclass(slots=True)
+class GossipState:
+    """State shared by every connection of one bridge: our onion, kaspad's id, known onions."""
+
+    own_onion: OnionPeer | None = None
+    kaspad_node_id: bytes | None = None
+    capacity: int = 4096
+    rng: random.Random = field(default_factory=random.Random)
+    #: insertion-ordered; oldest evicted first when over capacity
+    onions: OrderedDict[OnionPeer, str] = field(default_factory=OrderedDict)
+    #: called with (peer, source) for every onion learned — issue C's address book hooks in here
+    on_learn: Callable[[OnionPeer, str], None] | None = None
+
+    def learn(self, peer: OnionPeer, source: str) -> bool:
+        if self.own_onion is not None and peer.address == self.own_onion.address:
+            return False
+        new = peer not in self.onions
+        self.onions[peer] = source
+        self.onions.move_to_end(peer)
+        while len(self.onions) > self.capacity:
+            self.onions.popitem(last=False)
+        if self.on_learn is not None:
+            self.on_learn(peer, source)
+        return new
+
+    def sample(self, k: int, exclude: OnionAddress | None = None) -> list[OnionPeer]:
+        pool = [p for p in self.onions if p.address != exclude]
+        if k >= len(pool):
+            self.rng.shuffle(pool)
+            return pool
+        return self.rng.sample(pool, k)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    #: Let kaspad's Version.address through to Tor peers. Off: an IP next to an onion is a leak.
+    advertise_address: bool = False
+    #: The connection goes through Tor (always true for the onion inbound and tor-only slots).
+    via_tor: bool = True
+    max_rewrite_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """What one side said about itself in its Version."""
+
+    node_id: bytes = b""
+    services: int = 0
+    protocol_version: int = 0
+    network: str = ""
+    user_agent: str = ""
+
+    @property
+    def addrv2(self) -> bool:
+        return bool(self.services & proto.SERVICE_ADDRV2)
+
+
+class _Handshake(enum.IntEnum):
+    START = 0
+    VERSION = 1
+    VERACK = 2
+    READY = 3
+
+
+_HANDSHAKE_ORDER = {proto.VERSION: _Handshake.VERSION, proto.VERACK: _Handshake.VERACK,
+                    proto.READY: _Handshake.READY}
+
+
+class ConnectionPolicy:
+    """Per-connection policy state machine (one instance per kaspad⇄remote stream)."""
+
+    def __init__(self, shared: GossipState, settings: PolicySettings,
+                 remote_label: str = "remote") -> None:
+        self.shared = shared
+        self.settings = settings
+        self.remote_label = remote_label
+        self.kaspad = PeerInfo()
+        self.remote = PeerInfo()
+        self._stage = {Direction.TO_REMOTE: _Handshake.START, Direction.TO_KASPAD: _Handshake.START}
+        self._kaspad_requested_addresses = 0
+        self._kaspad_got_addresses = 0
+        self.counters: dict[str, int] = {
+            "onions_added": 0, "onions_removed": 0, "invalid_removed": 0, "dropped": 0,
+            "versions_rewritten": 0,
+        }
+        self.notes: list[str] = []  # human-readable log lines for the shell to emit
+
+    # -- classification --------------------------------------------------------------------
+
+    def classify(self, direction: Direction, tag: int) -> Action:
+        """Decide from the payload type alone. Raises PolicyViolation to end the connection."""
+        stage = self._stage[direction]
+        from_remote = direction is Direction.TO_KASPAD
+        if tag not in proto.KNOWN_PAYLOADS:
+            raise self._violation(direction, f"unknown message type {tag}")
+        if tag == proto.REJECT:
+            return Action.PASS
+        if tag in _HANDSHAKE_ORDER:
+            want = _HANDSHAKE_ORDER[tag]
+            if want != stage + 1:
+                raise self._violation(
+                    direction,
+                    f"{proto.payload_name(tag)} out of order (handshake stage {stage.name})",
+                )
+            self._stage[direction] = want
+            return Action.REWRITE if tag == proto.VERSION else Action.PASS
+        if stage != _Handshake.READY:
+            raise self._violation(
+                direction, f"{proto.payload_name(tag)} before the handshake completed"
+            )
+        if tag == proto.ADDRESSES:
+            if from_remote:
+                if self._kaspad_got_addresses >= self._kaspad_requested_addresses:
+                    # kaspad accepts one solicited Addresses per connection (§4.1): a second one
+                    # would make it disconnect, so it is swallowed here.
+                    self.counters["dropped"] += 1
+                    self.notes.append(f"{self.remote_label}: dropped unsolicited Addresses")
+                    return Action.DROP
+                self._kaspad_got_addresses += 1
+            return Action.REWRITE
+        if tag == proto.REQUEST_ADDRESSES and not from_remote:
+            self._kaspad_requested_addresses += 1
+        return Action.PASS
+
+    def _violation(self, direction: Direction, what: str) -> PolicyViolation:
+        if direction is Direction.TO_KASPAD:
+            return PolicyViolation(f"{self.remote_label} sent {what}; kaspad would disconnect",
+                                   fault=Fault.REMOTE)
+        return PolicyViolation(f"kaspad sent {what}", fault=Fault.KASPAD)
+
+    # -- rewriting -------------------------------------------------------------------------
+
+    def rewrite(self, direction: Direction, message: bytes) -> bytes | None:
+        """Rewrite one whole, decompressed KaspadMessage. ``None`` means drop it."""
+        try:
+            env = proto.Envelope.decode(message)
+            if env.tag == proto.VERSION:
+                env.payload = self._rewrite_version(direction, env.payload)
+            elif env.tag == proto.ADDRESSES:
+                env.payload = self._rewrite_addresses(direction, env.payload)
+            else:  # pragma: no cover - classify() only asks for these two
+                return message
+        except DecodeError as exc:
+            if direction is Direction.TO_KASPAD:
+                raise PolicyViolation(f"{self.remote_label} sent an undecodable message: {exc}",
+                                      fault=Fault.REMOTE) from exc
+            raise PolicyViolation(f"kaspad sent an undecodable message: {exc}",
+                                  fault=Fault.KASPAD) from exc
+        return env.encode()
+
+    def _rewrite_version(self, direction: Direction, payload: bytes) -> bytes:
+        v = proto.Version.decode(payload)
+        info = PeerInfo(v.node_id, v.services, v.protocol_version, v.network, v.user_agent)
+        if direction is Direction.TO_REMOTE:
+            self.kaspad = info
+            self.shared.kaspad_node_id = info.node_id
+            self._check_self()
+            v.services = v.services | proto.SERVICE_ADDRV2
+            addr = v.address
+            if addr is not None and (
+                (self.settings.via_tor and not self.settings.advertise_address)
+                or not addr.kaspad_accepts()
+            ):
+                v.address = None
+                self.notes.append("removed kaspad's Version.address (not advertised over Tor)")
+            self.counters["versions_rewritten"] += 1
+            return v.encode()
+        self.remote = info
+        if len(info.node_id) != 16:
+            raise DecodeError(f"Version.id is {len(info.node_id)} bytes, kaspad requires 16")
+        self._check_self()
+        addr = v.address
+        if addr is not None and not addr.kaspad_accepts():
+            onion = addr.onion
+            if onion is not None and info.addrv2:
+                self._learn(onion, addr.port, f"version:{self.remote_label}")
+            v.address = None
+            self.counters["invalid_removed" if onion is None else "onions_removed"] += 1
+        return v.encode()
+
+    def _check_self(self) -> None:
+        own = self.shared.kaspad_node_id
+        if own and self.remote.node_id == own:
+            raise PolicyViolation(
+                f"{self.remote_label} is our own kaspad (same node id): loopback connection",
+                fault=Fault.REMOTE, action="connection closed; peer marked as self",
+            )
+
+    def _learn(self, host: str, port: int, source: str) -> bool:
+        try:
+            peer = OnionPeer(OnionAddress.parse(host), port)
+        except OnionAddressError:
+            return False
+        if not 0 < port <= 0xFFFF:
+            return False
+        return self.shared.learn(peer, source)
+
+    def _rewrite_addresses(self, direction: Direction, payload: bytes) -> bytes:
+        entries = proto.decode_addresses(payload)
+        if direction is Direction.TO_KASPAD:
+            if len(entries) > MAX_ADDRESSES_RECEIVE:
+                raise PolicyViolation(
+                    f"{self.remote_label} sent {len(entries)} addresses (kaspad's limit is "
+                    f"{MAX_ADDRESSES_RECEIVE})", fault=Fault.REMOTE)
+            kept = []
+            for e in entries:
+                if e.kaspad_accepts():
+                    kept.append(e)
+                    continue
+                onion = e.onion
+                if onion is not None:
+                    self.counters["onions_removed"] += 1
+                    if self.remote.addrv2:
+                        self._learn(onion, e.port, f"gossip:{self.remote_label}")
+                else:
+                    self.counters["invalid_removed"] += 1
+            return proto.encode_addresses(kept)
+        # kaspad -> remote
+        if not self.remote.addrv2:
+            kept = [e for e in entries if e.onion is None]
+            self.counters["onions_removed"] += len(entries) - len(kept)
+            return proto.encode_addresses(kept)
+        own = self.shared.own_onion
+        onions: list[OnionPeer] = [own] if own is not None else []
+        budget = MAX_ADDRESSES_SEND - len(entries)
+        if own is not None and budget < 1:
+            entries = entries[: MAX_ADDRESSES_SEND - 1]
+            budget = 1
+        exclude = own.address if own is not None else None
+        onions += self.shared.sample(max(0, budget - len(onions)), exclude=exclude)
+        onions = onions[: max(0, budget)]
+        out = list(entries) + [proto.NetAddress.from_onion(p.address.host, p.port) for p in onions]
+        self.counters["onions_added"] += len(onions)
+        return proto.encode_addresses(out)

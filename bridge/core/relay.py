@@ -1,0 +1,584 @@
+"""Sans-IO relay of one kaspad P2P stream between two HTTP/2 connections.
+
+One :class:`Relay` owns two ``h2`` connections: ``DOWN``, where the bridge is the HTTP/2 server
+(the side that connected to us), and ``UP``, where the bridge is the client. For a kaspad slot,
+DOWN is kaspad and UP the Tor peer; for the onion inbound, DOWN is the Tor peer and UP kaspad.
+
+The shell feeds socket bytes with :meth:`Relay.receive` and writes :meth:`Relay.data_to_send`.
+Nothing here touches a socket, a clock or a thread.
+
+Flow control is end to end: bytes received on one side are acknowledged to h2 (which then opens
+the sender's window) only once their output has been handed to the other side's h2 connection,
+which itself only accepts what the receiver's window allows. A slow receiver therefore throttles
+the sender; buffered data is bounded by the windows we advertise, never by message sizes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from bridge.core import grpc, proto
+from bridge.core.policy import Action, ConnectionPolicy, Direction
+from bridge.errors import (
+    BridgeError,
+    DecodeError,
+    Fault,
+    FramingError,
+    PolicyViolation,
+    ProtocolError,
+)
+
+P2P_PATH = b"/protowire.P2P/MessageStream"
+GRPC_UNAVAILABLE = 14
+GRPC_UNIMPLEMENTED = 12
+GRPC_INTERNAL = 13
+_ENCODINGS = {b"gzip", b"identity"}
+# Request headers copied from the HTTP/2 client to the server (everything else is dropped).
+_REQUEST_COPY = (b"te", b"content-type", b"grpc-encoding", b"grpc-accept-encoding", b"user-agent")
+_RESPONSE_COPY = (b"content-type", b"grpc-encoding", b"grpc-accept-encoding")
+_TRAILER_COPY = (b"grpc-status", b"grpc-message")
+
+
+class Side(enum.Enum):
+    DOWN = "down"  # we are the HTTP/2 server
+    UP = "up"  # we are the HTTP/2 client
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    max_message_bytes: int = 1 << 30
+    #: HTTP/2 stream and connection window we advertise on each side (bounds memory per peer).
+    window: int = 512 * 1024
+    max_frame: int = 16384
+
+
+def _h2(client: bool, settings: RelaySettings) -> h2.connection.H2Connection:
+    cfg = h2.config.H2Configuration(
+        client_side=client, header_encoding=None, validate_inbound_headers=True,
+        normalize_inbound_headers=True,
+    )
+    conn = h2.connection.H2Connection(cfg)
+    values = {
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.window,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16384,
+        h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame,
+    }
+    if client:
+        values[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+    else:
+        values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 1
+    conn.local_settings = h2.settings.Settings(client=client, initial_values=values)
+    conn.initiate_connection()
+    if settings.window > 65535:
+        conn.increment_flow_control_window(settings.window - 65535)
+    return conn
+
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class _FrameGuard:
+    """Checks HTTP/2 frame lengths as bytes arrive.
+
+    h2 buffers a whole frame before it validates the frame's length, so a peer announcing a
+    16 MiB frame would make us hold 16 MiB. This guard rejects it from the 9-byte header.
+    """
+
+    def __init__(self, *, skip_preface: bool, max_frame: int) -> None:
+        self.skip = len(_PREFACE) if skip_preface else 0
+        self.max_frame = max_frame
+        self.header = bytearray()
+        self.body_left = 0
+
+    def check(self, data: bytes) -> None:
+        view = memoryview(data)
+        if self.skip:
+            n = min(self.skip, len(view))
+            view = view[n:]
+            self.skip -= n
+        while view:
+            if self.body_left:
+                n = min(self.body_left, len(view))
+                view = view[n:]
+                self.body_left -= n
+                continue
+            need = 9 - len(self.header)
+            self.header += view[:need]
+            view = view[need:]
+            if len(self.header) == 9:
+                length = int.from_bytes(self.header[:3], "big")
+                self.header.clear()
+                if length > self.max_frame:
+                    raise h2.exceptions.FrameTooLargeError(
+                        f"frame length {length} exceeds the maximum {self.max_frame}")
+                self.body_left = length
+
+
+class Endpoint:
+    """An h2 connection plus its frame-length guard: feed it bytes with :meth:`receive_data`."""
+
+    def __init__(self, client: bool, settings: RelaySettings) -> None:
+        self.conn = _h2(client, settings)
+        self.guard = _FrameGuard(skip_preface=not client, max_frame=settings.max_frame)
+
+    def receive_data(self, data: bytes) -> list[h2.events.Event]:
+        self.guard.check(data)
+        return self.conn.receive_data(data)
+
+
+def new_upstream_connection(settings: RelaySettings) -> Endpoint:
+    """A client-side endpoint with the preface queued (used by the warm pool)."""
+    return Endpoint(True, settings)
+
+
+@dataclass(slots=True)
+class Closed:
+    """The relay is over. ``error`` is set when it ended because somebody misbehaved."""
+
+    reason: str
+    error: BridgeError | None = None
+
+
+@dataclass(slots=True)
+class _Out:
+    data: memoryview
+    credit: int = 0  # bytes of the source to acknowledge once ``data`` is sent
+
+
+@dataclass(slots=True)
+class _Pipe:
+    """One direction: source stream → gRPC messages → policy → destination stream."""
+
+    relay: Relay
+    src: Side
+    dst: Side
+    direction: Direction
+    reader: grpc.MessageReader
+    out: deque[_Out] = field(default_factory=deque)
+    queued: int = 0
+    # current message
+    action: Action | None = None
+    compressed: bool = False
+    prefix: bytes = b""
+    held: bytearray = field(default_factory=bytearray)
+    sniffer: grpc.PayloadSniffer | None = None
+    # the source stream ended; forward end (with these trailers, if any) once ``out`` drains
+    end_pending: bool = False
+    trailers: list[tuple[bytes, bytes]] | None = None
+    ended: bool = False
+    messages: int = 0
+    bytes_in: int = 0
+    encoding: bytes | None = None  # the source's declared grpc-encoding
+
+    def feed(self, data: bytes, credit: int) -> None:
+        self.bytes_in += len(data)
+        for ev in self.reader.feed(data):
+            if isinstance(ev, grpc.MessageStart):
+                self._start(ev)
+            elif isinstance(ev, grpc.MessageChunk):
+                self._chunk(ev.data)
+            else:
+                self._end()
+        self._emit(b"", credit)
+
+    def _start(self, ev: grpc.MessageStart) -> None:
+        if ev.compressed and self.encoding in (None, b"identity"):
+            raise FramingError("compressed-flag message without a grpc-encoding")
+        self.action = None
+        self.compressed = ev.compressed
+        self.prefix = ev.prefix
+        self.held.clear()
+        self.sniffer = grpc.PayloadSniffer(ev.compressed)
+
+    def _chunk(self, data: bytes) -> None:
+        if self.action is None:
+            assert self.sniffer is not None
+            self.held += data
+            tag = self.sniffer.feed(data)
+            if tag is None:
+                return
+            self._decide(tag)
+            return
+        if self.action is Action.PASS:
+            self._emit(data)
+        elif self.action is Action.REWRITE:
+            self.held += data
+            if len(self.held) > self.relay.policy.settings.max_rewrite_bytes:
+                raise DecodeError("message too large to rewrite")
+
+    def _decide(self, tag: int) -> None:
+        self.action = self.relay.policy.classify(self.direction, tag)
+        if self.action is Action.PASS:
+            self._emit(self.prefix + bytes(self.held))
+            self.held.clear()
+        elif self.action is Action.REWRITE:
+            limit = self.relay.policy.settings.max_rewrite_bytes
+            if int.from_bytes(self.prefix[1:5], "big") > limit:
+                raise DecodeError(f"{proto.payload_name(tag)} larger than {limit} bytes")
+        else:
+            self.held.clear()
+
+    def _end(self) -> None:
+        if self.action is None:
+            # The message ended before revealing a payload type: empty payload.
+            raise DecodeError("message with an empty payload")
+        if self.action is Action.REWRITE:
+            raw = bytes(self.held)
+            limit = self.relay.policy.settings.max_rewrite_bytes
+            plain = grpc.gzip_decompress(raw, limit) if self.compressed else raw
+            new = self.relay.policy.rewrite(self.direction, plain)
+            if new is not None:
+                self._emit(grpc.frame(new))
+        self.messages += 1
+        self.action = None
+        self.held.clear()
+        self.sniffer = None
+
+    def _emit(self, data: bytes, credit: int = 0) -> None:
+        if not data and not credit:
+            return
+        if not data and self.out and self.out[-1].credit >= 0:
+            self.out[-1].credit += credit
+            return
+        self.out.append(_Out(memoryview(data), credit))
+        self.queued += len(data)
+
+    def flush(self) -> None:
+        relay = self.relay
+        dst = relay.conn(self.dst)
+        sid = relay.stream_id(self.dst)
+        src = relay.conn(self.src)
+        src_sid = relay.stream_id(self.src)
+        if sid is None or not relay.headers_sent(self.dst):
+            return
+        acked = 0
+        while self.out:
+            item = self.out[0]
+            while item.data:
+                window = dst.local_flow_control_window(sid)
+                n = min(window, dst.max_outbound_frame_size, len(item.data))
+                if n <= 0:
+                    break
+                dst.send_data(sid, item.data[:n].tobytes())
+                item.data = item.data[n:]
+                self.queued -= n
+            if item.data:
+                break
+            acked += item.credit
+            self.out.popleft()
+        if acked and src_sid is not None and not self.ended:
+            try:
+                src.acknowledge_received_data(acked, src_sid)
+            except h2.exceptions.StreamClosedError:
+                pass
+        if not self.out and self.end_pending and not self.ended:
+            self.ended = True
+            if self.trailers is not None:
+                dst.send_headers(sid, self.trailers, end_stream=True)
+            else:
+                dst.end_stream(sid)
+            relay._half_closed(self.dst)
+
+
+class Relay:
+    """Relay state machine for one kaspad⇄remote P2P stream."""
+
+    def __init__(self, policy: ConnectionPolicy, *, kaspad_side: Side,
+                 upstream_authority: bytes, settings: RelaySettings | None = None,
+                 upstream: Endpoint | None = None) -> None:
+        self.policy = policy
+        self.settings = settings or RelaySettings()
+        self.kaspad_side = kaspad_side
+        self.upstream_authority = upstream_authority
+        self._ends: dict[Side, Endpoint | None] = {
+            Side.DOWN: Endpoint(False, self.settings), Side.UP: upstream,
+        }
+        self._sid: dict[Side, int | None] = {Side.DOWN: None, Side.UP: None}
+        self._headers_sent: dict[Side, bool] = {Side.DOWN: False, Side.UP: False}
+        self._request_headers: list[tuple[bytes, bytes]] | None = None
+        self.closed: Closed | None = None
+        down_dir = (Direction.TO_REMOTE if kaspad_side is Side.DOWN else Direction.TO_KASPAD)
+        up_dir = Direction.TO_KASPAD if kaspad_side is Side.DOWN else Direction.TO_REMOTE
+        self.pipes = {
+            Side.DOWN: _Pipe(self, Side.DOWN, Side.UP, down_dir,
+                             grpc.MessageReader(self.settings.max_message_bytes)),
+            Side.UP: _Pipe(self, Side.UP, Side.DOWN, up_dir,
+                           grpc.MessageReader(self.settings.max_message_bytes)),
+        }
+        self._half: set[Side] = set()
+
+        self.response_started = False
+
+    # -- accessors --------------------------------------------------------------------------
+
+    def conn(self, side: Side) -> h2.connection.H2Connection:
+        e = self._ends[side]
+        if e is None:
+            raise RuntimeError("upstream not attached yet")
+        return e.conn
+
+    def stream_id(self, side: Side) -> int | None:
+        return self._sid[side]
+
+    def headers_sent(self, side: Side) -> bool:
+        return self._headers_sent[side]
+
+    @property
+    def has_upstream(self) -> bool:
+        return self._ends[Side.UP] is not None
+
+    @property
+    def request_received(self) -> bool:
+        return self._request_headers is not None
+
+    def fault_of(self, side: Side) -> Fault:
+        return Fault.KASPAD if side is self.kaspad_side else Fault.REMOTE
+
+    def who(self, side: Side) -> str:
+        return "kaspad" if side is self.kaspad_side else self.policy.remote_label
+
+    # -- shell interface --------------------------------------------------------------------
+
+    def attach_upstream(self, end: Endpoint, authority: bytes | None = None) -> None:
+        """Give the relay its upstream connection (fresh or from the warm pool)."""
+        if authority is not None:
+            self.upstream_authority = authority
+        self._ends[Side.UP] = end
+        if self._request_headers is not None:
+            self._open_upstream()
+
+    def receive(self, side: Side, data: bytes) -> None:
+        """Bytes from ``side``'s socket. Errors close the relay (see :attr:`closed`)."""
+        if self.closed is not None:
+            return
+        try:
+            end = self._ends[side]
+            assert end is not None
+            events = end.receive_data(data)
+            for ev in events:
+                self._event(side, ev)
+                if self.closed is not None:
+                    return
+            self._flush()
+        except h2.exceptions.ProtocolError as exc:
+            self._fail(ProtocolError(f"{self.who(side)} broke HTTP/2: {exc}",
+                                     fault=self.fault_of(side)), culprit=side)
+        except BridgeError as exc:
+            if isinstance(exc, ProtocolError) and not isinstance(exc, PolicyViolation):
+                # Framing/decoding errors are the fault of whoever sent the bytes.
+                exc.fault = self.fault_of(side)
+                exc.args = (f"{self.who(side)} sent bad data: {exc}",)
+            self._fail(exc, culprit=side)
+
+    def data_to_send(self, side: Side) -> bytes:
+        e = self._ends[side]
+        return e.conn.data_to_send() if e is not None else b""
+
+    def connection_lost(self, side: Side) -> None:
+        if self.closed is None:
+            self._close_both(f"{self.who(side)} closed the connection", culprit=side)
+
+    def refuse(self, message: str) -> None:
+        """No upstream could be had in time: answer the DOWN client UNAVAILABLE and close."""
+        if self.closed is not None:
+            return
+        self._close_both(message, culprit=None, status=GRPC_UNAVAILABLE)
+
+    def abort(self, error: BridgeError) -> None:
+        self._fail(error, culprit=None)
+
+    @property
+    def finished(self) -> bool:
+        return self.closed is not None
+
+    def stats(self) -> dict[str, int]:
+        k = self.kaspad_side
+        r = Side.UP if k is Side.DOWN else Side.DOWN
+        return {
+            "bytes_from_kaspad": self.pipes[k].bytes_in,
+            "bytes_from_remote": self.pipes[r].bytes_in,
+            "messages_from_kaspad": self.pipes[k].messages,
+            "messages_from_remote": self.pipes[r].messages,
+            "buffered": self.pipes[k].queued + self.pipes[r].queued,
+        }
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _event(self, side: Side, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.RequestReceived):
+            self._on_request(ev)
+        elif isinstance(ev, h2.events.ResponseReceived):
+            self._on_response(ev)
+        elif isinstance(ev, h2.events.DataReceived):
+            if ev.stream_id != self._sid[side]:
+                return
+            self.pipes[side].feed(ev.data or b"", ev.flow_controlled_length or 0)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            if side is Side.UP:
+                self.pipes[side].trailers = _pick(ev.headers or [], _TRAILER_COPY)
+        elif isinstance(ev, h2.events.StreamEnded):
+            if ev.stream_id == self._sid[side]:
+                pipe = self.pipes[side]
+                if not pipe.reader.at_boundary:
+                    raise FramingError("stream ended in the middle of a gRPC message")
+                pipe.end_pending = True
+        elif isinstance(ev, h2.events.StreamReset):
+            if ev.stream_id == self._sid[side]:
+                self._close_both(
+                    f"{self.who(side)} reset the stream ({_errname(ev.error_code)})",
+                    culprit=side)
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._close_both(f"{self.who(side)} sent GOAWAY ({_errname(ev.error_code)})",
+                             culprit=side)
+        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            pass  # _flush() after the batch handles both
+
+    def _on_request(self, ev: h2.events.RequestReceived) -> None:
+        headers = ev.headers or []
+        sid = ev.stream_id
+        assert sid is not None
+        if self._sid[Side.DOWN] is not None:
+            self.conn(Side.DOWN).reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self._sid[Side.DOWN] = sid
+        h = dict(headers)
+        if h.get(b":method") != b"POST" or h.get(b":path") != P2P_PATH:
+            raise ProtocolError(
+                f"{self.who(Side.DOWN)} requested {h.get(b':method')!r} {h.get(b':path')!r}, "
+                "not the P2P MessageStream")
+        enc = h.get(b"grpc-encoding")
+        if enc is not None and enc not in _ENCODINGS:
+            raise ProtocolError(f"{self.who(Side.DOWN)} uses unsupported grpc-encoding {enc!r}")
+        self.pipes[Side.DOWN].encoding = enc
+        self._request_headers = _pick(headers, _REQUEST_COPY)
+        if self._ends[Side.UP] is not None:
+            self._open_upstream()
+
+    def _open_upstream(self) -> None:
+        up = self.conn(Side.UP)
+        assert self._request_headers is not None
+        sid = up.get_next_available_stream_id()
+        up.send_headers(sid, [
+            (b":method", b"POST"), (b":scheme", b"http"),
+            (b":authority", self.upstream_authority), (b":path", P2P_PATH),
+            *self._request_headers,
+        ])
+        self._sid[Side.UP] = sid
+        self._headers_sent[Side.UP] = True
+
+    def _on_response(self, ev: h2.events.ResponseReceived) -> None:
+        if ev.stream_id != self._sid[Side.UP]:
+            return
+        headers = ev.headers or []
+        h = dict(headers)
+        if h.get(b":status") != b"200":
+            raise ProtocolError(f"{self.who(Side.UP)} answered HTTP status "
+                                f"{h.get(b':status')!r}")
+        enc = h.get(b"grpc-encoding")
+        if enc is not None and enc not in _ENCODINGS:
+            raise ProtocolError(f"{self.who(Side.UP)} uses unsupported grpc-encoding {enc!r}")
+        self.pipes[Side.UP].encoding = enc
+        down_sid = self._sid[Side.DOWN]
+        assert down_sid is not None
+        out = [(b":status", b"200"), *_pick(headers, _RESPONSE_COPY)]
+        if b"grpc-status" in h:  # trailers-only response
+            out += _pick(headers, _TRAILER_COPY)
+            self.conn(Side.DOWN).send_headers(down_sid, out, end_stream=True)
+            self._headers_sent[Side.DOWN] = True
+            self._close_both(f"{self.who(Side.UP)} ended the call at once "
+                             f"(grpc-status {h[b'grpc-status'].decode(errors='replace')})",
+                             culprit=Side.UP, quiet=True)
+            return
+        self.conn(Side.DOWN).send_headers(down_sid, out)
+        self._headers_sent[Side.DOWN] = True
+        self.response_started = True
+
+    def _flush(self) -> None:
+        for pipe in self.pipes.values():
+            if (self.closed is None and self._ends[pipe.dst] is not None
+                    and self._ends[pipe.src] is not None):
+                pipe.flush()
+
+    def _half_closed(self, side: Side) -> None:
+        self._half.add(side)
+        # The call is over when the server's trailers (UP → DOWN end) went out.
+        if side is Side.DOWN:
+            self.closed = Closed(f"{self.who(Side.UP)} ended the call")
+            self._goaway_all(h2.errors.ErrorCodes.NO_ERROR)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _fail(self, error: BridgeError, culprit: Side | None) -> None:
+        self._close_both(str(error), culprit=culprit, error=error)
+
+    def _close_both(self, reason: str, *, culprit: Side | None, error: BridgeError | None = None,
+                    status: int = GRPC_UNAVAILABLE, quiet: bool = False) -> None:
+        if self.closed is not None:
+            return
+        self.closed = Closed(reason, error if not quiet else None)
+        message = reason.encode("utf-8", "replace")[:200]
+        for side in (Side.DOWN, Side.UP):
+            end = self._ends[side]
+            conn = end.conn if end is not None else None
+            sid = self._sid[side]
+            if conn is None or side is culprit:
+                # Nothing useful can be said to the side that broke the protocol beyond GOAWAY.
+                if conn is not None:
+                    _safe(lambda c=conn: c.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR
+                                                            if error else 0))
+                continue
+            if side is Side.DOWN and sid is not None:
+                # Tell the HTTP/2 client a proper gRPC status so it logs a reason.
+                trailers = [(b"grpc-status", str(status).encode()), (b"grpc-message", message)]
+                if not self._headers_sent[Side.DOWN]:
+                    trailers = [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                *trailers]
+                _safe(lambda c=conn, s=sid, t=trailers: c.send_headers(s, t, end_stream=True))
+            elif sid is not None:
+                _safe(lambda c=conn, s=sid: c.reset_stream(s, h2.errors.ErrorCodes.CANCEL))
+            _safe(lambda c=conn: c.close_connection())
+
+    def _goaway_all(self, code: int) -> None:
+        for end in self._ends.values():
+            if end is not None:
+                _safe(lambda c=end.conn: c.close_connection(code))
+
+
+def _pick(headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]],
+          names: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k, v in headers:
+        kb = k.encode() if isinstance(k, str) else k
+        vb = v.encode() if isinstance(v, str) else v
+        if kb in names:
+            out.append((kb, vb))
+    return out
+
+
+def _errname(code: int | None) -> str:
+    if code is None:
+        return "no error code"
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error {code}"
+
+
+def _safe(fn: object) -> None:
+    try:
+        fn()  # type: ignore[operator]
+    except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError, KeyError):
+        pass
+
+
+__all__ = ["Closed", "Endpoint", "Relay", "RelaySettings", "Side", "new_upstream_connection"]

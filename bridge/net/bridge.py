@@ -1,0 +1,201 @@
+"""The bridge daemon's network side: slot listeners, the onion inbound listener, the warm pool.
+
+* A **slot** is a local port kaspad dials (``--addpeer=127.0.0.1:<slot>``). Each kaspad
+  connection is relayed to one upstream peer taken from the warm pool.
+* The **inbound** listener is the target of the onion service: each Tor connection is relayed to
+  kaspad's P2P listener.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from bridge.core.peers import PeerSelector, Target
+from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
+from bridge.core.relay import Endpoint, Relay, RelaySettings, Side, new_upstream_connection
+from bridge.errors import BridgeError, Fault
+from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
+from bridge.net.runner import RelayRunner
+
+log = logging.getLogger("bridge")
+
+#: kaspad's client gives up if response HEADERS take longer than 10 s (facts §1.4); answer by 9.
+KASPAD_RESPONSE_DEADLINE = 9.0
+
+
+@dataclass(slots=True)
+class BridgeOptions:
+    kaspad_p2p: tuple[str, int]
+    candidates: list[Target]
+    slot_host: str = "127.0.0.1"
+    slot_ports: list[int] = field(default_factory=lambda: [16200])
+    inbound: tuple[str, int] | None = ("127.0.0.1", 16300)
+    dial: DialPolicy = field(default_factory=lambda: DialPolicy(proxy=None))
+    pool_size: int = 2
+    slot_wait: float = 6.0
+    h2_handshake_timeout: float = 30.0
+    max_inbound: int = 64
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    own_onion: OnionPeer | None = None
+
+
+@dataclass(slots=True)
+class RelayInfo:
+    """What `status` shows about one live relay."""
+
+    id: int
+    kind: str  # "slot" | "inbound"
+    local_port: int
+    target: Target | None
+    relay: Relay
+    started: float
+
+
+class Bridge:
+    def __init__(self, options: BridgeOptions, gossip: GossipState | None = None,
+                 dialer: Dialer | None = None) -> None:
+        self.options = options
+        self.gossip = gossip or GossipState(own_onion=options.own_onion)
+        self.selector = PeerSelector(list(options.candidates),
+                                     own_onion=options.own_onion.address
+                                     if options.own_onion else None)
+        self.dialer = dialer or Dialer(options.dial)
+        self.pool = WarmPool(self.selector, self.dialer, size=options.pool_size,
+                             relay_settings=options.relay,
+                             handshake_timeout=options.h2_handshake_timeout)
+        self.slot_ports: list[int] = []
+        self.inbound_port: int | None = None
+        self.relays: dict[int, RelayInfo] = {}
+        self._ids = itertools.count(1)
+        self._busy_slots: set[int] = set()
+        self.closed_count = {"ok": 0, "error": 0, "refused": 0}
+        self.started = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for port in self.options.slot_ports:
+                listeners = await nursery.start(
+                    partial(trio.serve_tcp, self._slot_handler, port, host=self.options.slot_host))
+                self.slot_ports.append(_port_of(listeners))
+            if self.options.inbound is not None:
+                host, port = self.options.inbound
+                listeners = await nursery.start(
+                    partial(trio.serve_tcp, self._inbound_handler, port, host=host))
+                self.inbound_port = _port_of(listeners)
+            nursery.start_soon(self.pool.run)
+            log.info("bridge up: slots %s on %s, inbound %s, %d candidates",
+                     self.slot_ports, self.options.slot_host, self.inbound_port,
+                     len(self.options.candidates))
+            self.started.set()
+            task_status.started()
+
+    def _policy(self, label: str) -> ConnectionPolicy:
+        return ConnectionPolicy(self.gossip, self.options.policy, remote_label=label)
+
+    # -- slots ------------------------------------------------------------------------------
+
+    async def _slot_handler(self, stream: trio.SocketStream) -> None:
+        local_port = stream.socket.getsockname()[1]
+        rid = next(self._ids)
+        label = f"slot:{local_port}#{rid}"
+        policy = self._policy("remote")
+        taken: list[Target] = []
+
+        async def get_upstream() -> tuple[trio.abc.Stream, Endpoint] | None:
+            if local_port in self._busy_slots:
+                log.warning("%s: slot already carries a connection; refusing", label)
+                return None
+            up = await self.pool.take(self.options.slot_wait)
+            if up is None:
+                log.warning("%s: no upstream ready within %.1fs; kaspad will retry",
+                            label, self.options.slot_wait)
+                return None
+            self._busy_slots.add(local_port)
+            taken.append(up.target)
+            policy.remote_label = f"peer {up.target}"
+            info.target = up.target
+            relay.upstream_authority = up.target.authority
+            log.info("%s: kaspad connected, relaying to %s", label, up.target)
+            return up.stream, up.conn
+
+        relay = Relay(policy, kaspad_side=Side.DOWN, upstream_authority=b"",
+                      settings=self.options.relay)
+        info = RelayInfo(rid, "slot", local_port, None, relay, trio.current_time())
+        self.relays[rid] = info
+        runner = RelayRunner(relay, stream, label)
+        try:
+            await runner.run(get_upstream,
+                             response_timeout=KASPAD_RESPONSE_DEADLINE)
+        finally:
+            del self.relays[rid]
+            if taken:
+                self._busy_slots.discard(local_port)
+            self._finish(runner, policy, taken[0] if taken else None)
+
+    def _finish(self, runner: RelayRunner, policy: ConnectionPolicy, target: Target | None) -> None:
+        runner.log_close()
+        closed = runner.relay.closed
+        err = closed.error if closed is not None else None
+        handshake_ok = bool(policy.remote.node_id) and err is None
+        if err is None and runner.relay.response_started:
+            self.closed_count["ok"] += 1
+        elif runner.relay.response_started or err is not None:
+            self.closed_count["error"] += 1
+        else:
+            self.closed_count["refused"] += 1
+        if target is not None:
+            is_self = err is not None and "our own kaspad" in str(err)
+            remote_fault = err is not None and err.fault is Fault.REMOTE
+            self.pool.done_with(target, ok=handshake_ok or not remote_fault, is_self=is_self)
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    async def _inbound_handler(self, stream: trio.SocketStream) -> None:
+        rid = next(self._ids)
+        label = f"inbound#{rid}"
+        inbound_now = sum(1 for r in self.relays.values() if r.kind == "inbound")
+        host, port = self.options.kaspad_p2p
+        policy = self._policy(f"inbound peer #{rid}")
+        relay = Relay(policy, kaspad_side=Side.UP,
+                      upstream_authority=f"{host}:{port}".encode(), settings=self.options.relay)
+        info = RelayInfo(rid, "inbound", self.inbound_port or 0, None, relay, trio.current_time())
+
+        async def get_kaspad() -> tuple[trio.abc.Stream, Endpoint] | None:
+            if inbound_now >= self.options.max_inbound:
+                log.warning("%s: %d inbound connections already; refusing", label, inbound_now)
+                return None
+            try:
+                with trio.fail_after(5):
+                    up = await trio.open_tcp_stream(host, port)
+            except (OSError, trio.TooSlowError) as exc:
+                log.warning("%s: kaspad at %s:%d unreachable (%r); refusing the Tor peer",
+                            label, host, port, exc)
+                return None
+            conn = new_upstream_connection(self.options.relay)
+            try:
+                await h2_client_handshake(up, conn, 10)
+            except (BridgeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
+                log.warning("%s: kaspad did not complete HTTP/2 (%s)", label, exc)
+                await up.aclose()
+                return None
+            return up, conn
+
+        self.relays[rid] = info
+        runner = RelayRunner(relay, stream, label)
+        try:
+            await runner.run(get_kaspad, response_timeout=KASPAD_RESPONSE_DEADLINE,
+                             refuse_message="kaspad is not reachable through this bridge")
+        finally:
+            del self.relays[rid]
+            self._finish(runner, policy, None)
+
+
+def _port_of(listeners: list[trio.SocketListener]) -> int:
+    port: int = listeners[0].socket.getsockname()[1]
+    return port

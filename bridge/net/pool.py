@@ -1,0 +1,264 @@
+"""Upstream dialing and the warm pool.
+
+kaspad gives a slot 10 s for response HEADERS and then 4 s for the peer's Version (facts §1.8).
+A Tor circuit to an onion service can take longer than that to build, so the bridge keeps
+``size`` upstream connections *warm*: SOCKS done and the HTTP/2 preface exchanged (the server's
+SETTINGS received). A kaspad slot connection takes one and only has to open a stream on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import h2.events
+import h2.exceptions
+import trio
+
+from bridge.core.peers import PeerSelector, Target
+from bridge.core.relay import Endpoint, RelaySettings, new_upstream_connection
+from bridge.errors import BridgeError, Fault
+from bridge.net.socks import DialError, ProxyEndpoint, open_socks_stream
+
+log = logging.getLogger("bridge.pool")
+
+
+@dataclass(frozen=True, slots=True)
+class DialPolicy:
+    """Which proxy carries which kind of target. ``None`` proxy + allow_direct: dial directly."""
+
+    proxy: ProxyEndpoint | None
+    onion_proxy: ProxyEndpoint | None = None
+    allow_direct: bool = False
+    timeout: float = 60.0
+
+
+class Dialer:
+    def __init__(self, policy: DialPolicy,
+                 gate: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.policy = policy
+        #: awaited before every dial: the Tor supervisor pauses dialing while Tor is down
+        self.gate = gate
+        self.dials = 0
+        self.failures: dict[str, int] = {}
+
+    def route(self, target: Target) -> ProxyEndpoint | None:
+        """The proxy for ``target``, or ``None`` for a direct connection (IP and allowed only)."""
+        if target.is_onion:
+            proxy = self.policy.onion_proxy or self.policy.proxy
+            if proxy is None:
+                raise DialError(f"no SOCKS proxy configured for onion target {target}",
+                                fault=Fault.LOCAL)
+            return proxy
+        try:
+            ipaddress.ip_address(target.host)
+        except ValueError as exc:
+            raise DialError(f"refusing non-IP, non-onion target {target.host!r} (no DNS)",
+                            fault=Fault.LOCAL) from exc
+        if self.policy.proxy is not None:
+            return self.policy.proxy
+        if self.policy.allow_direct:
+            return None
+        raise DialError(f"no SOCKS proxy for {target} and direct dialing is not allowed",
+                        fault=Fault.LOCAL)
+
+    async def dial(self, target: Target) -> trio.SocketStream:
+        if self.gate is not None:
+            await self.gate()
+        self.dials += 1
+        proxy = self.route(target)
+        try:
+            if proxy is None:
+                with trio.fail_after(self.policy.timeout):
+                    return await trio.open_tcp_stream(target.host, target.port)
+            return await open_socks_stream(proxy, target.host, target.port,
+                                           timeout=self.policy.timeout)
+        except DialError as exc:
+            self.failures[exc.fault.name] = self.failures.get(exc.fault.name, 0) + 1
+            raise
+        except (OSError, trio.TooSlowError) as exc:
+            self.failures["REMOTE"] = self.failures.get("REMOTE", 0) + 1
+            raise DialError(f"direct dial to {target} failed: {exc!r}", fault=Fault.REMOTE) from exc
+
+
+@dataclass(slots=True)
+class Upstream:
+    target: Target
+    stream: trio.SocketStream
+    conn: Endpoint
+
+
+@dataclass(slots=True)
+class _Entry:
+    up: Upstream
+    scope: trio.CancelScope
+    exited: trio.Event
+
+
+async def h2_client_handshake(stream: trio.abc.Stream, end: Endpoint, timeout: float) -> None:
+    """Send our preface and wait for the server's SETTINGS (proves an HTTP/2 server answers)."""
+    conn = end.conn
+    with trio.fail_after(timeout):
+        await stream.send_all(conn.data_to_send())
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise BridgeError("upstream closed during the HTTP/2 handshake",
+                                  fault=Fault.REMOTE)
+            try:
+                events = end.receive_data(bytes(data))
+            except h2.exceptions.ProtocolError as exc:
+                raise BridgeError(f"upstream is not an HTTP/2 server: {exc}",
+                                  fault=Fault.REMOTE) from exc
+            out = conn.data_to_send()
+            if out:
+                await stream.send_all(out)
+            for ev in events:
+                if isinstance(ev, h2.events.ConnectionTerminated):
+                    raise BridgeError("upstream sent GOAWAY during the handshake",
+                                      fault=Fault.REMOTE)
+                if isinstance(ev, h2.events.RemoteSettingsChanged):
+                    return
+
+
+class WarmPool:
+    """Keeps ``size`` ready upstream connections; slots :meth:`take` them."""
+
+    def __init__(self, selector: PeerSelector, dialer: Dialer, *, size: int,
+                 relay_settings: RelaySettings, handshake_timeout: float = 30.0) -> None:
+        self.selector = selector
+        self.dialer = dialer
+        self.size = size
+        self.relay_settings = relay_settings
+        self.handshake_timeout = handshake_timeout
+        self._ready: list[_Entry] = []
+        self._dialing = 0
+        self._changed = trio.Event()
+        self._ready_changed = trio.Event()
+        self.stats = {"dialed": 0, "ready": 0, "failed": 0, "taken": 0, "dropped": 0}
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _notify_ready(self) -> None:
+        self._ready_changed.set()
+        self._ready_changed = trio.Event()
+
+    def poke(self) -> None:
+        """Candidates changed (a relay ended, a peer was learned): reconsider dialing."""
+        self._notify()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                while len(self._ready) + self._dialing < self.size:
+                    target = self.selector.pick(trio.current_time())
+                    if target is None:
+                        break
+                    self._dialing += 1
+                    nursery.start_soon(self._warm, target, nursery)
+                changed = self._changed
+                retry = self.selector.next_retry(trio.current_time())
+                with trio.move_on_at(retry if retry is not None else float("inf")):
+                    await changed.wait()
+
+    async def _warm(self, target: Target, nursery: trio.Nursery) -> None:
+        stream: trio.SocketStream | None = None
+        try:
+            self.stats["dialed"] += 1
+            stream = await self.dialer.dial(target)
+            conn = new_upstream_connection(self.relay_settings)
+            await h2_client_handshake(stream, conn, self.handshake_timeout)
+        except (BridgeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
+            self.stats["failed"] += 1
+            delay = self.selector.failure(target, trio.current_time())
+            self.selector.release(target)
+            what = exc.describe() if isinstance(exc, BridgeError) else repr(exc)
+            log.info("upstream %s not ready: %s; retry in %.0fs", target, what, delay)
+            if stream is not None:
+                await stream.aclose()
+            return
+        finally:
+            self._dialing -= 1
+            self._notify()
+        entry = _Entry(Upstream(target, stream, conn), trio.CancelScope(), trio.Event())
+        self._ready.append(entry)
+        self.stats["ready"] += 1
+        self._notify_ready()
+        log.debug("upstream %s warm", target)
+        nursery.start_soon(self._keep, entry)
+
+    async def _keep(self, entry: _Entry) -> None:
+        """Service an idle pooled connection (PING, SETTINGS); drop it when it dies."""
+        try:
+            await self._serve_idle(entry)
+        finally:
+            entry.exited.set()
+
+    async def _serve_idle(self, entry: _Entry) -> None:
+        up = entry.up
+        with entry.scope:
+            try:
+                while True:
+                    data = await up.stream.receive_some(65536)
+                    if not data:
+                        raise BridgeError("closed while idle", fault=Fault.REMOTE)
+                    events = up.conn.receive_data(bytes(data))
+                    with trio.CancelScope(shield=True):
+                        out = up.conn.conn.data_to_send()
+                        if out:
+                            await up.stream.send_all(out)
+                    if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                        raise BridgeError("sent GOAWAY while idle", fault=Fault.REMOTE)
+            except (BridgeError, h2.exceptions.ProtocolError, trio.BrokenResourceError,
+                    OSError) as exc:
+                log.info("warm upstream %s dropped: %s", up.target, exc)
+                self.stats["dropped"] += 1
+                self._ready = [e for e in self._ready if e is not entry]
+                self.selector.failure(up.target, trio.current_time())
+                self.selector.release(up.target)
+                await up.stream.aclose()
+                self._notify()
+            return
+        # cancelled: taken by a slot
+
+    async def take(self, timeout: float) -> Upstream | None:
+        """A warm upstream within ``timeout`` seconds, or ``None``."""
+        entry: _Entry | None = None
+        with trio.move_on_after(timeout):
+            while not self._ready:
+                self._notify()
+                await self._ready_changed.wait()
+            entry = self._ready.pop(0)
+            entry.scope.cancel()
+            self.stats["taken"] += 1
+            self._notify()
+        if entry is None:
+            return None
+        # The idle task may be finishing a shielded write: the stream is ours once it exits.
+        await entry.exited.wait()
+        return entry.up
+
+    def done_with(self, target: Target, *, ok: bool, is_self: bool = False) -> None:
+        """A relay that used ``target`` ended."""
+        if is_self:
+            self.selector.mark_self(target)
+        elif ok:
+            self.selector.success(target)
+        else:
+            self.selector.failure(target, trio.current_time())
+        self.selector.release(target)
+        self._notify()
+
+    async def aclose(self) -> None:
+        for entry in self._ready:
+            entry.scope.cancel()
+            await entry.up.stream.aclose()
+        self._ready.clear()
