@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from bridge.core import proto
@@ -66,8 +66,8 @@ class GossipState:
             self.on_learn(peer, source)
         return new
 
-    def sample(self, k: int, exclude: OnionAddress | None = None) -> list[OnionPeer]:
-        pool = [p for p in self.onions if p.address != exclude]
+    def sample(self, k: int, exclude: Collection[OnionAddress] = ()) -> list[OnionPeer]:
+        pool = [p for p in self.onions if p.address not in exclude]
         if k >= len(pool):
             self.rng.shuffle(pool)
             return pool
@@ -117,6 +117,8 @@ class ConnectionPolicy:
         self.shared = shared
         self.settings = settings
         self.remote_label = remote_label
+        #: the remote's own onion when we dialed it by onion: never gossiped back to it
+        self.remote_onion: OnionAddress | None = None
         self.kaspad = PeerInfo()
         self.remote = PeerInfo()
         self._stage = {Direction.TO_REMOTE: _Handshake.START, Direction.TO_KASPAD: _Handshake.START}
@@ -269,7 +271,7 @@ class ConnectionPolicy:
         if own is not None and budget < 1:
             entries = entries[: MAX_ADDRESSES_SEND - 1]
             budget = 1
-        exclude = own.address if own is not None else None
+        exclude = {a for a in (own.address if own else None, self.remote_onion) if a is not None}
         onions += self.shared.sample(max(0, budget - len(onions)), exclude=exclude)
         onions = onions[: max(0, budget)]
         out = list(entries) + [proto.NetAddress.from_onion(p.address.host, p.port) for p in onions]

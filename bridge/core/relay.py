@@ -355,7 +355,11 @@ class Relay:
             self.upstream_authority = authority
         self._ends[Side.UP] = end
         if self._request_headers is not None:
-            self._open_upstream()
+            try:
+                self._open_upstream()
+            except h2.exceptions.ProtocolError as exc:
+                self._fail(ProtocolError(f"upstream connection unusable: {exc}",
+                                         fault=Fault.REMOTE), culprit=Side.UP)
 
     def receive(self, side: Side, data: bytes) -> None:
         """Bytes from ``side``'s socket. Errors close the relay (see :attr:`closed`)."""

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import trio
 
+from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Target
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import Endpoint, Relay, RelaySettings, Side, new_upstream_connection
@@ -119,6 +122,8 @@ class Bridge:
             self._busy_slots.add(local_port)
             taken.append(up.target)
             policy.remote_label = f"peer {up.target}"
+            if up.target.is_onion:
+                policy.remote_onion = OnionAddress.parse(up.target.host)
             info.target = up.target
             relay.upstream_authority = up.target.authority
             log.info("%s: kaspad connected, relaying to %s", label, up.target)
@@ -130,13 +135,21 @@ class Bridge:
         self.relays[rid] = info
         runner = RelayRunner(relay, stream, label)
         try:
-            await runner.run(get_upstream,
-                             response_timeout=KASPAD_RESPONSE_DEADLINE)
+            await self._guarded(runner.run(get_upstream,
+                                           response_timeout=KASPAD_RESPONSE_DEADLINE), label)
         finally:
             del self.relays[rid]
             if taken:
                 self._busy_slots.discard(local_port)
             self._finish(runner, policy, taken[0] if taken else None)
+
+    @staticmethod
+    async def _guarded(coro: Coroutine[Any, Any, None], label: str) -> None:
+        """A bug in one connection's handling must never take the listeners down with it."""
+        try:
+            await coro
+        except Exception:
+            log.exception("%s: internal error; connection closed", label)
 
     def _finish(self, runner: RelayRunner, policy: ConnectionPolicy, target: Target | None) -> None:
         runner.log_close()
@@ -189,8 +202,9 @@ class Bridge:
         self.relays[rid] = info
         runner = RelayRunner(relay, stream, label)
         try:
-            await runner.run(get_kaspad, response_timeout=KASPAD_RESPONSE_DEADLINE,
-                             refuse_message="kaspad is not reachable through this bridge")
+            await self._guarded(runner.run(get_kaspad, response_timeout=KASPAD_RESPONSE_DEADLINE,
+                                           refuse_message="kaspad is not reachable through "
+                                           "this bridge"), label)
         finally:
             del self.relays[rid]
             self._finish(runner, policy, None)

@@ -95,6 +95,7 @@ class _Entry:
     up: Upstream
     scope: trio.CancelScope
     exited: trio.Event
+    dead: bool = False
 
 
 async def h2_client_handshake(stream: trio.abc.Stream, end: Endpoint, timeout: float) -> None:
@@ -219,7 +220,11 @@ class WarmPool:
                         raise BridgeError("sent GOAWAY while idle", fault=Fault.REMOTE)
             except (BridgeError, h2.exceptions.ProtocolError, trio.BrokenResourceError,
                     OSError) as exc:
-                log.info("warm upstream %s dropped: %s", up.target, exc)
+                entry.dead = True
+                what = (f"[remote peer] broke HTTP/2 while idle: {exc}"
+                        if isinstance(exc, h2.exceptions.ProtocolError) else
+                        exc.describe() if isinstance(exc, BridgeError) else repr(exc))
+                log.info("warm upstream %s dropped: %s", up.target, what)
                 self.stats["dropped"] += 1
                 self._ready = [e for e in self._ready if e is not entry]
                 self.selector.failure(up.target, trio.current_time())
@@ -231,20 +236,21 @@ class WarmPool:
 
     async def take(self, timeout: float) -> Upstream | None:
         """A warm upstream within ``timeout`` seconds, or ``None``."""
-        entry: _Entry | None = None
         with trio.move_on_after(timeout):
-            while not self._ready:
+            while True:
+                while not self._ready:
+                    self._notify()
+                    await self._ready_changed.wait()
+                entry = self._ready.pop(0)
+                entry.scope.cancel()
+                # The idle task may be finishing a shielded write: the stream is ours once it
+                # exits; it may also have found the connection dead meanwhile.
+                await entry.exited.wait()
                 self._notify()
-                await self._ready_changed.wait()
-            entry = self._ready.pop(0)
-            entry.scope.cancel()
-            self.stats["taken"] += 1
-            self._notify()
-        if entry is None:
-            return None
-        # The idle task may be finishing a shielded write: the stream is ours once it exits.
-        await entry.exited.wait()
-        return entry.up
+                if not entry.dead:
+                    self.stats["taken"] += 1
+                    return entry.up
+        return None
 
     def done_with(self, target: Target, *, ok: bool, is_self: bool = False) -> None:
         """A relay that used ``target`` ended."""

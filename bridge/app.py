@@ -1,0 +1,57 @@
+"""Wiring: a validated :class:`~bridge.config.Config` → the running daemon's parts."""
+
+from __future__ import annotations
+
+from bridge.config import Config, HostPort
+from bridge.core.peers import Target
+from bridge.core.policy import OnionPeer, PolicySettings
+from bridge.core.relay import RelaySettings
+from bridge.net.bridge import BridgeOptions
+from bridge.net.pool import DialPolicy
+from bridge.net.socks import ProxyEndpoint
+
+
+def _proxy(hp: HostPort) -> ProxyEndpoint:
+    return ProxyEndpoint(hp.host, hp.port)
+
+
+def bridge_options(cfg: Config) -> BridgeOptions:
+    own = (OnionPeer(cfg.relay.own_onion, cfg.tor.onion_virtual_port)
+           if cfg.relay.own_onion is not None else None)
+    return BridgeOptions(
+        kaspad_p2p=(cfg.kaspad.p2p.host, cfg.kaspad.p2p.port),
+        candidates=[Target(p.host, p.port) for p in cfg.peers.connect],
+        slot_host=cfg.slots.host,
+        slot_ports=list(cfg.slots.ports),
+        inbound=(cfg.inbound.listen.host, cfg.inbound.listen.port),
+        dial=DialPolicy(
+            proxy=_proxy(cfg.tor.socks),
+            onion_proxy=_proxy(cfg.tor.socks_for_onion),
+            # hybrid + allow_direct: IP peers are dialed without Tor (onion always via Tor)
+            allow_direct=cfg.mode == "hybrid" and cfg.peers.allow_direct,
+            timeout=cfg.pool.dial_timeout,
+        ),
+        pool_size=cfg.pool.size,
+        slot_wait=cfg.pool.slot_wait,
+        relay=RelaySettings(max_message_bytes=cfg.relay.max_message_bytes),
+        policy=PolicySettings(advertise_address=cfg.relay.advertise_address, via_tor=True,
+                              max_rewrite_bytes=cfg.relay.max_rewrite_bytes),
+        own_onion=own,
+    )
+
+
+def kaspad_flags(cfg: Config) -> list[str]:
+    """The flags an unmodified kaspad needs to use this bridge (facts §6.2/§6.3).
+
+    ``--addpeer`` (not ``--connect``, which would disable kaspad's listener and so the onion
+    inbound) per slot. In tor-only mode kaspad must not reach the network itself.
+    """
+    net = {"kaspa-mainnet": [], "kaspa-testnet-10": ["--testnet", "--netsuffix=10"],
+           "kaspa-simnet": ["--simnet"], "kaspa-devnet": ["--devnet"]}[cfg.network]
+    flags = list(net)
+    flags += [f"--addpeer={ep}" for ep in cfg.slots.endpoints()]
+    if cfg.mode == "tor-only":
+        flags += ["--outpeers=0", "--nodnsseed", f"--listen={cfg.kaspad.p2p}", "--disable-upnp"]
+    # hybrid: kaspad keeps its own clearnet networking (default listen 0.0.0.0, which also
+    # serves the onion inbound relayed to kaspad.p2p on loopback).
+    return flags
