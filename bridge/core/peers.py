@@ -62,7 +62,7 @@ class PeerSelector:
         st = self._state[t]
         if st.in_use or st.is_self or st.retry_at > now:
             return False
-        return not (self.own_onion is not None and t.host == self.own_onion.host)
+        return not (self.own_onion is not None and t.host.lower() == self.own_onion.host)
 
     def pick(self, now: float) -> Target | None:
         """Reserve the next eligible candidate (mark it in use), or ``None``."""

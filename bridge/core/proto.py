@@ -320,11 +320,20 @@ class NetAddress:
         return f.as_int if f is not None else 0
 
     def kaspad_accepts(self) -> bool:
-        """Would upstream kaspad convert this entry (facts §2.4)? ip 4/16 bytes, port ≤ 65535."""
+        """Would upstream kaspad convert this entry (facts §2.4)? ip 4/16 bytes, port ≤ 65535,
+        and every known field with its declared wire type (prost rejects the whole message
+        otherwise)."""
         if first(self.fields, NA_ONION) is not None:
             return False
+        for f in self.fields:
+            want = _NA_WIRE.get(f.number)
+            if want is not None and f.wire_type != want:
+                return False
         ip = self.ip
         return ip is not None and len(ip) in (4, 16) and self.port <= 0xFFFF
+
+
+_NA_WIRE = {NA_TIMESTAMP: VARINT, NA_IP: LEN, NA_PORT: VARINT, NA_ONION: LEN}
 
 
 def decode_addresses(payload: bytes) -> list[NetAddress]:
@@ -346,6 +355,8 @@ V_ADDRESS = 4
 V_ID = 5
 V_USER_AGENT = 6
 V_NETWORK = 10
+_VERSION_WIRE = {V_PROTOCOL: VARINT, V_SERVICES: VARINT, V_TIMESTAMP: VARINT, V_ADDRESS: LEN,
+                 V_ID: LEN, V_USER_AGENT: LEN, 8: VARINT, 9: LEN, V_NETWORK: LEN}
 
 
 @dataclass(slots=True)
@@ -355,15 +366,13 @@ class Version:
     @classmethod
     def decode(cls, payload: bytes) -> Version:
         v = cls(parse(payload))
-        # Type-check the fields we interpret, so garbage fails here and not later.
-        for num in (V_PROTOCOL, V_SERVICES, V_TIMESTAMP):
-            f = first(v.fields, num)
-            if f is not None and f.wire_type != VARINT:
-                raise DecodeError(f"Version field {num} is not a varint")
-        for num in (V_ADDRESS, V_ID, V_USER_AGENT, V_NETWORK):
-            f = first(v.fields, num)
-            if f is not None and f.wire_type != LEN:
-                raise DecodeError(f"Version field {num} is not length-delimited")
+        # Type-check every known field (prost rejects a known field with a wrong wire type), so
+        # a bad Version fails here, as the remote's fault, and never reaches kaspad.
+        for f in v.fields:
+            want = _VERSION_WIRE.get(f.number)
+            if want is not None and f.wire_type != want:
+                raise DecodeError(f"Version field {f.number} has wire type {f.wire_type}, "
+                                  f"expected {want}")
         addr = first(v.fields, V_ADDRESS)
         if addr is not None:
             NetAddress.decode(addr.as_bytes)
