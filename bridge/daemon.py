@@ -1,0 +1,112 @@
+"""The running bridge: Tor supervision + listeners + warm pool, with graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+
+import trio
+
+from bridge.app import bridge_options
+from bridge.config import Config, UnixSocket
+from bridge.core.onion import OnionAddress
+from bridge.core.policy import GossipState, OnionPeer
+from bridge.errors import BridgeError, Fault
+from bridge.net.bridge import Bridge
+from bridge.net.pool import Dialer
+from bridge.tor.control import ControlAuth, ControlEndpoint
+from bridge.tor.supervisor import OnionSpec, TorStatus, TorSupervisor
+
+log = logging.getLogger("bridge")
+
+
+class StartupError(BridgeError):
+    action = "startup aborted"
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    bridge: Bridge | None = None
+    supervisor: TorSupervisor | None = None
+    gossip: GossipState | None = None
+    handle_signals: bool = True
+
+    def __post_init__(self) -> None:
+        self._stop = trio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self._stop.set()
+                return
+
+    def _on_tor_change(self, st: TorStatus) -> None:
+        """Keep the gossip state's own onion in step with what Tor publishes."""
+        if self.gossip is None or not st.onion_address:
+            return
+        addr = OnionAddress.parse(st.onion_address)
+        port = st.onion_port or self.cfg.tor.onion_virtual_port
+        if self.gossip.own_onion is None or self.gossip.own_onion.address != addr:
+            self.gossip.own_onion = OnionPeer(addr, port)
+            if self.bridge is not None:
+                self.bridge.selector.own_onion = addr
+            log.info("own onion: %s:%d (gossiped to ADDRv2 peers)", addr.host, port)
+
+    def _supervisor(self) -> TorSupervisor | None:
+        tor = self.cfg.tor
+        if tor.control is None:
+            return None
+        if isinstance(tor.control, UnixSocket):
+            endpoint = ControlEndpoint.unix(tor.control.path)
+        else:
+            endpoint = ControlEndpoint.tcp(tor.control.host, tor.control.port)
+        auth = ControlAuth(password=tor.read_control_password(), cookie_path=tor.cookie_file)
+        onion = None
+        if tor.listen_onion:
+            listen = self.cfg.inbound.listen
+            onion = OnionSpec(tor.onion_key_file, (listen.host, listen.port),
+                              tor.onion_virtual_port)
+        return TorSupervisor(endpoint, auth, onion=onion, bootstrap_timeout=tor.bootstrap_timeout,
+                             on_change=self._on_tor_change)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        for w in cfg.warnings:
+            log.warning("config: %s", w)
+        options = bridge_options(cfg)
+        self.gossip = GossipState(own_onion=options.own_onion)
+        self.supervisor = sup = self._supervisor()
+        must_have_tor = cfg.mode == "tor-only" or cfg.tor.listen_onion
+        async with trio.open_nursery() as nursery:
+            gate = None
+            if sup is not None:
+                async def gate() -> None:
+                    await sup.wait_usable()
+            self.bridge = Bridge(options, gossip=self.gossip, dialer=Dialer(options.dial, gate))
+            # Listeners first: the onion service must point at a bound inbound port.
+            await nursery.start(self.bridge.run)
+            if sup is not None:
+                await nursery.start(sup.run)
+                if must_have_tor:
+                    try:
+                        await sup.wait_usable(cfg.tor.bootstrap_timeout,
+                                              onion=cfg.tor.listen_onion)
+                    except BridgeError as exc:
+                        raise StartupError(
+                            f"{exc}; in {cfg.mode} mode"
+                            f"{' with listen_onion' if cfg.tor.listen_onion else ''} the bridge "
+                            "cannot start without Tor", fault=Fault.TOR) from exc
+            task_status.started()
+            if self.handle_signals:
+                nursery.start_soon(self._signals)
+            await self._stop.wait()
+            if sup is not None:
+                with trio.move_on_after(5):
+                    await sup.stop()
+            nursery.cancel_scope.cancel()
