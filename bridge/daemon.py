@@ -35,6 +35,7 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self._stop = trio.Event()
+        self._tor_was_usable = False
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -47,7 +48,12 @@ class Daemon:
                 return
 
     def _on_tor_change(self, st: TorStatus) -> None:
-        """Keep the gossip state's own onion in step with what Tor publishes."""
+        """Keep the gossip state's own onion in step with what Tor publishes; forgive peer
+        backoffs when our Tor comes back (failures while it was down were ours)."""
+        if st.usable and not self._tor_was_usable and st.reconnects and self.bridge is not None:
+            log.info("tor is usable again: clearing peer backoffs")
+            self.bridge.pool.forgive_all()
+        self._tor_was_usable = st.usable
         if self.gossip is None or not st.onion_address:
             return
         addr = OnionAddress.parse(st.onion_address)

@@ -43,8 +43,8 @@ class _State:
 @dataclass(slots=True)
 class PeerSelector:
     candidates: list[Target]
-    base_backoff: float = 5.0
-    max_backoff: float = 600.0
+    base_backoff: float = 2.0
+    max_backoff: float = 60.0
     own_onion: OnionAddress | None = None
     _state: dict[Target, _State] = field(default_factory=dict)
     _next: int = 0
@@ -97,6 +97,17 @@ class PeerSelector:
         delay = min(self.max_backoff, self.base_backoff * float(2 ** min(st.failures - 1, 30)))
         st.retry_at = now + delay
         return delay
+
+    def defer(self, t: Target, now: float, delay: float) -> None:
+        """Retry ``t`` after ``delay`` without counting a failure (not the peer's fault)."""
+        st = self._state[t]
+        st.retry_at = max(st.retry_at, now + delay)
+
+    def forgive_all(self) -> None:
+        """Clear every backoff (e.g. our Tor came back: failures meanwhile were ours)."""
+        for st in self._state.values():
+            st.failures = 0
+            st.retry_at = 0.0
 
     def mark_self(self, t: Target) -> None:
         self._state[t].is_self = True

@@ -76,7 +76,6 @@ class Bridge:
         self.inbound_port: int | None = None
         self.relays: dict[int, RelayInfo] = {}
         self._ids = itertools.count(1)
-        self._busy_slots: set[int] = set()
         self.closed_count = {"ok": 0, "error": 0, "refused": 0}
         self.started = trio.Event()
 
@@ -111,15 +110,11 @@ class Bridge:
         taken: list[Target] = []
 
         async def get_upstream() -> tuple[trio.abc.Stream, Endpoint] | None:
-            if local_port in self._busy_slots:
-                log.warning("%s: slot already carries a connection; refusing", label)
-                return None
             up = await self.pool.take(self.options.slot_wait)
             if up is None:
                 log.warning("%s: no upstream ready within %.1fs; kaspad will retry",
                             label, self.options.slot_wait)
                 return None
-            self._busy_slots.add(local_port)
             taken.append(up.target)
             policy.remote_label = f"peer {up.target}"
             if up.target.is_onion:
@@ -139,8 +134,6 @@ class Bridge:
                                            response_timeout=KASPAD_RESPONSE_DEADLINE), label)
         finally:
             del self.relays[rid]
-            if taken:
-                self._busy_slots.discard(local_port)
             self._finish(runner, policy, taken[0] if taken else None)
 
     @staticmethod

@@ -24,6 +24,9 @@ from bridge.net.socks import DialError, ProxyEndpoint, open_socks_stream
 
 log = logging.getLogger("bridge.pool")
 
+#: Retry delay after a dial failed because of our own Tor/proxy (the peer is not penalised).
+TOR_FAULT_RETRY = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class DialPolicy:
@@ -152,6 +155,11 @@ class WarmPool:
         self._ready_changed.set()
         self._ready_changed = trio.Event()
 
+    def forgive_all(self) -> None:
+        """Our Tor recovered: failures counted while it was down were not the peers' fault."""
+        self.selector.forgive_all()
+        self._notify()
+
     def poke(self) -> None:
         """Candidates changed (a relay ended, a peer was learned): reconsider dialing."""
         self._notify()
@@ -179,7 +187,12 @@ class WarmPool:
             await h2_client_handshake(stream, conn, self.handshake_timeout)
         except (BridgeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
             self.stats["failed"] += 1
-            delay = self.selector.failure(target, trio.current_time())
+            if isinstance(exc, BridgeError) and exc.fault in (Fault.TOR, Fault.LOCAL):
+                # Our proxy or configuration failed, not the peer: no penalty, short retry.
+                delay = TOR_FAULT_RETRY
+                self.selector.defer(target, trio.current_time(), delay)
+            else:
+                delay = self.selector.failure(target, trio.current_time())
             self.selector.release(target)
             what = exc.describe() if isinstance(exc, BridgeError) else repr(exc)
             log.info("upstream %s not ready: %s; retry in %.0fs", target, what, delay)

@@ -22,7 +22,7 @@ from bridge.core.policy import (
     PolicySettings,
 )
 from bridge.errors import Fault, PolicyViolation
-from tests.peers.proto_gen import pb
+from bridge.rig.proto_gen import pb
 
 TO_REMOTE = Direction.TO_REMOTE
 TO_KASPAD = Direction.TO_KASPAD

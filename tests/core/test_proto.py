@@ -1,7 +1,7 @@
 """Tests for bridge.core.proto: the byte-exact protobuf wire subset.
 
 Encodings are cross-checked against Google's protobuf runtime, using the repo's kaspad protos
-(``tests.peers.proto_gen``) and ``UnknownFieldSet`` for schema-less parsing.
+(``bridge.rig.proto_gen``) and ``UnknownFieldSet`` for schema-less parsing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bridge.core import proto
 from bridge.core.onion import OnionAddress
 from bridge.errors import DecodeError
-from tests.peers.proto_gen import pb
+from bridge.rig.proto_gen import pb
 
 U64 = (1 << 64) - 1
 MAX_FIELD = (1 << 29) - 1

@@ -24,7 +24,7 @@ from bridge.core.relay import RelaySettings
 from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import DialPolicy
 from bridge.net.socks import ProxyEndpoint
-from tests.peers.kaspad_emulator import EmulatorConfig, KaspadEmulator
+from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from tests.peers.socks_server import ScriptedSocks5Server
 
 ONION_B = OnionAddress.from_pubkey(bytes(range(32)))

@@ -9,8 +9,8 @@ from typing import Any
 
 import trio
 
+from bridge.rig.emulator import KaspadEmulator, make_block_message, payload_kind
 from tests.integration.conftest import ONION_A, ONION_B, Rig
-from tests.peers.kaspad_emulator import KaspadEmulator, make_block_message, payload_kind
 
 
 async def wait_warm(rig: Rig, n: int = 1, timeout: float = 10) -> None:
@@ -150,3 +150,26 @@ async def test_no_upstream_fails_slot_fast(emulators: Callable[..., KaspadEmulat
     assert not sa.handshake_complete
     assert rig.bridge_a.closed_count["refused"] == 1
     _ = ONION_B
+
+
+async def test_each_upstream_gets_fresh_socks_credentials(
+        emulators: Callable[..., KaspadEmulator], rig_factory: Callable[..., Any]) -> None:
+    """Stream isolation: every upstream connection has its own random SOCKS credentials, and
+    onion and IP targets reach the proxy exactly as configured (domain name / IP literal)."""
+    emu_a = emulators(addrv2=True)
+    emu_b = emulators(addrv2=True)
+    rig: Rig = await rig_factory(emu_a, emu_b, extra={"127.0.0.2": 0})
+    assert rig.bridge_b.inbound_port is not None
+    rig.routes["127.0.0.2"] = rig.bridge_b.inbound_port
+    for _ in range(4):
+        await wait_warm(rig)
+        sa, sb = await connect(rig)
+        sa.close()
+        assert await trio.to_thread.run_sync(sb.wait_closed, 5.0)
+        rig.emu_b.sessions.clear()
+    recs = rig.socks.records
+    assert len(recs) >= 4
+    assert {(r.atyp, r.host) for r in recs} == {("domain", ONION_B.host), ("ipv4", "127.0.0.2")}
+    creds = [(r.username, r.password) for r in recs]
+    assert len(set(creds)) == len(creds), "credentials reused: no stream isolation"
+    assert all(u and p and len(p) >= 16 for u, p in creds)

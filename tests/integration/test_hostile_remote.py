@@ -14,10 +14,10 @@ import trio
 
 from bridge.core import grpc, proto
 from bridge.core.onion import OnionAddress
+from bridge.rig.emulator import KaspadEmulator, make_block_message
 from tests.core.relay_harness import addresses
 from tests.integration.conftest import Rig
 from tests.integration.hostile import HostileServer, handshake_bytes
-from tests.peers.kaspad_emulator import KaspadEmulator, make_block_message
 
 ONION_H = OnionAddress.from_pubkey(os.urandom(32))
 
