@@ -1,0 +1,549 @@
+"""Persistent peer address book (issue C item 1): one SQLite file, stdlib ``sqlite3``, WAL.
+
+One table holds, per Kaspa network (``bridge.core.selection.NETWORKS``), the onion v3, IPv4 and
+IPv6 peers the bridge knows, with their source, first/last seen, last success, consecutive
+failures, backoff deadline, "ADDRv2 seen" and "self" flags. Selection policy lives in the sans-IO
+:mod:`bridge.core.selection`; this module only stores. Suggested file: ``<data_dir>/peers.sqlite``.
+
+Clock: every timestamp is passed in by the caller (wall-clock seconds). ``now=None`` reads
+``time.time()`` once at the method's entry -- the only place a clock is read.
+
+Durability: ``journal_mode=WAL`` + ``synchronous=NORMAL`` (default). Each public write method is
+exactly one ``BEGIN IMMEDIATE ... COMMIT`` transaction. In WAL mode a commit has written its frames
+to the ``-wal`` file with ``write()`` before returning, so a ``kill -9`` of the bridge at any
+moment loses nothing committed and cannot corrupt the file (the OS still holds the pages).
+``NORMAL`` skips the per-commit ``fsync``: after a power cut or kernel crash the last few commits
+may roll back, but the database stays consistent (WAL checksums). That trade is right for a book
+that is a re-learnable cache, and it keeps each write sub-millisecond, so calls may run inline on
+the trio thread. ``synchronous="FULL"`` is accepted for operators who want power-loss durability.
+
+Bound and eviction: at most ``max_entries`` (default 4096, kaspad's ``MAX_ADDRESSES``) per
+network. When a write leaves a network over the bound, entries are evicted in this order: most
+consecutive failures first, then oldest ``last_seen``, then host/port (for determinism). Never
+evicted: ``seed`` and ``config`` entries, and entries whose ``last_success`` is within
+``protect_window`` (default 7 days) of the write's ``now``. If only such entries remain, the
+network may exceed the bound (a freshly learned gossip entry is then itself evicted).
+
+Opening (``AddressBook(path)``):
+
+* missing file -> created empty with mode 0600 (it reveals which peers this node uses);
+* missing directory, permission problems, a file locked by another process, a database written
+  by a newer schema, or a SQLite file that is not an address book -> :class:`AddressBookError`
+  naming the file and what to do; nothing is touched;
+* a corrupt file (not a database, malformed pages, failing ``PRAGMA quick_check``) -> the file
+  and its ``-wal``/``-shm`` are renamed to ``<name>.corrupt-<UTC time>[-wal|-shm]``, a WARNING
+  names both paths, and an empty book is created. The book is a cache: seeds and configured
+  peers are re-added from config at startup and the rest is re-learned by gossip, so refusing to
+  start would turn a damaged cache into an outage. ``on_corrupt="raise"`` opts out.
+
+Schema changes: ``SCHEMA_VERSION`` and the ``schema_version`` table; ``MIGRATIONS[v]`` upgrades
+``v -> v+1`` inside the opening transaction (version 0 is an empty file).
+
+Threads: the class is synchronous and serialises its calls with a lock over one connection
+opened with ``check_same_thread=False``. Intended use from trio: call inline (sub-millisecond
+with ``NORMAL``); for a large batch (``learn_many`` with a 2500-entry Addresses message) or with
+``synchronous="FULL"``, ``await trio.to_thread.run_sync(functools.partial(book.learn_many,
+net, endpoints, source=src))`` is safe (keyword arguments need ``partial``). Do not
+share one file between two bridge processes (a second writer gets "database is locked").
+Errors after a successful open (disk full, I/O) propagate as ``sqlite3.Error``; a failed write
+method has rolled back and changed nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from bridge.core.policy import OnionPeer
+from bridge.core.selection import (
+    NETWORKS,
+    PROTECTED_RANK,
+    Kind,
+    PeerEntry,
+    backoff_delay,
+    normalize_endpoint,
+    source_rank,
+)
+from bridge.errors import BridgeError, Fault
+
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_PROTECT_WINDOW",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AddressBook",
+    "AddressBookError",
+]
+
+log = logging.getLogger("bridge.book")
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_MAX_ENTRIES: Final = 4096
+DEFAULT_PROTECT_WINDOW: Final = 7 * 24 * 3600.0
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+
+
+class AddressBookError(BridgeError):
+    """The address book file cannot be used; the message names the file and the remedy."""
+
+    fault = Fault.LOCAL
+    action = "startup aborted"
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+    conn.execute(
+        """
+        CREATE TABLE peers (
+            network       TEXT    NOT NULL,
+            host          TEXT    NOT NULL,
+            port          INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+            kind          TEXT    NOT NULL CHECK (kind IN ('onion', 'ipv4', 'ipv6')),
+            source        TEXT    NOT NULL,
+            source_rank   INTEGER NOT NULL,
+            first_seen    REAL    NOT NULL,
+            last_seen     REAL    NOT NULL,
+            last_success  REAL,
+            failures      INTEGER NOT NULL DEFAULT 0,
+            backoff_until REAL    NOT NULL DEFAULT 0,
+            addrv2        INTEGER NOT NULL DEFAULT 0,
+            is_self       INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (network, host, port)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX peers_evict ON peers "
+                 "(network, failures DESC, last_seen, host, port)")
+
+
+#: ``MIGRATIONS[v]`` upgrades schema ``v`` to ``v + 1`` (run inside one transaction).
+MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {0: _migrate_0_to_1}
+
+_COLUMNS: Final = ("network, host, port, kind, source, first_seen, last_seen, last_success, "
+                   "failures, backoff_until, addrv2, is_self")
+
+
+def _row_entry(row: Sequence[Any]) -> PeerEntry:
+    # columns are in PeerEntry field order; SQLite stores the flags as 0/1
+    return PeerEntry._make([*row[:10], bool(row[10]), bool(row[11])])
+
+
+def _check_network(network: str) -> None:
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; allowed: {', '.join(NETWORKS)}")
+
+
+def _stamp(now: float | None) -> float:
+    t = time.time() if now is None else float(now)
+    if not math.isfinite(t):
+        raise ValueError(f"timestamp must be finite, got {now!r}")
+    return t
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return False  # locked, read-only, cannot open, disk I/O: not the file's contents
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    msg = str(exc).lower()
+    return "not a database" in msg or "malformed" in msg
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class AddressBook:
+    """SQLite-backed peer address book. See the module docstring for the guarantees."""
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 max_entries: int = DEFAULT_MAX_ENTRIES,
+                 protect_window: float = DEFAULT_PROTECT_WINDOW,
+                 synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+                 on_corrupt: Literal["move", "raise"] = "move",
+                 busy_timeout: float = 5.0) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
+        self.path = Path(path)
+        self.max_entries = max_entries
+        self.protect_window = float(protect_window)
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self.moved_aside: Path | None = None  # where a corrupt file went, if it did
+        try:
+            self._conn = self._open()
+        except _Corrupt as exc:
+            if on_corrupt == "raise":
+                raise AddressBookError(
+                    f"address book {self.path} is corrupt ({exc}); move it aside or delete it "
+                    "(peers are re-learned from seeds and gossip)") from None
+            self.moved_aside = self._move_aside(str(exc))
+            try:
+                self._conn = self._open()
+            except _Corrupt as again:  # pragma: no cover - a fresh file cannot be corrupt
+                raise AddressBookError(
+                    f"address book {self.path}: still corrupt after moving the old file "
+                    f"aside ({again})") from None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _hint(self, exc: BaseException) -> AddressBookError:
+        msg = str(exc)
+        low = msg.lower()
+        if not self.path.parent.is_dir():
+            what = (f"directory {self.path.parent} does not exist; create the data directory "
+                    "or point the bridge at an existing one")
+        elif "locked" in low or "busy" in low:
+            what = ("the file is locked by another process; is a second kaspa-tor-bridge "
+                    "running with the same data directory?")
+        elif isinstance(exc, PermissionError) or "readonly" in low or "read-only" in low \
+                or "unable to open" in low or "permission" in low:
+            what = (f"cannot read and write it as uid {os.getuid()}; fix the ownership or "
+                    f"permissions of {self.path} (and its -wal/-shm files) and of "
+                    f"{self.path.parent}, which must be writable")
+        else:
+            what = "check the file and the disk (space, I/O errors)"
+        return AddressBookError(f"address book {self.path}: {msg}: {what}")
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.parent.is_dir():
+            raise self._hint(FileNotFoundError(f"no directory {self.path.parent}"))
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise self._hint(exc) from exc
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._hint(exc) from exc
+        try:
+            self._setup(conn)
+        except _Corrupt:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if _is_corruption(exc):
+                raise _Corrupt(str(exc)) from exc
+            raise self._hint(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise AddressBookError(
+                f"address book {self.path}: SQLite refused WAL mode (got {mode!r}); put the "
+                "data directory on a local filesystem")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        check = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if check != ["ok"]:
+            raise _Corrupt("quick_check: " + "; ".join(check[:3]))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._schema_version(conn)
+            if version > SCHEMA_VERSION:
+                raise AddressBookError(
+                    f"address book {self.path} has schema version {version}, written by a newer "
+                    f"kaspa-tor-bridge (this one supports up to {SCHEMA_VERSION}); upgrade the "
+                    "bridge or move the file aside")
+            for v in range(version, SCHEMA_VERSION):
+                MIGRATIONS[v](conn)
+                conn.execute("UPDATE schema_version SET version = ?", (v + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        tables = {str(r[0]) for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            if tables:
+                raise AddressBookError(
+                    f"{self.path} is an SQLite database but not an address book (tables: "
+                    f"{', '.join(sorted(tables))}); point the bridge at another file")
+            return 0
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
+        if len(rows) != 1 or not isinstance(rows[0][0], int):
+            raise _Corrupt(f"schema_version table holds {rows!r}")
+        return int(rows[0][0])
+
+    def _move_aside(self, why: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while base.exists():
+            n += 1
+            base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                try:
+                    os.replace(src, str(base) + suffix)
+                except OSError as exc:
+                    raise self._hint(exc) from exc
+        log.warning("address book %s is corrupt (%s): moved it to %s and started an empty book; "
+                    "peers will be re-learned from seeds and gossip", self.path, why, base)
+        return base
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise AddressBookError(f"address book {self.path} is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE ... COMMIT`` transaction under the lock."""
+        with self._lock:
+            conn = self._db
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> AddressBook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _evict(self, conn: sqlite3.Connection, network: str, now: float) -> None:
+        (n,) = conn.execute("SELECT count(*) FROM peers WHERE network = ?", (network,)).fetchone()
+        excess = int(n) - self.max_entries
+        if excess <= 0:
+            return
+        conn.execute(
+            """
+            DELETE FROM peers WHERE rowid IN (
+                SELECT rowid FROM peers
+                WHERE network = ? AND source_rank < ?
+                  AND (last_success IS NULL OR last_success < ?)
+                ORDER BY failures DESC, last_seen ASC, host ASC, port ASC
+                LIMIT ?)
+            """,
+            (network, PROTECTED_RANK, now - self.protect_window, excess),
+        )
+
+    # -- writes (each one transaction) -----------------------------------------------------
+
+    def learn(self, network: str, host: str, port: int, *, source: str,
+              now: float | None = None, addrv2: bool = False) -> bool:
+        """Record that ``host:port`` exists (seed, config, gossip, version ...).
+
+        New entry: ``first_seen = last_seen = now``. Known entry: ``last_seen`` moves forward,
+        ``addrv2`` is OR-ed in, and the source is replaced only by one of higher rank
+        (``selection.SOURCE_KINDS``). Returns ``True`` if the entry is new and survived eviction.
+        Raises ``ValueError`` for an invalid endpoint, source, network or time.
+        """
+        h, p, _ = normalize_endpoint(host, port)
+        return (h, p) in self._learn(network, [(host, port)], source, now, addrv2, strict=True)
+
+    def learn_many(self, network: str, endpoints: Iterable[tuple[str, int]], *, source: str,
+                   now: float | None = None, addrv2: bool = False) -> int:
+        """:meth:`learn` for a whole Addresses message in one transaction; invalid endpoints
+        are skipped. Returns how many new entries are in the book afterwards."""
+        return len(self._learn(network, endpoints, source, now, addrv2, strict=False))
+
+    def _learn(self, network: str, endpoints: Iterable[tuple[str, int]], source: str,
+               now: float | None, addrv2: bool, *, strict: bool) -> set[tuple[str, int]]:
+        t = _stamp(now)
+        _check_network(network)
+        rank = source_rank(source)
+        items: dict[tuple[str, int], Kind] = {}
+        for host, port in endpoints:
+            try:
+                h, p, k = normalize_endpoint(host, port)
+            except ValueError:
+                if strict:
+                    raise
+                continue
+            items[(h, p)] = k
+        if not items:
+            return set()
+        new: set[tuple[str, int]] = set()
+        with self._write() as conn:
+            for (h, p), k in items.items():
+                known = conn.execute(
+                    "SELECT 1 FROM peers WHERE network = ? AND host = ? AND port = ?",
+                    (network, h, p)).fetchone()
+                if known is None:
+                    new.add((h, p))
+                conn.execute(
+                    """
+                    INSERT INTO peers (network, host, port, kind, source, source_rank,
+                                       first_seen, last_seen, addrv2)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (network, host, port) DO UPDATE SET
+                        last_seen = max(last_seen, excluded.last_seen),
+                        addrv2 = (addrv2 OR excluded.addrv2),
+                        source = CASE WHEN excluded.source_rank > source_rank
+                                      THEN excluded.source ELSE source END,
+                        source_rank = max(source_rank, excluded.source_rank)
+                    """,
+                    (network, h, p, k, source, rank, t, t, int(bool(addrv2))),
+                )
+            self._evict(conn, network, t)
+            if new:
+                still = {(str(r[0]), int(r[1])) for r in conn.execute(
+                    "SELECT host, port FROM peers WHERE network = ? AND first_seen = ?",
+                    (network, t))}
+                new &= still
+        return new
+
+    def record_success(self, network: str, host: str, port: int, *, now: float | None = None,
+                       addrv2: bool | None = None) -> bool:
+        """A connection to the peer worked: failures and backoff reset, ``last_success = now``.
+
+        ``addrv2`` (when given) sets what the peer's Version said. ``False`` if unknown peer.
+        """
+        t = _stamp(now)
+        _check_network(network)
+        h, p, _ = normalize_endpoint(host, port)
+        with self._write() as conn:
+            cur = conn.execute(
+                """
+                UPDATE peers SET failures = 0, backoff_until = 0, last_success = ?,
+                                 last_seen = max(last_seen, ?),
+                                 addrv2 = coalesce(?, addrv2)
+                WHERE network = ? AND host = ? AND port = ?
+                """,
+                (t, t, None if addrv2 is None else int(addrv2), network, h, p),
+            )
+            return cur.rowcount == 1
+
+    def record_failure(self, network: str, host: str, port: int, *, now: float | None = None,
+                       backoff: Callable[[int], float] = backoff_delay,
+                       ) -> tuple[int, float] | None:
+        """One more consecutive failure: ``backoff_until = now + backoff(failures)``.
+
+        Returns ``(failures, delay)``, or ``None`` if the peer is not in the book.
+        """
+        t = _stamp(now)
+        _check_network(network)
+        h, p, _ = normalize_endpoint(host, port)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT failures FROM peers WHERE network = ? AND host = ? AND port = ?",
+                (network, h, p)).fetchone()
+            if row is None:
+                return None
+            n = int(row[0]) + 1
+            delay = float(backoff(n))
+            conn.execute(
+                "UPDATE peers SET failures = ?, backoff_until = ? "
+                "WHERE network = ? AND host = ? AND port = ?",
+                (n, t + delay, network, h, p))
+            return n, delay
+
+    def mark_self(self, network: str, host: str, port: int, is_self: bool = True) -> bool:
+        """Flag (or unflag) the peer as a route back to our own kaspad. ``False`` if unknown."""
+        _check_network(network)
+        h, p, _ = normalize_endpoint(host, port)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE peers SET is_self = ? WHERE network = ? AND host = ? AND port = ?",
+                (int(is_self), network, h, p))
+            return cur.rowcount == 1
+
+    def remove(self, network: str, host: str, port: int) -> bool:
+        _check_network(network)
+        h, p, _ = normalize_endpoint(host, port)
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM peers WHERE network = ? AND host = ? AND port = ?",
+                               (network, h, p))
+            return cur.rowcount == 1
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, network: str, host: str, port: int) -> PeerEntry | None:
+        _check_network(network)
+        h, p, _ = normalize_endpoint(host, port)
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM peers WHERE network = ? AND host = ? AND port = ?",
+                (network, h, p)).fetchone()
+        return None if row is None else _row_entry(row)
+
+    def entries(self, network: str, kinds: Collection[Kind] | None = None) -> list[PeerEntry]:
+        """All entries of ``network`` (optionally only these kinds), ordered by host, port."""
+        _check_network(network)
+        sql = f"SELECT {_COLUMNS} FROM peers WHERE network = ?"
+        args: list[object] = [network]
+        if kinds is not None:
+            ks = sorted(set(kinds))
+            if not ks:
+                return []
+            sql += f" AND kind IN ({', '.join('?' * len(ks))})"
+            args += ks
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY host, port", args).fetchall()
+        return [_row_entry(r) for r in rows]
+
+    def count(self, network: str | None = None) -> int:
+        with self._lock:
+            if network is None:
+                row = self._db.execute("SELECT count(*) FROM peers").fetchone()
+            else:
+                _check_network(network)
+                row = self._db.execute(
+                    "SELECT count(*) FROM peers WHERE network = ?", (network,)).fetchone()
+        return int(row[0])
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check`` result (``"ok"`` when healthy)."""
+        with self._lock:
+            rows = self._db.execute("PRAGMA integrity_check").fetchall()
+        return "; ".join(str(r[0]) for r in rows)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def gossip_hook(self, network: str) -> Callable[[OnionPeer, str], None]:
+        """A callable for ``GossipState.on_learn``: stores each learned onion (now = wall time).
+
+        Onions arrive one by one there; each is one small transaction. Invalid sources are
+        recorded as ``gossip:<source>``.
+        """
+        _check_network(network)
+
+        def hook(peer: OnionPeer, source: str) -> None:
+            try:
+                source_rank(source)
+            except ValueError:
+                source = ("gossip:" + source)[:200]
+            self.learn(network, peer.address.host, peer.port, source=source)
+
+        return hook

@@ -1,0 +1,557 @@
+"""Tests for bridge.book: the SQLite address book (model-based, persistence, kill -9)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from bridge import book as book_mod
+from bridge.book import AddressBook, AddressBookError
+from bridge.core.onion import OnionAddress
+from bridge.core.peers import Target
+from bridge.core.policy import GossipState, OnionPeer
+from bridge.core.selection import (
+    BookSelector,
+    PeerEntry,
+    PeerStore,
+    backoff_delay,
+    normalize_endpoint,
+    source_rank,
+)
+
+NET = "kaspa-mainnet"
+TESTNET = "kaspa-testnet-10"
+ONION = OnionAddress.from_pubkey(b"\x01" * 32)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "peers.sqlite"
+
+
+# --------------------------------------------------------------------------------------------
+# opening
+
+
+def test_open_creates_private_wal_file(db: Path) -> None:
+    with AddressBook(db) as b:
+        assert b.count() == 0
+        assert b.integrity_check() == "ok"
+        conn = b._db
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (book_mod.SCHEMA_VERSION,)]
+    assert db.stat().st_mode & 0o777 == 0o600
+    with AddressBook(db, synchronous="FULL") as b:
+        assert b._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    with pytest.raises(AddressBookError, match="closed"):
+        b.count()
+
+
+def test_open_missing_directory(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "peers.sqlite"
+    with pytest.raises(AddressBookError, match="does not exist") as ei:
+        AddressBook(path)
+    assert str(path.parent) in str(ei.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_open_permission_denied(db: Path) -> None:
+    AddressBook(db).close()
+    db.chmod(0o000)
+    try:
+        with pytest.raises(AddressBookError, match="permission") as ei:
+            AddressBook(db)
+        assert str(db) in str(ei.value)
+    finally:
+        db.chmod(0o600)
+
+
+def test_open_permission_message(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def deny(*args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied", str(db))
+
+    monkeypatch.setattr("bridge.book.os.open", deny)
+    with pytest.raises(AddressBookError, match="permissions of") as ei:
+        AddressBook(db)
+    assert str(db) in str(ei.value) and "startup aborted" in ei.value.describe()
+
+
+def test_open_locked_by_another_process(db: Path) -> None:
+    AddressBook(db).close()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(AddressBookError, match="second kaspa-tor-bridge"):
+            AddressBook(db, busy_timeout=0.05)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    AddressBook(db).close()
+
+
+def test_open_garbage_is_moved_aside(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db.write_bytes(b"this is not a database" * 100)
+    (db.parent / (db.name + "-wal")).write_bytes(b"junk")
+    with caplog.at_level(logging.WARNING, logger="bridge.book"), AddressBook(db) as b:
+        assert b.count() == 0
+        assert b.moved_aside is not None
+        b.learn(NET, "1.2.3.4", 1, source="seed", now=1)
+    assert b.moved_aside.read_bytes().startswith(b"this is not")
+    live_wal = db.parent / (db.name + "-wal")  # the stale WAL never meets the new file
+    assert not live_wal.exists() or live_wal.read_bytes() != b"junk"
+    assert any("corrupt" in r.message and str(b.moved_aside) in r.message
+               for r in caplog.records)
+    with AddressBook(db) as b2:
+        assert b2.count() == 1 and b2.moved_aside is None
+
+
+def test_open_corrupt_pages_are_moved_aside(db: Path) -> None:
+    with AddressBook(db) as b:
+        b.learn_many(NET, [(f"10.{i // 256}.{i % 256}.1", 16111) for i in range(3000)],
+                     source="gossip:x", now=1)
+    size = db.stat().st_size
+    assert size > 16 * 4096
+    with db.open("r+b") as f:  # smash pages in the middle (not the header page)
+        f.seek(size // 2)
+        f.write(b"\xa5" * (4 * 4096))
+    with AddressBook(db) as b:
+        assert b.moved_aside is not None and b.count() == 0
+    db.write_bytes(b"garbage" * 1000)
+    with pytest.raises(AddressBookError, match="corrupt"):
+        AddressBook(db, on_corrupt="raise")
+    assert db.read_bytes().startswith(b"garbage")  # untouched
+
+
+def test_open_newer_schema_refused(db: Path) -> None:
+    with AddressBook(db) as b:
+        b._db.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(AddressBookError, match="newer"):
+        AddressBook(db)
+    assert db.exists()
+
+
+def test_open_foreign_database_refused(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE wallet (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(AddressBookError, match="not an address book"):
+        AddressBook(db)
+
+
+def test_migration_hook(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with AddressBook(db) as b:
+        b.learn(NET, "1.2.3.4", 1, source="seed", now=5)
+
+    def to_v2(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE peers ADD COLUMN note TEXT NOT NULL DEFAULT 'v2'")
+
+    monkeypatch.setattr(book_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(book_mod.MIGRATIONS, 1, to_v2)
+    with AddressBook(db) as b:
+        assert b._db.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        assert b._db.execute("SELECT host, note FROM peers").fetchall() == [("1.2.3.4", "v2")]
+        assert b.get(NET, "1.2.3.4", 1) is not None
+
+
+def test_bad_arguments(db: Path) -> None:
+    with pytest.raises(ValueError):
+        AddressBook(db, max_entries=0)
+    with pytest.raises(ValueError):
+        AddressBook(db, synchronous="OFF")  # type: ignore[arg-type]
+    with AddressBook(db) as b:
+        with pytest.raises(ValueError, match="network"):
+            b.learn("kaspa-nonet", "1.2.3.4", 1, source="seed")
+        with pytest.raises(ValueError, match="source"):
+            b.learn(NET, "1.2.3.4", 1, source="dns")
+        with pytest.raises(ValueError):
+            b.learn(NET, "example.com", 1, source="seed")
+        with pytest.raises(ValueError, match="finite"):
+            b.learn(NET, "1.2.3.4", 1, source="seed", now=float("nan"))
+        assert b.count() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# semantics
+
+
+def test_learn_and_update(db: Path) -> None:
+    with AddressBook(db) as b:
+        assert b.learn(NET, ONION.host.upper(), 16111, source="gossip:a", now=10)
+        assert not b.learn(NET, ONION.host, 16111, source="gossip:b", now=5, addrv2=True)
+        e = b.get(NET, ONION.host, 16111)
+        assert e == PeerEntry(NET, ONION.host, 16111, "onion", "gossip:a", 10.0, 10.0, None, 0,
+                              0.0, True, False)
+        b.learn(NET, ONION.host, 16111, source="seed", now=20)
+        b.learn(NET, ONION.host, 16111, source="version:x", now=15)
+        e = b.get(NET, ONION.host, 16111)
+        assert e is not None and (e.source, e.last_seen, e.addrv2) == ("seed", 20.0, True)
+        # IPv6 and IPv4-mapped normalisation; networks are separate
+        assert b.learn(NET, "2001:DB8::0:1", 1, source="config", now=1)
+        assert not b.learn(NET, "2001:db8::1", 1, source="config", now=1)
+        assert b.learn(NET, "::ffff:1.2.3.4", 1, source="config", now=1)
+        assert b.get(NET, "1.2.3.4", 1) is not None
+        assert b.learn(TESTNET, "1.2.3.4", 1, source="config", now=1)
+        assert b.count(NET) == 3 and b.count(TESTNET) == 1 and b.count() == 4
+        assert [e.kind for e in b.entries(NET)] == ["ipv4", "ipv6", "onion"]
+        assert [e.kind for e in b.entries(NET, ["onion", "ipv6"])] == ["ipv6", "onion"]
+        assert b.entries(NET, []) == []
+
+
+def test_learn_many(db: Path) -> None:
+    with AddressBook(db) as b:
+        n = b.learn_many(NET, [("1.2.3.4", 1), ("bad host", 1), ("1.2.3.4", 1),
+                               ("1.2.3.5", 0), (ONION.host, 2)], source="gossip:z", now=3)
+        assert n == 2 and b.count(NET) == 2
+        assert b.learn_many(NET, [("1.2.3.4", 1), ("5.6.7.8", 1)], source="gossip:z") == 1
+        assert b.learn_many(NET, [], source="gossip:z") == 0
+
+
+def test_success_failure_self_remove(db: Path) -> None:
+    with AddressBook(db) as b:
+        b.learn(NET, "1.2.3.4", 1, source="gossip:a", now=10)
+        assert b.record_failure(NET, "1.2.3.4", 1, now=100) == (1, 5.0)
+        assert b.record_failure(NET, "1.2.3.4", 1, now=100) == (2, 10.0)
+        assert b.record_failure(NET, "1.2.3.4", 1, now=100,
+                                backoff=lambda n: 7.0 * n) == (3, 21.0)
+        e = b.get(NET, "1.2.3.4", 1)
+        assert e is not None and (e.failures, e.backoff_until) == (3, 121.0)
+        assert b.record_success(NET, "1.2.3.4", 1, now=200, addrv2=True)
+        e = b.get(NET, "1.2.3.4", 1)
+        assert e is not None
+        assert (e.failures, e.backoff_until, e.last_success, e.last_seen, e.addrv2) == (
+            0, 0.0, 200.0, 200.0, True)
+        assert b.record_success(NET, "1.2.3.4", 1, now=300, addrv2=False)
+        assert b.get(NET, "1.2.3.4", 1).addrv2 is False  # type: ignore[union-attr]
+        assert b.mark_self(NET, "1.2.3.4", 1)
+        assert b.get(NET, "1.2.3.4", 1).is_self  # type: ignore[union-attr]
+        assert b.mark_self(NET, "1.2.3.4", 1, False)
+        assert not b.get(NET, "1.2.3.4", 1).is_self  # type: ignore[union-attr]
+        assert b.record_failure(NET, "9.9.9.9", 1) is None
+        assert not b.record_success(NET, "9.9.9.9", 1)
+        assert not b.mark_self(NET, "9.9.9.9", 1)
+        assert b.remove(NET, "1.2.3.4", 1) and not b.remove(NET, "1.2.3.4", 1)
+        assert b.get(NET, "1.2.3.4", 1) is None
+
+
+def test_eviction_rule(db: Path) -> None:
+    with AddressBook(db, max_entries=4, protect_window=100) as b:
+        b.learn(NET, "1.0.0.1", 1, source="seed", now=1)
+        b.learn(NET, "1.0.0.2", 1, source="config", now=1)
+        b.learn(NET, "1.0.0.3", 1, source="gossip:a", now=1)
+        b.learn(NET, "1.0.0.4", 1, source="gossip:a", now=2)
+        b.record_failure(NET, "1.0.0.4", 1, now=2)
+        # over the bound: the entry with most failures goes first (despite newer last_seen)
+        assert b.learn(NET, "1.0.0.5", 1, source="gossip:a", now=3)
+        assert b.get(NET, "1.0.0.4", 1) is None and b.count(NET) == 4
+        # then the oldest last_seen
+        assert b.learn(NET, "1.0.0.6", 1, source="gossip:a", now=4)
+        assert b.get(NET, "1.0.0.3", 1) is None
+        # a recent success is protected; the newcomer itself is then the oldest evictable
+        b.record_success(NET, "1.0.0.5", 1, now=5)
+        assert b.learn(NET, "1.0.0.7", 1, source="gossip:a", now=6)
+        assert {e.host for e in b.entries(NET)} == {"1.0.0.1", "1.0.0.2", "1.0.0.5", "1.0.0.7"}
+        b.record_success(NET, "1.0.0.7", 1, now=7)
+        # everything protected: a gossip newcomer does not survive, learn says so
+        assert not b.learn(NET, "1.0.0.8", 1, source="gossip:a", now=8)
+        assert b.count(NET) == 4
+        # seed/config may exceed the bound
+        assert b.learn(NET, "1.0.0.9", 1, source="config", now=9)
+        assert b.count(NET) == 5
+        # protection of a success expires after protect_window
+        assert b.learn(NET, "1.0.0.10", 1, source="gossip:a", now=500)
+        assert b.count(NET) == 4 and b.get(NET, "1.0.0.10", 1) is not None
+        # the bound is per network
+        assert b.learn(TESTNET, "1.0.0.1", 1, source="gossip:a", now=1)
+
+
+def test_persistence_across_reopen(db: Path) -> None:
+    with AddressBook(db) as b:
+        b.learn(NET, ONION.host, 16111, source="seed", now=1, addrv2=True)
+        b.learn_many(TESTNET, [("1.2.3.4", 2), ("2001:db8::1", 3)], source="gossip:q", now=2)
+        b.record_failure(TESTNET, "1.2.3.4", 2, now=3)
+        b.mark_self(TESTNET, "2001:db8::1", 3)
+        before = {n: b.entries(n) for n in (NET, TESTNET)}
+    with AddressBook(db) as b:
+        assert {n: b.entries(n) for n in (NET, TESTNET)} == before
+    # also without a clean close (no checkpoint): another connection sees committed data
+    b = AddressBook(db)
+    b.learn(NET, "7.7.7.7", 1, source="seed", now=4)
+    with AddressBook(db) as b2:
+        assert b2.get(NET, "7.7.7.7", 1) is not None
+    b.close()
+
+
+def test_threads(db: Path) -> None:
+    with AddressBook(db) as b:
+        def work(k: int) -> None:
+            for i in range(50):
+                b.learn(NET, f"10.{k}.{i}.1", 1, source="gossip:t", now=i)
+                b.record_failure(NET, f"10.{k}.{i}.1", 1, now=i)
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert b.count(NET) == 200
+        assert all(e.failures == 1 for e in b.entries(NET))
+
+
+def test_gossip_hook(db: Path) -> None:
+    with AddressBook(db) as b:
+        g = GossipState(on_learn=b.gossip_hook(NET))
+        g.learn(OnionPeer(ONION, 16111), "gossip:1.2.3.4:16111")
+        g.learn(OnionPeer(OnionAddress.from_pubkey(b"\x02" * 32), 1), "weird")
+        srcs = sorted(e.source for e in b.entries(NET))
+        assert srcs == ["gossip:1.2.3.4:16111", "gossip:weird"]
+
+
+def test_book_selector_over_book(db: Path) -> None:
+    with AddressBook(db) as b:
+        store: PeerStore = b
+        sel = BookSelector(store, NET, rng=random.Random(1))
+        for t in (Target("1.2.3.4", 1), Target("1.2.9.9", 1), Target(ONION.host, 16111)):
+            sel.add(t, now=0.0)
+        a, c = sel.pick(1.0), sel.pick(1.0)
+        assert a is not None and c is not None and sel.pick(1.0) is None
+        ip = a if not a.is_onion else c
+        assert sel.failure(ip, 1.0) == 5.0
+        sel.release(ip)
+        assert sel.next_retry(1.0) == 6.0
+        other = sel.pick(2.0)
+        assert other is not None and other != ip
+        sel.success(other, 3.0)
+        e = b.get(NET, other.host, other.port)
+        assert e is not None and e.last_success == 3.0 and e.source == "config"
+    with AddressBook(db) as b:  # backoff survives a restart
+        e = b.get(NET, ip.host, ip.port)
+        assert e is not None and e.failures == 1 and e.backoff_until == 6.0
+
+
+# --------------------------------------------------------------------------------------------
+# model-based: the book agrees with a dict model over random operation sequences
+
+
+@dataclass
+class _M:
+    kind: str
+    source: str
+    first_seen: float
+    last_seen: float
+    last_success: float | None = None
+    failures: int = 0
+    backoff_until: float = 0.0
+    addrv2: bool = False
+    is_self: bool = False
+
+
+_MAXN = 4
+_WINDOW = 5.0
+_HOSTS = ["10.0.0.1", "10.0.0.2", "10.1.0.1", "2001:db8::1", "2001:DB8::2", "::ffff:10.0.0.1",
+          ONION.host, ONION.host.upper(), OnionAddress.from_pubkey(b"\x03" * 32).host]
+_EP = st.tuples(st.sampled_from(_HOSTS), st.sampled_from([1, 2]))
+_SRC = st.sampled_from(["gossip:a", "gossip:b", "version:x", "inbound-version", "seed",
+                        "config"])
+_NOW = st.integers(0, 30).map(float)
+_NETS = st.sampled_from([NET, TESTNET])
+
+
+class BookMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="book-model-")
+        self.path = Path(self.dir) / "peers.sqlite"
+        self.book = AddressBook(self.path, max_entries=_MAXN, protect_window=_WINDOW)
+        self.model: dict[tuple[str, str, int], _M] = {}
+
+    def teardown(self) -> None:
+        self.book.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _evict(self, net: str, now: float) -> None:
+        keys = [k for k in self.model if k[0] == net]
+        excess = len(keys) - _MAXN
+        if excess <= 0:
+            return
+        cands = [k for k in keys if source_rank(self.model[k].source) < 2
+                 and not (self.model[k].last_success is not None
+                          and self.model[k].last_success >= now - _WINDOW)]  # type: ignore[operator]
+        cands.sort(key=lambda k: (-self.model[k].failures, self.model[k].last_seen, k[1], k[2]))
+        for k in cands[:excess]:
+            del self.model[k]
+
+    def _model_learn(self, net: str, eps: list[tuple[str, int]], src: str, now: float,
+                     addrv2: bool) -> set[tuple[str, int]]:
+        new = set()
+        for host, port in eps:
+            h, p, kind = normalize_endpoint(host, port)
+            m = self.model.get((net, h, p))
+            if m is None:
+                self.model[(net, h, p)] = _M(kind, src, now, now, addrv2=addrv2)
+                new.add((h, p))
+            else:
+                m.last_seen = max(m.last_seen, now)
+                m.addrv2 = m.addrv2 or addrv2
+                if source_rank(src) > source_rank(m.source):
+                    m.source = src
+        self._evict(net, now)
+        return {k for k in new if (net, *k) in self.model}
+
+    @rule(net=_NETS, ep=_EP, src=_SRC, now=_NOW, addrv2=st.booleans())
+    def learn(self, net: str, ep: tuple[str, int], src: str, now: float, addrv2: bool) -> None:
+        got = self.book.learn(net, *ep, source=src, now=now, addrv2=addrv2)
+        assert got == bool(self._model_learn(net, [ep], src, now, addrv2))
+
+    @rule(net=_NETS, eps=st.lists(_EP, max_size=6), src=_SRC, now=_NOW, addrv2=st.booleans())
+    def learn_many(self, net: str, eps: list[tuple[str, int]], src: str, now: float,
+                   addrv2: bool) -> None:
+        got = self.book.learn_many(net, eps, source=src, now=now, addrv2=addrv2)
+        assert got == len(self._model_learn(net, eps, src, now, addrv2))
+
+    @rule(net=_NETS, ep=_EP, now=_NOW, addrv2=st.sampled_from([None, True, False]))
+    def success(self, net: str, ep: tuple[str, int], now: float, addrv2: bool | None) -> None:
+        got = self.book.record_success(net, *ep, now=now, addrv2=addrv2)
+        h, p, _ = normalize_endpoint(*ep)
+        m = self.model.get((net, h, p))
+        assert got == (m is not None)
+        if m is not None:
+            m.failures, m.backoff_until, m.last_success = 0, 0.0, now
+            m.last_seen = max(m.last_seen, now)
+            if addrv2 is not None:
+                m.addrv2 = addrv2
+
+    @rule(net=_NETS, ep=_EP, now=_NOW)
+    def failure(self, net: str, ep: tuple[str, int], now: float) -> None:
+        got = self.book.record_failure(net, *ep, now=now)
+        h, p, _ = normalize_endpoint(*ep)
+        m = self.model.get((net, h, p))
+        if m is None:
+            assert got is None
+        else:
+            m.failures += 1
+            m.backoff_until = now + backoff_delay(m.failures)
+            assert got == (m.failures, backoff_delay(m.failures))
+
+    @rule(net=_NETS, ep=_EP, flag=st.booleans())
+    def mark_self(self, net: str, ep: tuple[str, int], flag: bool) -> None:
+        got = self.book.mark_self(net, *ep, flag)
+        h, p, _ = normalize_endpoint(*ep)
+        m = self.model.get((net, h, p))
+        assert got == (m is not None)
+        if m is not None:
+            m.is_self = flag
+
+    @rule(net=_NETS, ep=_EP)
+    def remove(self, net: str, ep: tuple[str, int]) -> None:
+        h, p, _ = normalize_endpoint(*ep)
+        assert self.book.remove(net, *ep) == (self.model.pop((net, h, p), None) is not None)
+
+    @rule()
+    def reopen(self) -> None:
+        self.book.close()
+        self.book = AddressBook(self.path, max_entries=_MAXN, protect_window=_WINDOW)
+
+    @invariant()
+    def agrees(self) -> None:
+        for net in (NET, TESTNET):
+            want = [PeerEntry(net, h, p, m.kind, m.source, m.first_seen,  # type: ignore[arg-type]
+                              m.last_seen, m.last_success, m.failures, m.backoff_until,
+                              m.addrv2, m.is_self)
+                    for (n, h, p), m in sorted(self.model.items()) if n == net]
+            assert self.book.entries(net) == want
+
+
+TestBookModel = BookMachine.TestCase
+TestBookModel.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 during heavy writes
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from bridge.book import AddressBook
+
+    def ip(j):
+        return f"10.{(j >> 16) & 255}.{(j >> 8) & 255}.{j & 255}"
+
+    b = AddressBook(sys.argv[1], max_entries=10**6)
+    b._db.execute("PRAGMA wal_autocheckpoint=64")  # checkpoint often: kills land there too
+    i = int(sys.argv[2])
+    out = sys.stdout
+    while True:
+        if i % 7 == 0:
+            n = 1 + i % 97
+            b.learn_many("kaspa-mainnet", [(ip(j), 16111) for j in range(i, i + n)],
+                         source="gossip:child", now=float(i))
+        else:
+            n = 1
+            b.learn("kaspa-mainnet", ip(i), 16111, source="gossip:child", now=float(i))
+            b.record_failure("kaspa-mainnet", ip(i - 1), 16111, now=float(i))
+        out.write(f"{i} {i + n}\\n")
+        out.flush()
+        i += n
+    """
+)
+
+
+def _ip(j: int) -> str:
+    return f"10.{(j >> 16) & 255}.{(j >> 8) & 255}.{j & 255}"
+
+
+def test_kill9_during_heavy_writes(db: Path) -> None:
+    rng = random.Random(0xC0FFEE)
+    committed: list[tuple[int, int]] = []
+    start = 1
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for round_no in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(db), str(start)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                cwd=ROOT)
+        assert proc.stdout is not None
+        seen = b""
+        if round_no == 0:  # a kill early on, possibly while the file is being created
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:
+            for _ in range(rng.randint(20, 300)):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                seen += line
+            time.sleep(rng.uniform(0.0, 0.02))
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == -signal.SIGKILL, err.decode()
+        # everything printed before the kill was committed (the last line may be cut off)
+        for text in (seen + out).decode().split("\n")[:-1]:
+            a, b_ = map(int, text.split())
+            committed.append((a, b_))
+        if committed:
+            start = max(b_ for _, b_ in committed)
+        with AddressBook(db, on_corrupt="raise") as b:
+            assert b.integrity_check() == "ok"
+            have = {e.host for e in b.entries(NET)}
+        missing = [j for a, b_ in committed for j in range(a, b_) if _ip(j) not in have]
+        assert not missing, f"round {round_no}: {len(missing)} committed ids lost"
+    assert len(committed) > 200  # the child did get to write a lot
