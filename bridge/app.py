@@ -11,8 +11,8 @@ from bridge.net.pool import DialPolicy
 from bridge.net.socks import ProxyEndpoint
 
 
-def _proxy(hp: HostPort) -> ProxyEndpoint:
-    return ProxyEndpoint(hp.host, hp.port)
+def _proxy(hp: HostPort | None) -> ProxyEndpoint | None:
+    return ProxyEndpoint(hp.host, hp.port) if hp is not None else None
 
 
 def bridge_options(cfg: Config) -> BridgeOptions:

@@ -45,6 +45,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    import stem.util.log  # noqa: F401 - stem sets its logger to TRACE on import: override after
+
     logging.getLogger("stem").setLevel(logging.WARNING)
 
 

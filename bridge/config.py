@@ -230,7 +230,7 @@ class InboundConfig:
 
 @dataclass(frozen=True, slots=True)
 class TorConfig:
-    socks: HostPort
+    socks: HostPort | None  # None: "auto", asked from tor over the control port
     onion_socks: HostPort | None  # None: use ``socks`` for .onion targets too
     control: HostPort | UnixSocket | None
     control_password: str = field(repr=False)
@@ -241,9 +241,10 @@ class TorConfig:
     onion_key_file: Path  # resolved: <data_dir>/<network>/onion_ed25519_v3.key by default
     bootstrap_timeout: float
     managed: bool
+    extra_torrc: tuple[str, ...] = ()  # extra torrc lines for a managed tor
 
     @property
-    def socks_for_onion(self) -> HostPort:
+    def socks_for_onion(self) -> HostPort | None:
         return self.onion_socks if self.onion_socks is not None else self.socks
 
     def read_control_password(self) -> str | None:
@@ -376,6 +377,7 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "tor.onion_key_file": _Spec("path", ""),
     "tor.bootstrap_timeout": _Spec("float", 120.0, lo=0, lo_open=True, hi=86400),
     "tor.managed": _Spec("bool", False),
+    "tor.extra_torrc": _Spec("list", ()),
     "peers.connect": _Spec("list", ()),
     "peers.allow_direct": _Spec("bool", False),
     "relay.max_message_bytes": _Spec("int", 1 << 30, lo=16384, hi=1 << 30),
@@ -823,7 +825,9 @@ def _build(raw: _Raw, home: str | None) -> Config:
     inbound = InboundConfig(listen=inbound_listen, allow_non_loopback=inbound_non_loopback)
 
     # [tor]
-    socks = b.hostport("tor.socks", default_port=None)
+    # "auto": ask tor over the control port (GETINFO net/listeners/socks)
+    socks = (None if b.str_("tor.socks") == "auto"
+             else b.hostport("tor.socks", default_port=None))
     onion_socks = (
         b.hostport("tor.onion_socks", default_port=None) if b.str_("tor.onion_socks") else None
     )
@@ -856,6 +860,15 @@ def _build(raw: _Raw, home: str | None) -> Config:
     cookie_file = b.path("tor.cookie_file", optional=True)
     listen_onion = b.bool_("tor.listen_onion")
     managed = b.bool_("tor.managed")
+    if socks is None and control is None:
+        raise b.err_any(
+            ("tor.socks", "tor.control"),
+            'tor.socks = "auto" needs tor.control (the SOCKS port is asked from tor)',
+        )
+    extra_torrc = tuple(str(x) for x in b.list_("tor.extra_torrc"))
+    if extra_torrc and not managed:
+        raise b.err_any(("tor.extra_torrc", "tor.managed"),
+                        "tor.extra_torrc only applies to a managed tor (tor.managed = true)")
     if listen_onion and control is None:
         raise b.err_any(
             ("tor.listen_onion", "tor.control"),
@@ -883,6 +896,7 @@ def _build(raw: _Raw, home: str | None) -> Config:
         onion_key_file=key_file,
         bootstrap_timeout=b.float_("tor.bootstrap_timeout"),
         managed=managed,
+        extra_torrc=extra_torrc,
     )
 
     # [peers]
@@ -946,7 +960,9 @@ def _build(raw: _Raw, home: str | None) -> Config:
     listeners.append(("inbound.listen", inbound_listen))
     if metrics_listen is not None:
         listeners.append(("metrics.listen", metrics_listen))
-    others: list[tuple[str, HostPort]] = [("kaspad.p2p", kaspad.p2p), ("tor.socks", socks)]
+    others: list[tuple[str, HostPort]] = [("kaspad.p2p", kaspad.p2p)]
+    if socks is not None:
+        others.append(("tor.socks", socks))
     if onion_socks is not None:
         others.append(("tor.onion_socks", onion_socks))
     if isinstance(control, HostPort):

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
 from bridge.app import bridge_options
-from bridge.config import Config, UnixSocket
+from bridge.config import Config, HostPort, UnixSocket
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import GossipState, OnionPeer
 from bridge.errors import BridgeError, Fault
 from bridge.net.bridge import Bridge
 from bridge.net.pool import Dialer
+from bridge.net.socks import ProxyEndpoint
 from bridge.tor.control import ControlAuth, ControlEndpoint
+from bridge.tor.managed import ManagedTor, ManagedTorConfig
 from bridge.tor.supervisor import OnionSpec, TorStatus, TorSupervisor
 
 log = logging.getLogger("bridge")
@@ -64,15 +66,35 @@ class Daemon:
                 self.bridge.selector.own_onion = addr
             log.info("own onion: %s:%d (gossiped to ADDRv2 peers)", addr.host, port)
 
-    def _supervisor(self) -> TorSupervisor | None:
+    def _managed(self) -> ManagedTor | None:
         tor = self.cfg.tor
-        if tor.control is None:
+        if not tor.managed:
             return None
-        if isinstance(tor.control, UnixSocket):
-            endpoint = ControlEndpoint.unix(tor.control.path)
+        control_port = tor.control.port if isinstance(tor.control, HostPort) else None
+        return ManagedTor(ManagedTorConfig(
+            data_dir=self.cfg.network_dir, socks_port=tor.socks.port if tor.socks else "auto",
+            control_port=control_port, extra_torrc=tor.extra_torrc))
+
+    def _socks_from_tor(self) -> ProxyEndpoint | None:
+        """The SOCKS listener tor reported (``tor.socks = "auto"`` or a managed tor)."""
+        sup = self.supervisor
+        if sup is None or not sup.status.socks_listeners:
+            return None
+        host, port = sup.status.socks_listeners[0]
+        return ProxyEndpoint(host, port)
+
+    def _supervisor(self, managed: ManagedTor | None) -> TorSupervisor | None:
+        tor = self.cfg.tor
+        if managed is not None:
+            endpoint, auth = managed.endpoint, managed.auth
+        elif tor.control is None:
+            return None
         else:
-            endpoint = ControlEndpoint.tcp(tor.control.host, tor.control.port)
-        auth = ControlAuth(password=tor.read_control_password(), cookie_path=tor.cookie_file)
+            if isinstance(tor.control, UnixSocket):
+                endpoint = ControlEndpoint.unix(tor.control.path)
+            else:
+                endpoint = ControlEndpoint.tcp(tor.control.host, tor.control.port)
+            auth = ControlAuth(password=tor.read_control_password(), cookie_path=tor.cookie_file)
         onion = None
         if tor.listen_onion:
             listen = self.cfg.inbound.listen
@@ -87,14 +109,23 @@ class Daemon:
             log.warning("config: %s", w)
         options = bridge_options(cfg)
         self.gossip = GossipState(own_onion=options.own_onion)
-        self.supervisor = sup = self._supervisor()
+        managed = self._managed()
+        self.supervisor = sup = self._supervisor(managed)
         must_have_tor = cfg.mode == "tor-only" or cfg.tor.listen_onion
+        if managed is not None:
+            # the managed tor's SOCKS port is asked from it once it runs
+            options.dial = replace(options.dial, proxy=None, onion_proxy=None)
+        startup_error: StartupError | None = None
         async with trio.open_nursery() as nursery:
+            if managed is not None:
+                await nursery.start(managed.run)
+                log.info("managed tor running (data in %s)", managed.cfg.tor_dir)
             gate = None
             if sup is not None:
                 async def gate() -> None:
                     await sup.wait_usable()
-            self.bridge = Bridge(options, gossip=self.gossip, dialer=Dialer(options.dial, gate))
+            self.bridge = Bridge(options, gossip=self.gossip, dialer=Dialer(
+                options.dial, gate, socks_provider=self._socks_from_tor))
             # Listeners first: the onion service must point at a bound inbound port.
             await nursery.start(self.bridge.run)
             if sup is not None:
@@ -104,15 +135,28 @@ class Daemon:
                         await sup.wait_usable(cfg.tor.bootstrap_timeout,
                                               onion=cfg.tor.listen_onion)
                     except BridgeError as exc:
-                        raise StartupError(
+                        startup_error = StartupError(
                             f"{exc}; in {cfg.mode} mode"
                             f"{' with listen_onion' if cfg.tor.listen_onion else ''} the bridge "
-                            "cannot start without Tor", fault=Fault.TOR) from exc
-            task_status.started()
-            if self.handle_signals:
-                nursery.start_soon(self._signals)
-            await self._stop.wait()
-            if sup is not None:
-                with trio.move_on_after(5):
-                    await sup.stop()
-            nursery.cancel_scope.cancel()
+                            "cannot start without Tor", fault=Fault.TOR)
+                        startup_error.__cause__ = exc
+                        nursery.cancel_scope.cancel()
+            if startup_error is None:
+                await self._serve(nursery, sup, managed, task_status)
+        if startup_error is not None:
+            raise startup_error
+
+    async def _serve(self, nursery: trio.Nursery, sup: TorSupervisor | None,
+                     managed: ManagedTor | None, task_status: trio.TaskStatus[None]) -> None:
+        """Up and running: wait for a stop request, then shut down in order (onion removed
+        from Tor first, bounded), and cancel everything."""
+        task_status.started()
+        if self.handle_signals:
+            nursery.start_soon(self._signals)
+        await self._stop.wait()
+        if sup is not None:
+            with trio.move_on_after(5):
+                await sup.stop()
+        if managed is not None:
+            await managed.stop()
+        nursery.cancel_scope.cancel()

@@ -40,17 +40,21 @@ class DialPolicy:
 
 class Dialer:
     def __init__(self, policy: DialPolicy,
-                 gate: Callable[[], Awaitable[None]] | None = None) -> None:
+                 gate: Callable[[], Awaitable[None]] | None = None,
+                 socks_provider: Callable[[], ProxyEndpoint | None] | None = None) -> None:
         self.policy = policy
         #: awaited before every dial: the Tor supervisor pauses dialing while Tor is down
         self.gate = gate
+        #: where the SOCKS port comes from when none is configured (asked from tor)
+        self.socks_provider = socks_provider
         self.dials = 0
         self.failures: dict[str, int] = {}
 
     def route(self, target: Target) -> ProxyEndpoint | None:
         """The proxy for ``target``, or ``None`` for a direct connection (IP and allowed only)."""
+        discovered = self.socks_provider() if self.socks_provider is not None else None
         if target.is_onion:
-            proxy = self.policy.onion_proxy or self.policy.proxy
+            proxy = self.policy.onion_proxy or self.policy.proxy or discovered
             if proxy is None:
                 raise DialError(f"no SOCKS proxy configured for onion target {target}",
                                 fault=Fault.LOCAL)
@@ -60,8 +64,8 @@ class Dialer:
         except ValueError as exc:
             raise DialError(f"refusing non-IP, non-onion target {target.host!r} (no DNS)",
                             fault=Fault.LOCAL) from exc
-        if self.policy.proxy is not None:
-            return self.policy.proxy
+        if self.policy.proxy is not None or discovered is not None:
+            return self.policy.proxy or discovered
         if self.policy.allow_direct:
             return None
         raise DialError(f"no SOCKS proxy for {target} and direct dialing is not allowed",

@@ -1,0 +1,84 @@
+"""The daemon wiring: startup checks, managed tor, SOCKS discovery."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from bridge.config import load_config
+from bridge.daemon import Daemon, StartupError
+from bridge.demo import bridge_config
+from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
+from bridge.rig.tornet import TorNetwork, free_ports
+
+
+def _cfg(tmp_path: Path, **over: object) -> object:
+    slot, inbound = free_ports(2)
+    base: dict[str, object] = {
+        "network": "kaspa-simnet", "data_dir": str(tmp_path), "slots.base_port": slot,
+        "slots.count": 1, "inbound.listen": f"127.0.0.1:{inbound}",
+    }
+    base.update(over)
+    return load_config(None, env={"HOME": str(tmp_path)}, overrides=base)
+
+
+async def test_tor_only_startup_aborts_when_tor_is_unreachable(tmp_path: Path) -> None:
+    (closed,) = free_ports(1)
+    cfg = _cfg(tmp_path, **{"tor.control": f"127.0.0.1:{closed}", "tor.bootstrap_timeout": 1.5})
+    t0 = time.monotonic()
+    with pytest.raises(StartupError) as err:
+        await Daemon(cfg, handle_signals=False).run()  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 10
+    text = str(err.value)
+    assert "cannot start without Tor" in text and str(closed) in text
+
+
+@pytest.mark.tor
+async def test_managed_tor_with_discovered_socks_relays_to_an_onion(
+        tornet: TorNetwork, tmp_path: Path) -> None:
+    """tor.managed = true and tor.socks = "auto": the bridge launches its own tor (joined to the
+    private network via tor.extra_torrc), asks it for its SOCKS port, publishes its onion and
+    relays a kaspad slot connection to another bridge's onion."""
+    extra = [ln for ln in tornet.client.torrc.read_text().splitlines()
+             if ln.split(" ", 1)[0] in ("TestingTorNetwork", "DirAuthority",
+                                        "PathsNeededToBuildCircuits", "ShutdownWaitLength")]
+    emu_a = KaspadEmulator(EmulatorConfig())
+    emu_b = KaspadEmulator(EmulatorConfig())
+    socks = tornet.client.socks_port
+    assert socks is not None
+    try:
+        port_a = await trio.to_thread.run_sync(emu_a.start_server)
+        port_b = await trio.to_thread.run_sync(emu_b.start_server)
+        async with trio.open_nursery() as nursery:
+            b = Daemon(bridge_config(tmp_path, "b", socks_port=socks,
+                                     control_port=tornet.onion_host.control_port,
+                                     kaspad_port=port_b, peers=[]), handle_signals=False)
+            await nursery.start(b.run)
+            assert b.supervisor is not None
+            onion_b = b.supervisor.onion_address
+            (control,) = free_ports(1)
+            cfg_a = _cfg(tmp_path / "a", **{
+                "tor.managed": True, "tor.socks": "auto", "tor.control": f"127.0.0.1:{control}",
+                "tor.extra_torrc": extra, "tor.bootstrap_timeout": 90.0,
+                "kaspad.p2p": f"127.0.0.1:{port_a}", "peers.connect": [f"{onion_b}:16511"],
+                "pool.size": 1})
+            a = Daemon(cfg_a, handle_signals=False)  # type: ignore[arg-type]
+            await nursery.start(a.run)
+            assert a.supervisor is not None and a.bridge is not None
+            assert a.supervisor.onion_address  # published through the managed tor
+            proxy = a._socks_from_tor()
+            assert proxy is not None and proxy.port not in (socks,)
+            with trio.fail_after(60):
+                while a.bridge.pool.ready_count < 1:
+                    await trio.sleep(0.1)
+            sa = emu_a.dial("127.0.0.1", a.bridge.slot_ports[0])
+            assert await trio.to_thread.run_sync(sa.wait_handshake, 15.0), repr(sa)
+            assert not sa.violations
+            a.request_stop()
+            b.request_stop()
+    finally:
+        await trio.to_thread.run_sync(emu_a.stop)
+        await trio.to_thread.run_sync(emu_b.stop)
