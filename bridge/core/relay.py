@@ -413,7 +413,9 @@ class Relay:
             "bytes_from_remote": self.pipes[r].bytes_in,
             "messages_from_kaspad": self.pipes[k].messages,
             "messages_from_remote": self.pipes[r].messages,
-            "buffered": self.pipes[k].queued + self.pipes[r].queued,
+            # bytes held by the relay itself: queued for the other side + a message being
+            # sniffed or collected for rewriting
+            "buffered": sum(p.queued + len(p.held) for p in self.pipes.values()),
         }
 
     # -- events -----------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.core import grpc, proto
 from bridge.core.onion import OnionAddress
@@ -105,13 +107,51 @@ def test_pass_through_keeps_compression_flag_and_bytes() -> None:
     assert kaspad.messages[-1] == (False, msg)
 
 
-def test_large_message_streams_through_small_windows_one_byte_at_a_time() -> None:
+def test_large_message_streams_through_small_windows() -> None:
     relay, down, up, kaspad, remote = make(window=65535)
     handshake(relay, kaspad, remote, down, up)
     big = block(300_000, response_id=3)
     kaspad.send(big, compressed=False)
-    pump(relay, down, up, chunk=1 if False else 7)
+    pump(relay, down, up, chunk=7)
     assert remote.payloads[-1] == big
+
+
+def test_one_byte_at_a_time_both_directions() -> None:
+    relay, down, up, kaspad, remote = make()
+    kaspad.send(version())
+    remote.send(version(services=proto.SERVICE_ADDRV2))
+    pump(relay, down, up, chunk=1)
+    for p in (kaspad, remote):
+        p.send(VERACK)
+        p.send(READY)
+    msgs = [block(3000, request_id=i + 1) for i in range(3)] + [ping(5)]
+    for m in msgs:
+        kaspad.send(m)
+        remote.send(m, compressed=False)
+    pump(relay, down, up, chunk=1)
+    assert remote.payloads[1:] == [VERACK, READY, *msgs]
+    assert kaspad.payloads[1:] == [VERACK, READY, *msgs]
+    assert not relay.finished
+
+
+@settings(max_examples=40, deadline=None)
+@given(chunk=st.integers(1, 20_000), sizes=st.lists(st.integers(1, 70_000), max_size=6),
+       compress=st.booleans())
+def test_any_chunking_delivers_the_same_messages(chunk: int, sizes: list[int],
+                                                 compress: bool) -> None:
+    relay, down, up, kaspad, remote = make(window=65535)
+    kaspad.send(version())
+    remote.send(version())
+    pump(relay, down, up, chunk=chunk)
+    for p in (kaspad, remote):
+        p.send(VERACK)
+        p.send(READY)
+    msgs = [block(n, request_id=i + 1) for i, n in enumerate(sizes)]
+    for m in msgs:
+        kaspad.send(m, compressed=compress)
+    pump(relay, down, up, chunk=chunk)
+    assert remote.payloads[1:] == [VERACK, READY, *msgs]
+    assert relay.stats()["buffered"] == 0
 
 
 def test_memory_bounded_when_receiver_stops_reading() -> None:

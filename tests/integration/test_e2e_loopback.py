@@ -173,3 +173,35 @@ async def test_each_upstream_gets_fresh_socks_credentials(
     creds = [(r.username, r.password) for r in recs]
     assert len(set(creds)) == len(creds), "credentials reused: no stream isolation"
     assert all(u and p and len(p) >= 16 for u, p in creds)
+
+
+async def test_huge_message_is_streamed_not_held(
+        emulators: Callable[..., KaspadEmulator], rig_factory: Callable[..., Any]) -> None:
+    """A 16 MB message crosses both bridges while each holds at most about one HTTP/2 window."""
+    emu_a = emulators(addrv2=True)
+    emu_b = emulators(addrv2=True)
+    rig: Rig = await rig_factory(emu_a, emu_b)
+    await wait_warm(rig)
+    sa, sb = await connect(rig)
+    window = rig.bridge_a.options.relay.window
+    peak = 0
+    done = trio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            for br in (rig.bridge_a, rig.bridge_b):
+                for info in list(br.relays.values()):
+                    peak = max(peak, info.relay.stats()["buffered"])
+            await trio.sleep(0.001)
+
+    size = 16 * 1024 * 1024
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample)
+        sb.send(make_block_message(size, request_id=5, seed=1))
+        got = await trio.to_thread.run_sync(lambda: sa.wait_received("block", 60.0))
+        done.set()
+    assert got.ByteSize() == size and got.request_id == 5
+    print(f"peak relay buffer {peak} bytes for a {size}-byte message (window {window})")
+    assert 0 < peak <= 2 * window, (peak, window)
+    assert not sa.violations and not sb.violations
