@@ -107,6 +107,9 @@ class Daemon:
         cfg = self.cfg
         for w in cfg.warnings:
             log.warning("config: %s", w)
+        if cfg.metrics.listen is not None:
+            log.warning("config: metrics.listen is set but this version has no metrics "
+                        "endpoint yet; ignored")
         options = bridge_options(cfg)
         self.gossip = GossipState(own_onion=options.own_onion)
         managed = self._managed()

@@ -58,6 +58,12 @@ class PolicyViolation(ProtocolError):
     """A message that is well-formed but would make kaspad disconnect, or breaks bridge policy."""
 
 
+class SelfConnection(PolicyViolation):
+    """The remote peer is our own kaspad (same node id): a loopback through Tor."""
+
+    action = "connection closed; peer marked as self and never dialed again"
+
+
 class ConfigError(BridgeError):
     """Bad configuration: names the file and key."""
 

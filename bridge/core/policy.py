@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from bridge.core import proto
 from bridge.core.onion import OnionAddress
-from bridge.errors import DecodeError, Fault, OnionAddressError, PolicyViolation
+from bridge.errors import DecodeError, Fault, OnionAddressError, PolicyViolation, SelfConnection
 
 MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (facts §4.1)
 MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this
@@ -226,10 +226,9 @@ class ConnectionPolicy:
     def _check_self(self) -> None:
         own = self.shared.kaspad_node_id
         if own and self.remote.node_id == own:
-            raise PolicyViolation(
+            raise SelfConnection(
                 f"{self.remote_label} is our own kaspad (same node id): loopback connection",
-                fault=Fault.REMOTE, action="connection closed; peer marked as self",
-            )
+                fault=Fault.REMOTE)
 
     def _learn(self, host: str, port: int, source: str) -> bool:
         try:

@@ -21,7 +21,7 @@ from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Target
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import Endpoint, Relay, RelaySettings, Side, new_upstream_connection
-from bridge.errors import BridgeError, Fault
+from bridge.errors import BridgeError, Fault, SelfConnection
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.runner import RelayRunner
 
@@ -156,7 +156,7 @@ class Bridge:
         else:
             self.closed_count["refused"] += 1
         if target is not None:
-            is_self = err is not None and "our own kaspad" in str(err)
+            is_self = isinstance(err, SelfConnection)
             remote_fault = err is not None and err.fault is Fault.REMOTE
             self.pool.done_with(target, ok=handshake_ok or not remote_fault, is_self=is_self)
 

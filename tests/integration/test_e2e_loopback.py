@@ -205,3 +205,20 @@ async def test_huge_message_is_streamed_not_held(
     print(f"peak relay buffer {peak} bytes for a {size}-byte message (window {window})")
     assert 0 < peak <= 2 * window, (peak, window)
     assert not sa.violations and not sb.violations
+
+
+async def test_remote_with_our_node_id_is_marked_self_and_never_redialed(
+        emulators: Callable[..., KaspadEmulator], rig_factory: Callable[..., Any]) -> None:
+    emu_a = emulators(addrv2=True)
+    emu_b = emulators(addrv2=True, node_id=emu_a.config.node_id)  # "ourselves" through Tor
+    rig: Rig = await rig_factory(emu_a, emu_b)
+    await wait_warm(rig)
+    sa = rig.emu_a.dial("127.0.0.1", rig.bridge_a.slot_ports[0])
+    assert await trio.to_thread.run_sync(sa.wait_closed, 10.0)
+    assert not sa.handshake_complete and not sa.violations
+    dials = len(rig.socks.records)
+    snap = rig.bridge_a.selector.snapshot()
+    assert snap[f"{ONION_B.host}:16511"]["self"] is True
+    await trio.sleep(3)  # longer than the first backoff: a normal failure would be retried
+    assert len(rig.socks.records) == dials
+    assert rig.bridge_a.pool.ready_count == 0
