@@ -1,0 +1,991 @@
+"""A private Tor network on loopback: directory authorities, relays, clients and onion hosts.
+
+Follows ``docs/tor-private-network.md`` (shared docs): keys are generated on the fly with
+``tor-gencert`` and ``tor --list-fingerprint``, start is staged (authorities and relays first,
+then, once every relay is listed in the microdescriptor consensus, the clients and onion hosts,
+which are polled with ``GETINFO status/bootstrap-phase`` until ``PROGRESS=100``). Exits resolve
+names through a loopback DNS stub (:mod:`bridge.rig.dnsstub`: ``*.test`` → 127.0.0.1).
+
+Run it inside a network namespace with only loopback (``unshare -n``): exits accept ``*:*`` (the
+microdescriptor policy summary must not be reject-all) and rely on the namespace for containment;
+as a second fence, exit connections are bound to 127.0.0.1 (``OutboundBindAddressExit``).
+
+Beyond that doc: non-authority relays ask for a consensus before the first vote, get 404s and
+back off, so they could stay without one for up to 30 s after clients were ready; meanwhile an
+exit refuses streams from middles it does not know ("Attempt by ... to open a stream from unknown
+relay"; ~1 in 10 early exit streams failed). Hence ``SIGNAL RELOAD`` to lagging relays once the
+consensus is out (they then fetch it within 1-2 s), readiness includes every relay's consensus
+listing all relays, and exits run
+with ``RefuseUnknownExits 0`` as a second guard.
+
+Usage::
+
+    net = TorNetwork(tmp / "tornet", control_password="pw")
+    net.start()                       # ~12-20 s; raises RigError naming the log directory
+    socks = net.client.socks_port     # SOCKS5 through the network; "*.test" resolves to 127.0.0.1
+    ctl = net.onion_host.control_port # ADD_ONION here (cookie net.onion_host.cookie_path)
+    net.restart(net.onion_host, hard=True)
+    net.stop()
+
+Processes are children of the process that calls :meth:`TorNetwork.start` and, unless
+``die_with_parent=False``, receive SIGTERM when it dies (``PR_SET_PDEATHSIG``, armed from a
+long-lived spawner thread so that starting from a worker thread is safe) and are stopped from an
+``atexit`` hook as well.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypedDict
+
+from bridge.rig.control import ControlConnection, ControlError
+
+AUTHORITY: Final = "authority"
+RELAY: Final = "relay"
+EXIT: Final = "exit"
+CLIENT: Final = "client"
+ONION_HOST: Final = "onion-host"
+ROLES: Final = (AUTHORITY, RELAY, EXIT, CLIENT, ONION_HOST)
+
+STATE_FILE: Final = "rig-state.json"
+_CONSENSUS_PATH: Final = "/tor/status-vote/current/consensus-microdesc"
+_PR_SET_PDEATHSIG: Final = 1
+
+
+class RigError(RuntimeError):
+    """The private network could not be started or driven. The message names the logs."""
+
+    def __init__(self, message: str, *, log_dir: Path | None = None) -> None:
+        if log_dir is not None:
+            message = f"{message} (tor logs under {log_dir})"
+        super().__init__(message)
+        self.log_dir = log_dir
+
+
+@dataclass(frozen=True)
+class TorInstance:
+    """One tor process of the network. ``name`` is also its tor nickname."""
+
+    name: str
+    role: str  # one of ROLES; an authority that is also an exit has role "authority", exit=True
+    data_dir: Path
+    control_port: int
+    socks_port: int | None
+    or_port: int | None
+    cookie_path: Path
+    control_password: str | None
+    torrc: Path
+    log_path: Path
+    dir_port: int | None = None
+    exit: bool = False
+
+    @property
+    def is_relay(self) -> bool:
+        return self.role in (AUTHORITY, RELAY, EXIT)
+
+    @property
+    def home(self) -> Path:
+        """The instance's directory (torrc, logs, data directory)."""
+        return self.torrc.parent
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TorInstance:
+        kw = dict(d)
+        for k in ("data_dir", "cookie_path", "torrc", "log_path"):
+            kw[k] = Path(kw[k])
+        return cls(**kw)
+
+    def controller(self, *, timeout: float = 5.0) -> ControlConnection:
+        """A raw authenticated control connection (cookie auth)."""
+        return ControlConnection(self.control_port, cookie_path=self.cookie_path, timeout=timeout)
+
+
+class InstanceStatus(TypedDict):
+    name: str
+    role: str
+    pid: int | None
+    alive: bool
+    bootstrap: int | None
+    control_port: int
+    socks_port: int | None
+    or_port: int | None
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def find_binary(name: str) -> str | None:
+    """``name`` on PATH, or in the sbin directories Debian installs tor into."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        p = Path(d) / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+def find_tor() -> str | None:
+    return find_binary("tor")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that are free right now (bind probe).
+
+    Ports are drawn below the kernel's ephemeral range when it leaves room (>= 10000 ports):
+    tors that start later (clients, onion hosts) would otherwise race the relays' outgoing
+    connections, whose source ports come from that range. Falls back to bind-to-0.
+    """
+    lo, _ = _ephemeral_range()
+    pool = range(max(1024, lo - 20000), lo) if lo - 10000 >= 1024 else None
+    rng = random.SystemRandom()
+    socks: list[socket.socket] = []
+    try:
+        tries = 0
+        while len(socks) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            port = rng.choice(pool) if pool is not None and tries < 50 * count else 0
+            tries += 1
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+_libc: ctypes.CDLL | None = None
+_spawner: concurrent.futures.ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _prctl() -> Callable[..., int]:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    fn: Callable[..., int] = _libc.prctl
+    return fn
+
+
+def _spawn(argv: Sequence[str], *, die_with_parent: bool, **kw: Any) -> subprocess.Popen[bytes]:
+    """Popen that (optionally) SIGTERMs the child when this process dies.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so the fork happens on a
+    dedicated thread that lives as long as the interpreter.
+    """
+    if not die_with_parent:
+        return subprocess.Popen(argv, start_new_session=True, **kw)
+    prctl = _prctl()
+    parent = os.getpid()
+
+    def pre() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # parent died between fork and prctl
+            os._exit(1)
+
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tornet-spawn")
+        spawner = _spawner
+    return spawner.submit(
+        lambda: subprocess.Popen(argv, start_new_session=True, preexec_fn=pre, **kw)
+    ).result()
+
+
+class _Proc:
+    """A tor (or DNS stub) process: our Popen child, or a pid recorded in a state file."""
+
+    def __init__(self, pid: int, marker: str, popen: subprocess.Popen[bytes] | None = None):
+        self.pid = pid
+        self.marker = marker  # a string that must be in /proc/<pid>/cmdline (pid-reuse guard)
+        self.popen = popen
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+        return state != "Z" and self.marker.encode() in cmdline
+
+    def send(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        """True once the process is gone (reaped if it is our child)."""
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self.popen is not None else None
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text[-lines:])
+
+
+_live_networks: weakref.WeakSet[TorNetwork] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for net in list(_live_networks):
+        with contextlib.suppress(Exception):
+            net.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# the network
+
+
+@dataclass
+class _Authority:
+    v3ident: str = ""
+    fingerprint: str = ""
+
+
+@dataclass
+class NetworkConfig:
+    authorities: int = 3
+    relays: int = 3
+    clients: int = 1
+    onion_hosts: int = 1
+    exit_authorities: int = 1
+    exit_relays: int = 1
+    control_password: str | None = None
+    base_port: int | None = None
+    voting_interval: int = 10
+    extra_torrc: dict[str, list[str]] = field(default_factory=dict)
+
+
+class TorNetwork:
+    """A private Tor network under ``workdir`` (one sub-directory per tor).
+
+    Counts are configurable; the first ``exit_authorities`` authorities and the first
+    ``exit_relays`` relays are exits. ``extra_torrc`` maps a role (or an instance name) to extra
+    torrc lines. Ports come from a bind-to-0 probe unless ``base_port`` is given (then
+    consecutive ports from there). ``die_with_parent=False`` leaves the processes running after
+    this Python process exits (the CLI's ``--detach``).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        authorities: int = 3,
+        relays: int = 3,
+        clients: int = 1,
+        onion_hosts: int = 1,
+        exit_authorities: int = 1,
+        exit_relays: int = 1,
+        control_password: str | None = None,
+        base_port: int | None = None,
+        voting_interval: int = 10,
+        extra_torrc: dict[str, list[str]] | None = None,
+        tor_binary: str | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        if authorities < 1:
+            raise ValueError("need at least one directory authority")
+        if authorities + relays < 3:
+            raise ValueError("need at least 3 relays in total (authorities count) for circuits")
+        if not 0 <= exit_authorities <= authorities or not 0 <= exit_relays <= relays:
+            raise ValueError("more exits than relays of that kind")
+        if exit_authorities + exit_relays < 1:
+            raise ValueError("need at least one exit")
+        if clients < 0 or onion_hosts < 0:
+            raise ValueError("negative instance count")
+        if voting_interval < 10:
+            raise ValueError("voting_interval below 10 s is not supported by tor")
+        self.workdir = Path(workdir).resolve()
+        self.config = NetworkConfig(
+            authorities=authorities,
+            relays=relays,
+            clients=clients,
+            onion_hosts=onion_hosts,
+            exit_authorities=exit_authorities,
+            exit_relays=exit_relays,
+            control_password=control_password,
+            base_port=base_port,
+            voting_interval=voting_interval,
+            extra_torrc=dict(extra_torrc or {}),
+        )
+        tor = tor_binary or find_tor()
+        if tor is None:
+            raise RigError("the `tor` binary was not found (apt-get install tor)")
+        self.tor_binary = tor
+        self.die_with_parent = die_with_parent
+        self.timings: dict[str, float] = {}
+        self.dns_port: int | None = None
+        self._procs: dict[str, _Proc] = {}
+        self._dns: _Proc | None = None
+        self._started = False
+        self._lock = threading.RLock()
+        self.instances: list[TorInstance] = self._layout()
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def _layout(self) -> list[TorInstance]:
+        c = self.config
+        n_relays = c.authorities + c.relays
+        n_ports = c.authorities * 3 + c.relays * 2 + c.clients * 2 + c.onion_hosts
+        if c.base_port is not None:
+            ports = iter(range(c.base_port, c.base_port + n_ports))
+        else:
+            ports = iter(free_ports(n_ports))
+        out: list[TorInstance] = []
+
+        def make(name: str, role: str, *, socks: bool, orport: bool, dirport: bool,
+                 exit_: bool) -> TorInstance:
+            home = self.workdir / name
+            data = home / "data"
+            return TorInstance(
+                name=name,
+                role=role,
+                data_dir=data,
+                control_port=next(ports),
+                socks_port=next(ports) if socks else None,
+                or_port=next(ports) if orport else None,
+                cookie_path=data / "control_auth_cookie",
+                control_password=None if role in (AUTHORITY, RELAY, EXIT)
+                else c.control_password,
+                torrc=home / "torrc",
+                log_path=home / "notice.log",
+                dir_port=next(ports) if dirport else None,
+                exit=exit_,
+            )
+
+        for i in range(c.authorities):
+            out.append(make(f"auth{i}", AUTHORITY, socks=False, orport=True, dirport=True,
+                            exit_=i < c.exit_authorities))
+        for i in range(c.relays):
+            is_exit = i < c.exit_relays
+            out.append(make(f"exit{i}" if is_exit else f"relay{i - c.exit_relays}",
+                            EXIT if is_exit else RELAY, socks=False, orport=True,
+                            dirport=False, exit_=is_exit))
+        for i in range(c.clients):
+            out.append(make(f"client{i}", CLIENT, socks=True, orport=False, dirport=False,
+                            exit_=False))
+        for i in range(c.onion_hosts):
+            out.append(make(f"onion{i}", ONION_HOST, socks=False, orport=False, dirport=False,
+                            exit_=False))
+        assert sum(1 for i in out if i.is_relay) == n_relays
+        return out
+
+    def by_role(self, *roles: str) -> list[TorInstance]:
+        return [i for i in self.instances if i.role in roles]
+
+    @property
+    def authorities(self) -> list[TorInstance]:
+        return self.by_role(AUTHORITY)
+
+    @property
+    def relays(self) -> list[TorInstance]:
+        """Every relay, authorities included."""
+        return [i for i in self.instances if i.is_relay]
+
+    @property
+    def exits(self) -> list[TorInstance]:
+        return [i for i in self.instances if i.exit]
+
+    @property
+    def clients(self) -> list[TorInstance]:
+        return self.by_role(CLIENT)
+
+    @property
+    def onion_hosts(self) -> list[TorInstance]:
+        return self.by_role(ONION_HOST)
+
+    @property
+    def client(self) -> TorInstance:
+        """The first client (convenience)."""
+        return self.clients[0]
+
+    @property
+    def onion_host(self) -> TorInstance:
+        """The first onion host (convenience)."""
+        return self.onion_hosts[0]
+
+    def instance(self, name: str) -> TorInstance:
+        for i in self.instances:
+            if i.name == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def state_path(self) -> Path:
+        return self.workdir / STATE_FILE
+
+    # -- preparation ----------------------------------------------------------------------
+
+    def _run(self, argv: list[str], *, stdin: bytes = b"", timeout: float = 30.0) -> str:
+        try:
+            res = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout,
+                                 check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RigError(f"{argv[0]} failed: {exc}") from exc
+        if res.returncode != 0:
+            raise RigError(f"{' '.join(argv)} exited {res.returncode}: "
+                           f"{res.stderr.decode(errors='replace').strip()}")
+        return res.stdout.decode(errors="replace")
+
+    def _keygen(self) -> dict[str, _Authority]:
+        gencert = find_binary("tor-gencert")
+        if gencert is None:
+            raise RigError("`tor-gencert` not found (it ships with Debian's tor package)")
+        auths = self.authorities
+        result: dict[str, _Authority] = {a.name: _Authority() for a in auths}
+        empty = self.workdir / "empty-torrc"
+        empty.write_text("")
+
+        def gencert_one(a: TorInstance) -> None:
+            keys = a.data_dir / "keys"
+            keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._run([gencert, "--create-identity-key", "--passphrase-fd", "0",
+                       "-i", str(keys / "authority_identity_key"),
+                       "-s", str(keys / "authority_signing_key"),
+                       "-c", str(keys / "authority_certificate"),
+                       "-m", "12", "-a", f"127.0.0.1:{a.dir_port}"], stdin=b"")
+            for line in (keys / "authority_certificate").read_text().splitlines():
+                if line.startswith("fingerprint "):
+                    result[a.name].v3ident = line.split()[1]
+            if not result[a.name].v3ident:
+                raise RigError(f"no fingerprint line in {keys / 'authority_certificate'}")
+
+        def fingerprint_one(a: TorInstance) -> None:
+            self._run([self.tor_binary, "--ignore-missing-torrc", "-f", str(empty),
+                       "--defaults-torrc", str(empty), "--DataDirectory", str(a.data_dir),
+                       "--ORPort", "1", "--Nickname", a.name, "--Log", "err stderr",
+                       "--list-fingerprint"])
+            fp = (a.data_dir / "fingerprint").read_text().split()
+            if len(fp) != 2:
+                raise RigError(f"unexpected {a.data_dir / 'fingerprint'}: {fp!r}")
+            result[a.name].fingerprint = fp[1]
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, 2 * len(auths))) as pool:
+            futures = [pool.submit(fn, a) for a in auths for fn in (gencert_one, fingerprint_one)]
+            for fut in futures:
+                fut.result()
+        return result
+
+    def _hash_password(self) -> str | None:
+        pw = self.config.control_password
+        if pw is None:
+            return None
+        out = self._run([self.tor_binary, "--quiet", "--hash-password", pw])
+        for line in out.splitlines():
+            if line.startswith("16:"):
+                return line.strip()
+        raise RigError(f"tor --hash-password printed no hash: {out!r}")
+
+    def _torrc(self, inst: TorInstance, dirauth_lines: list[str], hashed: str | None,
+               resolv: Path) -> list[str]:
+        c = self.config
+        lines = [
+            "TestingTorNetwork 1",
+            f"DataDirectory {inst.data_dir}",
+            f"Nickname {inst.name}",
+            "RunAsDaemon 0",
+            f"Log notice file {inst.log_path}",
+            "SafeLogging 0",
+            f"ControlPort 127.0.0.1:{inst.control_port}",
+            "CookieAuthentication 1",
+            f"CookieAuthFile {inst.cookie_path}",
+            "PathsNeededToBuildCircuits 0.67",
+            "ShutdownWaitLength 0",
+            f"ServerDNSResolvConfFile {resolv}",
+            "ServerDNSDetectHijacking 0",
+            "ServerDNSTestAddresses",
+            *dirauth_lines,
+        ]
+        if inst.is_relay:
+            lines += [
+                "SocksPort 0",
+                f"ORPort 127.0.0.1:{inst.or_port}",
+                "Address 127.0.0.1",
+                "OutboundBindAddress 127.0.0.1",
+                "ContactInfo kaspa-tor-bridge test rig <rig@localhost>",
+                "AssumeReachable 1",
+            ]
+            if inst.role != AUTHORITY:
+                lines.append("DirCache 0")
+            if inst.exit:
+                lines += [
+                    "ExitRelay 1",
+                    # An exit whose consensus lags behind (relays start with the first, partial
+                    # one) refuses streams from middles it does not know yet ("open a stream
+                    # from unknown relay"), which made ~1 in 10 early exit streams fail.
+                    "RefuseUnknownExits 0",
+                    "ExitPolicyRejectPrivate 0",
+                    "OutboundBindAddressExit 127.0.0.1",
+                    "ExitPolicy accept 127.0.0.0/8:*",
+                    "ExitPolicy accept *:*",
+                    "ExitPolicy reject *:*",
+                ]
+            else:
+                lines += ["ExitRelay 0", "ExitPolicy reject *:*"]
+        if inst.role == AUTHORITY:
+            iv = c.voting_interval
+            delay = max(2, iv // 5)
+            lines += [
+                f"DirPort 127.0.0.1:{inst.dir_port}",
+                "AuthoritativeDirectory 1",
+                "V3AuthoritativeDirectory 1",
+                f"TestingV3AuthInitialVotingInterval {iv}",
+                f"TestingV3AuthInitialVoteDelay {delay}",
+                f"TestingV3AuthInitialDistDelay {delay}",
+                f"V3AuthVotingInterval {iv}",
+                f"V3AuthVoteDelay {delay}",
+                f"V3AuthDistDelay {delay}",
+                "V3AuthNIntervalsValid 2",
+            ]
+        if inst.role == CLIENT:
+            lines.append(f"SocksPort 127.0.0.1:{inst.socks_port}")
+        if inst.role == ONION_HOST:
+            lines.append("SocksPort 0")
+        if inst.role in (CLIENT, ONION_HOST) and hashed is not None:
+            lines.append(f"HashedControlPassword {hashed}")
+        lines += c.extra_torrc.get(inst.role, []) + c.extra_torrc.get(inst.name, [])
+        return lines
+
+    def _prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for inst in self.instances:
+            inst.home.mkdir(parents=True, exist_ok=True)
+            inst.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            inst.data_dir.chmod(0o700)
+        auths = self._keygen()
+        hashed = self._hash_password()
+        dirauth = [
+            f"DirAuthority {a.name} orport={a.or_port} no-v2 v3ident={auths[a.name].v3ident} "
+            f"127.0.0.1:{a.dir_port} {auths[a.name].fingerprint}"
+            for a in self.authorities
+        ]
+        resolv = self.workdir / "resolv.conf"
+        for inst in self.instances:
+            body = self._torrc(inst, dirauth, hashed, resolv)
+            inst.torrc.write_text("\n".join(body) + "\n")
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _start_dns(self) -> None:
+        port = 0
+        if self.config.base_port is not None:
+            port = self.config.base_port + 999
+        log = (self.workdir / "dnsstub.log").open("ab")
+        try:
+            popen = _spawn([sys.executable, "-m", "bridge.rig.dnsstub", "--port", str(port)],
+                           die_with_parent=self.die_with_parent, stdout=subprocess.PIPE,
+                           stderr=log, stdin=subprocess.DEVNULL, cwd=str(_project_root()))
+        finally:
+            log.close()
+        assert popen.stdout is not None
+        line = popen.stdout.readline().decode().split()
+        popen.stdout.close()
+        if len(line) != 2 or line[0] != "PORT":
+            popen.kill()
+            popen.wait()
+            raise RigError(f"DNS stub failed to start: {_tail(self.workdir / 'dnsstub.log')}",
+                           log_dir=self.workdir)
+        self.dns_port = int(line[1])
+        self._dns = _Proc(popen.pid, "bridge.rig.dnsstub", popen)
+        (self.workdir / "resolv.conf").write_text(f"nameserver 127.0.0.1:{self.dns_port}\n")
+
+    def _launch(self, inst: TorInstance) -> None:
+        out = (inst.home / "stdout.log").open("ab")
+        try:
+            popen = _spawn([self.tor_binary, "-f", str(inst.torrc), "--defaults-torrc",
+                            str(self.workdir / "empty-torrc")],
+                           die_with_parent=self.die_with_parent, stdin=subprocess.DEVNULL,
+                           stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            out.close()
+        self._procs[inst.name] = _Proc(popen.pid, str(inst.torrc), popen)
+
+    def _check_alive(self, inst: TorInstance) -> None:
+        proc = self._procs.get(inst.name)
+        if proc is None or not proc.alive():
+            rc = proc.returncode if proc is not None else None
+            raise RigError(
+                f"tor {inst.name} ({inst.role}) exited (rc={rc}); last log lines:\n"
+                f"{_tail(inst.log_path)}\n--- stdout:\n{_tail(inst.home / 'stdout.log')}",
+                log_dir=self.workdir,
+            )
+
+    def bootstrap_progress(self, inst: TorInstance) -> int | None:
+        """``PROGRESS`` of ``GETINFO status/bootstrap-phase``, None if the port is not up."""
+        try:
+            with inst.controller(timeout=3.0) as ctl:
+                return ctl.bootstrap_progress()
+        except (OSError, ControlError):
+            return None
+
+    def consensus_nicknames(self) -> dict[str, list[str]]:
+        """Nickname → flags of the current microdesc consensus (empty if none yet)."""
+        for auth in self.authorities:
+            proc = self._procs.get(auth.name)
+            if proc is None or not proc.alive():
+                continue
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", auth.dir_port, timeout=3.0)
+                try:
+                    conn.request("GET", _CONSENSUS_PATH)
+                    resp = conn.getresponse()
+                    body = resp.read().decode(errors="replace")
+                    if resp.status != 200:
+                        continue
+                finally:
+                    conn.close()
+            except (OSError, http.client.HTTPException):
+                continue
+            nicks: dict[str, list[str]] = {}
+            last = ""
+            for line in body.splitlines():
+                if line.startswith("r "):
+                    last = line.split()[1]
+                    nicks[last] = []
+                elif line.startswith("s ") and last:
+                    nicks[last] = line.split()[1:]
+            return nicks
+        return {}
+
+    def _wait_consensus(self, deadline: float) -> None:
+        want = {i.name for i in self.relays}
+        have: dict[str, list[str]] = {}
+        while True:
+            for inst in self.relays:
+                self._check_alive(inst)
+            have = self.consensus_nicknames()
+            if want <= have.keys():
+                return
+            if time.monotonic() > deadline:
+                raise RigError(
+                    f"relays missing from the consensus: {sorted(want - have.keys())} "
+                    f"(listed: {sorted(have)})", log_dir=self.workdir)
+            time.sleep(0.5)
+
+    def _wait_bootstrapped(self, insts: Iterable[TorInstance], deadline: float) -> None:
+        pending = list(insts)
+        last: dict[str, int | None] = {}
+        while pending:
+            for inst in list(pending):
+                self._check_alive(inst)
+                p = self.bootstrap_progress(inst)
+                last[inst.name] = p
+                if p == 100:
+                    pending.remove(inst)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                detail = ", ".join(f"{i.name}={last.get(i.name)}%" for i in pending)
+                raise RigError(f"not bootstrapped in time: {detail}; last log lines of "
+                               f"{pending[0].name}:\n{_tail(pending[0].log_path)}",
+                               log_dir=self.workdir)
+            time.sleep(0.2)
+
+    def known_relays(self, inst: TorInstance) -> set[str] | None:
+        """Nicknames in ``inst``'s current consensus (``GETINFO ns/all``); None if unreachable."""
+        try:
+            with inst.controller(timeout=3.0) as ctl:
+                ns = ctl.getinfo("ns/all")
+        except (OSError, ControlError):
+            return None
+        return {line.split()[1] for line in ns.splitlines() if line.startswith("r ")}
+
+    def _relay_ready(self, inst: TorInstance) -> bool:
+        known = self.known_relays(inst)
+        return known is not None and {i.name for i in self.relays} <= known
+
+    def _nudge_relays(self, relays: Iterable[TorInstance]) -> list[TorInstance]:
+        """Make relays whose consensus does not list every relay fetch it now; returns those.
+
+        Non-authority relays ask for a consensus before the first vote, get 404s and back off
+        (measured: up to 30 s after the network is otherwise ready; meanwhile an exit refuses
+        streams from middles it does not know). SIGNAL RELOAD resets the download failure
+        counters and fetches at once (measured: all relays up to date within 1-2 s). (Bootstrap
+        100 % is not the criterion: in a network of 3 relays a relay cannot build circuits,
+        as it does not use itself.)
+        """
+        lagging: list[TorInstance] = []
+        for inst in relays:
+            if self._relay_ready(inst):
+                continue
+            lagging.append(inst)
+            with contextlib.suppress(OSError, ControlError), inst.controller(timeout=3.0) as ctl:
+                ctl.command("SIGNAL RELOAD")
+        return lagging
+
+    def _wait_relays(self, deadline: float, nudge_every: float = 3.0) -> None:
+        pending = self.relays
+        while pending:
+            for inst in pending:
+                self._check_alive(inst)
+            pending = self._nudge_relays(pending)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RigError("relays whose consensus lacks other relays: "
+                               + ", ".join(i.name for i in pending), log_dir=self.workdir)
+            step_end = min(deadline, time.monotonic() + nudge_every)
+            while pending and time.monotonic() < step_end:
+                time.sleep(0.2)
+                pending = [i for i in pending if not self._relay_ready(i)]
+
+    def _wait_control(self, inst: TorInstance, deadline: float) -> None:
+        while self.bootstrap_progress(inst) is None:
+            self._check_alive(inst)
+            if time.monotonic() > deadline:
+                raise RigError(f"control port of {inst.name} not up in time",
+                               log_dir=self.workdir)
+            time.sleep(0.1)
+
+    # -- public lifecycle -----------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Generate keys, start everything staged; return once the network is usable.
+
+        Stages: keys; authorities + relays; wait until the microdesc consensus lists every
+        relay; nudge relays still without a consensus (SIGNAL RELOAD); clients + onion hosts;
+        wait for them to report ``PROGRESS=100`` and for every relay's consensus to list all
+        relays.
+
+        On failure everything started so far is stopped and :class:`RigError` names the logs.
+        """
+        with self._lock:
+            if self._started:
+                raise RigError("network already started")
+            self._started = True
+            if self.die_with_parent:  # a detached network must outlive this process
+                _live_networks.add(self)
+            t0 = time.monotonic()
+            deadline = t0 + timeout
+            try:
+                self._prepare()
+                self._start_dns()
+                t1 = time.monotonic()
+                self.timings["keygen"] = t1 - t0
+                for inst in self.relays:
+                    self._launch(inst)
+                self._write_state()
+                self._wait_consensus(deadline)
+                t2 = time.monotonic()
+                self.timings["relays_in_consensus"] = t2 - t1
+                self._nudge_relays(self.relays)
+                late = self.clients + self.onion_hosts
+                for inst in late:
+                    self._launch(inst)
+                self._write_state()
+                self._wait_bootstrapped(late, deadline)
+                t3 = time.monotonic()
+                self.timings["clients_bootstrapped"] = t3 - t2
+                self._wait_relays(deadline)
+                self.timings["relays_up_to_date"] = time.monotonic() - t2
+                t3 = time.monotonic()
+                self.timings["launch_to_ready"] = t3 - t1
+                self.timings["total"] = t3 - t0
+                self._write_state()
+            except BaseException:
+                self.stop()
+                raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every process (SIGTERM, SIGKILL after ``timeout``). Idempotent."""
+        with self._lock:
+            procs = list(self._procs.values())
+            if self._dns is not None:
+                procs.append(self._dns)
+            for p in procs:
+                p.send(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for p in procs:
+                if not p.wait(max(0.0, deadline - time.monotonic())):
+                    p.send(signal.SIGKILL)
+                    p.wait(5.0)
+            self._procs.clear()
+            self._dns = None
+            _live_networks.discard(self)
+            if self._started and self.workdir.exists():
+                with contextlib.suppress(OSError):
+                    self._write_state()
+
+    def stop_instance(self, inst: TorInstance, *, hard: bool, timeout: float = 10.0) -> None:
+        """SIGKILL (``hard``) or SIGTERM one tor and wait until it is gone."""
+        with self._lock:
+            proc = self._procs.pop(inst.name, None)
+            if proc is None:
+                return
+            proc.send(signal.SIGKILL if hard else signal.SIGTERM)
+            if not proc.wait(timeout):
+                proc.send(signal.SIGKILL)
+                proc.wait(5.0)
+            self._write_state()
+
+    def start_instance(self, inst: TorInstance, *, wait: bool = True,
+                       timeout: float = 60.0) -> None:
+        """Start one tor again with its torrc, data directory and ports.
+
+        With ``wait``, returns once a client/onion host is at 100 % (a relay: once its control
+        port answers).
+        """
+        with self._lock:
+            proc = self._procs.get(inst.name)
+            if proc is not None and proc.alive():
+                raise RigError(f"{inst.name} is already running")
+            self._launch(inst)
+            self._write_state()
+        if wait:
+            deadline = time.monotonic() + timeout
+            if inst.role in (CLIENT, ONION_HOST):
+                self._wait_bootstrapped([inst], deadline)
+            else:
+                self._wait_control(inst, deadline)
+
+    def restart(self, inst: TorInstance, *, hard: bool, timeout: float = 60.0) -> float:
+        """Stop (SIGKILL if ``hard``) and start again; returns seconds until ready again."""
+        t0 = time.monotonic()
+        self.stop_instance(inst, hard=hard)
+        self.start_instance(inst, wait=True, timeout=timeout)
+        return time.monotonic() - t0
+
+    def pid(self, inst: TorInstance) -> int | None:
+        proc = self._procs.get(inst.name)
+        return proc.pid if proc is not None and proc.alive() else None
+
+    def status(self) -> dict[str, InstanceStatus]:
+        """Per instance: pid, whether it is alive, bootstrap percentage (None if unreachable)."""
+        out: dict[str, InstanceStatus] = {}
+        for inst in self.instances:
+            proc = self._procs.get(inst.name)
+            alive = proc is not None and proc.alive()
+            out[inst.name] = InstanceStatus(
+                name=inst.name,
+                role=inst.role,
+                pid=proc.pid if proc is not None else None,
+                alive=alive,
+                bootstrap=self.bootstrap_progress(inst) if alive else None,
+                control_port=inst.control_port,
+                socks_port=inst.socks_port,
+                or_port=inst.or_port,
+            )
+        return out
+
+    @property
+    def running(self) -> bool:
+        return any(p.alive() for p in self._procs.values())
+
+    # -- state file -----------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "workdir": str(self.workdir),
+            "tor_binary": self.tor_binary,
+            "config": asdict(self.config),
+            "dns": {"port": self.dns_port,
+                    "pid": self._dns.pid if self._dns is not None else None},
+            "timings": self.timings,
+            "instances": [
+                {**inst.to_json(), "pid": self.pid(inst)} for inst in self.instances
+            ],
+        }
+
+    def _write_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.state(), f, indent=2)
+            f.write("\n")
+        tmp.replace(self.state_path)
+
+    @classmethod
+    def attach(cls, workdir: Path) -> TorNetwork:
+        """A handle on a network started elsewhere (``up --detach``), from its state file."""
+        path = Path(workdir).resolve() / STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise RigError(f"no rig state file at {path}") from exc
+        net = cls.__new__(cls)
+        net.workdir = Path(state["workdir"])
+        cfg = state["config"]
+        net.config = NetworkConfig(**cfg)
+        net.tor_binary = state["tor_binary"]
+        net.die_with_parent = False
+        net.timings = dict(state.get("timings", {}))
+        net.dns_port = state["dns"]["port"]
+        net._lock = threading.RLock()
+        net._started = True
+        net.instances = [TorInstance.from_json({k: v for k, v in d.items() if k != "pid"})
+                         for d in state["instances"]]
+        net._procs = {}
+        for d in state["instances"]:
+            if d.get("pid"):
+                net._procs[d["name"]] = _Proc(int(d["pid"]), d["torrc"])
+        dpid = state["dns"].get("pid")
+        net._dns = _Proc(int(dpid), "bridge.rig.dnsstub") if dpid else None
+        return net
+
+
+def _project_root() -> Path:
+    """Directory from which ``python -m bridge.rig.dnsstub`` imports this package."""
+    return Path(__file__).resolve().parents[2]

@@ -1,0 +1,60 @@
+"""Project-wide fixtures.
+
+``tornet`` (session scope): ONE private Tor network (3 authorities, 3 relays, 1 client, 1 onion
+host; clients/onion hosts also accept the password :data:`TORNET_CONTROL_PASSWORD`), started the
+first time a test requests it and stopped at session end. Mark such tests ``@pytest.mark.tor``
+(tests requesting ``tornet`` get the marker automatically, so ``-m "not tor"`` deselects them).
+Without a ``tor`` binary they are skipped, unless ``CI`` is set: then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from bridge.rig import RigError, TorNetwork, find_tor
+
+TORNET_CONTROL_PASSWORD = "kaspa-tor-bridge-rig"
+_TORNET_KEY = pytest.StashKey[TorNetwork]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tornet" in getattr(item, "fixturenames", ()) and item.get_closest_marker("tor") is None:
+            item.add_marker(pytest.mark.tor)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    net = config.stash.get(_TORNET_KEY, None)
+    if net is not None and net.timings:
+        terminalreporter.write_sep("-", "private Tor network timings (s)")
+        terminalreporter.write_line(
+            ", ".join(f"{k}={v:.2f}" for k, v in net.timings.items()) + f"  [{net.workdir}]")
+
+
+@pytest.fixture(scope="session")
+def tornet(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorNetwork]:
+    if find_tor() is None:
+        msg = "the `tor` binary is not installed (scripts/setup.sh installs Debian's tor)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{msg}; CI is set, so this is an error, not a skip", pytrace=False)
+        pytest.skip(msg)
+    workdir = tmp_path_factory.mktemp("tornet")
+    net = TorNetwork(workdir, control_password=TORNET_CONTROL_PASSWORD)
+    request.config.stash[_TORNET_KEY] = net
+    try:
+        net.start(timeout=float(os.environ.get("KTB_TORNET_TIMEOUT", "90")))
+    except RigError as exc:
+        where = "" if exc.log_dir is not None else f" (logs: {workdir})"
+        pytest.fail(f"private Tor network failed to start: {exc}{where}", pytrace=False)
+    except BaseException:
+        net.stop()
+        raise
+    try:
+        yield net
+    finally:
+        net.stop()
