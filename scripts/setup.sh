@@ -13,7 +13,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 PY=${PYTHON:-python3}
-if ! $PY -c 'import bridge, grpc, hypothesis, pytest_trio' >/dev/null 2>&1 \
-   || ! $PY -m pip show kaspa-tor-bridge >/dev/null 2>&1; then
-  $PY -m pip install -q --disable-pip-version-check -e '.[test]'
+here=$(pwd -P)
+# Install (editable) unless this very checkout is already what `import bridge` finds, with the
+# test and rig extras importable.
+found=$(cd / && $PY -c 'import bridge, grpc, hypothesis, pytest_trio, stem, h2, typer; print(bridge.__file__)' 2>/dev/null || true)
+if [ "$found" != "$here/bridge/__init__.py" ]; then
+  $PY -m pip install -q --disable-pip-version-check -e '.[test,rig]'
 fi
