@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=${PYTHON:-python3}
-$PY -m ruff check bridge tests bench
+$PY -m ruff check .
 $PY -m mypy
 if [ -z "${KTB_IN_NETNS:-}" ] && unshare -n true 2>/dev/null; then
   exec unshare -n env KTB_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" -m pytest "$@"' "$PY" "$@"
