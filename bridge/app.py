@@ -27,10 +27,15 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         dial=DialPolicy(
             proxy=_proxy(cfg.tor.socks),
             onion_proxy=_proxy(cfg.tor.socks_for_onion),
-            # hybrid + allow_direct: IP peers are dialed without Tor (onion always via Tor)
+            # tor-only: IP peers through Tor exits. hybrid: only onion traffic goes through Tor;
+            # IP peers (if peers.onlynet has them) are dialed directly.
+            ip_via_tor=cfg.mode == "tor-only",
             allow_direct=cfg.mode == "hybrid" and cfg.peers.allow_direct,
             timeout=cfg.pool.dial_timeout,
         ),
+        network=cfg.network,
+        onlynet=cfg.peers.onlynet,
+        book_path=cfg.data_dir / "peers.sqlite",
         pool_size=cfg.pool.size,
         slot_wait=cfg.pool.slot_wait,
         relay=RelaySettings(max_message_bytes=cfg.relay.max_message_bytes),

@@ -469,6 +469,15 @@ class AddressBook:
                 (n, t + delay, network, h, p))
             return n, delay
 
+    def reset_backoff(self, network: str) -> int:
+        """Clear failures and backoffs of every entry (our Tor recovered). Returns the count."""
+        _check_network(network)
+        with self._write() as conn:
+            cur = conn.execute("UPDATE peers SET failures = 0, backoff_until = 0 "
+                               "WHERE network = ? AND (failures > 0 OR backoff_until > 0)",
+                               (network,))
+            return int(cur.rowcount)
+
     def mark_self(self, network: str, host: str, port: int, is_self: bool = True) -> bool:
         """Flag (or unflag) the peer as a route back to our own kaspad. ``False`` if unknown."""
         _check_network(network)

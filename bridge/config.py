@@ -71,6 +71,9 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 ONION_KEY_FILE_NAME: Final = "onion_ed25519_v3.key"  # same as bridge.tor.keys.KEY_FILE_NAME
 
 
+ONLYNET_CHOICES: Final[tuple[str, ...]] = ("onion", "ipv4", "ipv6")
+
+
 def network_p2p_port(network: str) -> int:
     """Default P2P port of ``network``; ``ValueError`` for an unknown network."""
     try:
@@ -281,6 +284,7 @@ class TorConfig:
 class PeersConfig:
     connect: tuple[HostPort, ...]
     allow_direct: bool
+    onlynet: frozenset[str] = frozenset({"onion", "ipv4", "ipv6"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +384,7 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "tor.extra_torrc": _Spec("list", ()),
     "peers.connect": _Spec("list", ()),
     "peers.allow_direct": _Spec("bool", False),
+    "peers.onlynet": _Spec("list", ()),  # () = by mode: tor-only all three, hybrid onion
     "relay.max_message_bytes": _Spec("int", 1 << 30, lo=16384, hi=1 << 30),
     "relay.max_rewrite_bytes": _Spec("int", 4 << 20, lo=1024, hi=1 << 30),
     "relay.advertise_address": _Spec("bool", False),
@@ -914,7 +919,27 @@ def _build(raw: _Raw, home: str | None) -> Config:
             ("peers.allow_direct", "mode"),
             f"peers.allow_direct = true is only allowed with mode = 'hybrid', mode is {mode!r}",
         )
-    peers = PeersConfig(connect=tuple(connect), allow_direct=allow_direct)
+    onlynet_raw = tuple(str(x) for x in b.list_("peers.onlynet"))
+    for item in onlynet_raw:
+        if item not in ONLYNET_CHOICES:
+            raise b.err("peers.onlynet",
+                        f"{item!r} is not a peer network; allowed: {', '.join(ONLYNET_CHOICES)}")
+    # default: tor-only dials everything (IP via exits); hybrid dials onion, plus IP peers
+    # directly when allow_direct is set
+    onlynet = frozenset(onlynet_raw) or frozenset(
+        ONLYNET_CHOICES if mode == "tor-only" or allow_direct else ("onion",))
+    if mode == "hybrid" and onlynet - {"onion"} and not allow_direct:
+        raise b.err_any(
+            ("peers.onlynet", "mode", "peers.allow_direct"),
+            "in hybrid mode the bridge carries only onion traffic through Tor; IP networks in "
+            "peers.onlynet need peers.allow_direct = true (dialed directly, not via Tor)",
+        )
+    for hp in connect:
+        if hp.kind not in onlynet:
+            raise b.err("peers.connect",
+                        f"{hp} is an {hp.kind} peer but peers.onlynet allows only "
+                        f"{', '.join(sorted(onlynet))}")
+    peers = PeersConfig(connect=tuple(connect), allow_direct=allow_direct, onlynet=onlynet)
 
     # [relay]
     max_message = b.int_("relay.max_message_bytes")

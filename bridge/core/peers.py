@@ -7,9 +7,13 @@ Issue C replaces the static candidate list by a persistent address book; the rul
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from bridge.core.onion import OnionAddress, is_onion_host
+
+Kind = Literal["onion", "ipv4", "ipv6"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,12 @@ class Target:
         return is_onion_host(self.host)
 
     @property
+    def kind(self) -> Kind:
+        if self.is_onion:
+            return "onion"
+        return "ipv6" if ":" in self.host else "ipv4"
+
+    @property
     def authority(self) -> bytes:
         """The HTTP/2 ``:authority`` kaspad's tonic would send for this peer."""
         h = f"[{self.host}]" if ":" in self.host else self.host
@@ -29,6 +39,29 @@ class Target:
 
     def __str__(self) -> str:
         return self.authority.decode()
+
+
+class Selector(Protocol):
+    """What the warm pool needs from a candidate source (PeerSelector or the address book's
+    BookSelector)."""
+
+    own_onion: OnionAddress | None
+
+    def add(self, target: Target) -> None: ...
+    def pick(self, now: float) -> Target | None: ...
+    def next_retry(self, now: float) -> float | None: ...
+    def release(self, t: Target) -> None: ...
+    def success(self, t: Target, now: float | None = None, *,
+                addrv2: bool | None = None) -> None: ...
+    def failure(self, t: Target, now: float) -> float: ...
+    def defer(self, t: Target, now: float, delay: float) -> None: ...
+    def forgive_all(self) -> None: ...
+    def mark_self(self, t: Target) -> None: ...
+    def snapshot(self) -> dict[str, dict[str, float | int | bool | str | None]]: ...
+
+
+def filter_kinds(targets: Collection[Target], kinds: Collection[str]) -> list[Target]:
+    return [t for t in targets if t.kind in kinds]
 
 
 @dataclass(slots=True)
@@ -84,7 +117,7 @@ class PeerSelector:
     def release(self, t: Target) -> None:
         self._state[t].in_use = False
 
-    def success(self, t: Target) -> None:
+    def success(self, t: Target, now: float | None = None, *, addrv2: bool | None = None) -> None:
         st = self._state[t]
         st.failures = 0
         st.retry_at = 0.0
@@ -115,7 +148,7 @@ class PeerSelector:
     def in_use(self) -> list[Target]:
         return [t for t, s in self._state.items() if s.in_use]
 
-    def snapshot(self) -> dict[str, dict[str, float | int | bool]]:
+    def snapshot(self) -> dict[str, dict[str, float | int | bool | str | None]]:
         return {
             str(t): {"failures": s.failures, "retry_at": s.retry_at, "in_use": s.in_use,
                      "self": s.is_self, "successes": s.successes}

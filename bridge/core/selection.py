@@ -345,6 +345,8 @@ class PeerStore(Protocol):
 
     def mark_self(self, network: str, host: str, port: int, is_self: bool = True) -> bool: ...
 
+    def reset_backoff(self, network: str) -> int: ...
+
 
 def _identity(now: float) -> float:
     return now
@@ -371,6 +373,8 @@ class BookSelector:
     _in_use: set[Target] = field(default_factory=set)
     #: failure counts for targets the store no longer holds (evicted while in use)
     _orphans: dict[Target, int] = field(default_factory=dict)
+    #: short no-penalty retry delays (caller clock), e.g. after our own proxy failed
+    _deferred: dict[Target, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -386,8 +390,10 @@ class BookSelector:
     def pick(self, now: float, exclude: Collection[Target] = ()) -> Target | None:
         """Reserve a candidate by the module rules (mark it in use), or ``None``."""
         entries = self.store.entries(self.network, self.policy.kinds)
+        waiting = {t for t, at in self._deferred.items() if at > now}
         choice = choose(entries, self.to_wall(now), self.rng, in_use=self._in_use,
-                        exclude=exclude, policy=self.policy, own_onion=self.own_onion)
+                        exclude={*exclude, *waiting}, policy=self.policy,
+                        own_onion=self.own_onion)
         if choice is None:
             return None
         t = choice.target
@@ -400,7 +406,18 @@ class BookSelector:
         times = [e.backoff_until for e in self.store.entries(self.network, self.policy.kinds)
                  if e.backoff_until > wall and not e.is_self and e.target not in self._in_use
                  and not (self.own_onion is not None and e.host == self.own_onion.host)]
-        return float(min(times) - wall + now) if times else None
+        caller = [t - wall + now for t in times]
+        caller += [at for t, at in self._deferred.items() if at > now and t not in self._in_use]
+        return float(min(caller)) if caller else None
+
+    def defer(self, t: Target, now: float, delay: float) -> None:
+        """Retry ``t`` after ``delay`` without counting a failure (not the peer's fault)."""
+        self._deferred[t] = max(self._deferred.get(t, 0.0), now + delay)
+
+    def forgive_all(self) -> None:
+        """Clear every backoff (our Tor came back: failures meanwhile were ours)."""
+        self._deferred.clear()
+        self.store.reset_backoff(self.network)
 
     def release(self, t: Target) -> None:
         self._in_use.discard(t)

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from bridge.book import AddressBook
 from bridge.core.onion import OnionAddress
-from bridge.core.peers import PeerSelector, Target
+from bridge.core.peers import PeerSelector, Selector, Target, filter_kinds
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import Endpoint, Relay, RelaySettings, Side, new_upstream_connection
+from bridge.core.selection import BookSelector, SelectionPolicy
 from bridge.errors import BridgeError, Fault, SelfConnection
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.runner import RelayRunner
@@ -46,6 +50,11 @@ class BridgeOptions:
     relay: RelaySettings = field(default_factory=RelaySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     own_onion: OnionPeer | None = None
+    network: str = "kaspa-mainnet"
+    #: which peer networks are dialed (onlynet): "onion", "ipv4", "ipv6"
+    onlynet: frozenset[str] = frozenset({"onion", "ipv4", "ipv6"})
+    #: persistent address book (SQLite); None: config candidates + gossip kept in memory
+    book_path: Path | None = None
 
 
 @dataclass(slots=True)
@@ -65,9 +74,39 @@ class Bridge:
                  dialer: Dialer | None = None) -> None:
         self.options = options
         self.gossip = gossip or GossipState(own_onion=options.own_onion)
-        self.selector = PeerSelector(list(options.candidates),
-                                     own_onion=options.own_onion.address
-                                     if options.own_onion else None)
+        own = options.own_onion.address if options.own_onion else None
+        self.book: AddressBook | None = None
+        self.selector: Selector
+        if options.book_path is not None:
+            options.book_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.book = AddressBook(options.book_path)
+            # the pool passes trio.current_time(); the book stores wall-clock seconds
+            offset = time.time() - trio.current_time()
+            self.selector = BookSelector(
+                self.book, options.network,
+                SelectionPolicy(kinds=frozenset(options.onlynet),  # type: ignore[arg-type]
+                                base_backoff=2.0, max_backoff=300.0),
+                own_onion=own, to_wall=lambda t: t + offset)
+            for t in options.candidates:
+                self.selector.add(t)
+            store_hook = self.book.gossip_hook(options.network)
+        else:
+            self.selector = PeerSelector(filter_kinds(options.candidates, options.onlynet),
+                                         own_onion=own)
+            store_hook = None
+        onlynet = options.onlynet
+
+        def on_learn(peer: OnionPeer, source: str) -> None:
+            """Discovery: every onion learned from gossip becomes a candidate."""
+            if "onion" not in onlynet:
+                return
+            if store_hook is not None:
+                store_hook(peer, source)
+            else:
+                self.selector.add(Target(peer.address.host, peer.port))
+            self.pool.poke()
+
+        self.gossip.on_learn = on_learn
         self.dialer = dialer or Dialer(options.dial)
         self.pool = WarmPool(self.selector, self.dialer, size=options.pool_size,
                              relay_settings=options.relay,
@@ -158,7 +197,8 @@ class Bridge:
         if target is not None:
             is_self = isinstance(err, SelfConnection)
             remote_fault = err is not None and err.fault is Fault.REMOTE
-            self.pool.done_with(target, ok=handshake_ok or not remote_fault, is_self=is_self)
+            self.pool.done_with(target, ok=handshake_ok or not remote_fault, is_self=is_self,
+                                addrv2=policy.remote.addrv2 if policy.remote.node_id else None)
 
     # -- inbound ----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import h2.events
 import h2.exceptions
 import trio
 
-from bridge.core.peers import PeerSelector, Target
+from bridge.core.peers import Selector, Target
 from bridge.core.relay import Endpoint, RelaySettings, new_upstream_connection
 from bridge.errors import BridgeError, Fault
 from bridge.net.socks import DialError, ProxyEndpoint, open_socks_stream
@@ -36,6 +36,8 @@ class DialPolicy:
     onion_proxy: ProxyEndpoint | None = None
     allow_direct: bool = False
     timeout: float = 60.0
+    #: False (hybrid): IP targets never go through Tor; they are dialed directly if allowed
+    ip_via_tor: bool = True
 
 
 class Dialer:
@@ -64,7 +66,7 @@ class Dialer:
         except ValueError as exc:
             raise DialError(f"refusing non-IP, non-onion target {target.host!r} (no DNS)",
                             fault=Fault.LOCAL) from exc
-        if self.policy.proxy is not None or discovered is not None:
+        if self.policy.ip_via_tor and (self.policy.proxy is not None or discovered is not None):
             return self.policy.proxy or discovered
         if self.policy.allow_direct:
             return None
@@ -134,7 +136,7 @@ async def h2_client_handshake(stream: trio.abc.Stream, end: Endpoint, timeout: f
 class WarmPool:
     """Keeps ``size`` ready upstream connections; slots :meth:`take` them."""
 
-    def __init__(self, selector: PeerSelector, dialer: Dialer, *, size: int,
+    def __init__(self, selector: Selector, dialer: Dialer, *, size: int,
                  relay_settings: RelaySettings, handshake_timeout: float = 30.0) -> None:
         self.selector = selector
         self.dialer = dialer
@@ -269,12 +271,13 @@ class WarmPool:
                     return entry.up
         return None
 
-    def done_with(self, target: Target, *, ok: bool, is_self: bool = False) -> None:
+    def done_with(self, target: Target, *, ok: bool, is_self: bool = False,
+                  addrv2: bool | None = None) -> None:
         """A relay that used ``target`` ended."""
         if is_self:
             self.selector.mark_self(target)
         elif ok:
-            self.selector.success(target)
+            self.selector.success(target, addrv2=addrv2)
         else:
             self.selector.failure(target, trio.current_time())
         self.selector.release(target)
