@@ -16,7 +16,7 @@ Paths (all 127.0.0.1), each measured in the same run, interleaved, repeated:
 Every bridge runs in its own subprocess (``--bridge-child``) so its CPU time can be read from
 ``/proc/<pid>/stat`` on its own. Two load generators:
 
-* ``emu``  the grpcio kaspad emulator (``tests/peers/kaspad_emulator.py``) on both ends: grpc-core
+* ``emu``  the grpcio kaspad emulator (``bridge/rig/emulator.py``) on both ends: grpc-core
   gzips each block on the sender and inflates + parses it on the receiver.
 * ``raw``  a minimal ``h2`` sender/receiver pair (threads, blocking sockets, no grpcio): the
   gzip'd block is prepared once and only framed per send, the receiver only counts gRPC
@@ -1096,7 +1096,7 @@ def write_report(out: Path, *, cmd: str, quick: bool, mach: dict[str, str], load
           "utime+stime from `/proc/<pid>/stat` over the measurement window (socat: the listener "
           "plus its forked child). Load generators, both ends in the benchmark process "
           "(one clock):", "",
-          "* **emu**: the grpcio kaspad emulator (`tests/peers/kaspad_emulator.py`) on both "
+          "* **emu**: the grpcio kaspad emulator (`bridge/rig/emulator.py`) on both "
           "ends, full kaspad handshake and address exchange. grpc-core gzips every message on "
           "the sender and inflates it on the receiver, which parses it with protobuf.",
           "* **raw**: a minimal `h2`-library sender/receiver (threads, blocking sockets, no "

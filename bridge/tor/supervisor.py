@@ -315,7 +315,15 @@ class TorSupervisor:
                 await self._serve_body(ctl, first, version)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as eg:
-            leaves = _leaves(eg)
+            cancelled, rest = eg.split(trio.Cancelled)
+            if rest is None:
+                raise
+            leaves = _leaves(rest)
+            if cancelled is not None and all(
+                    isinstance(e, (TorControlError, OnionKeyError)) for e in leaves):
+                # We are being cancelled (shutdown) and tor went away meanwhile: only the
+                # cancellation matters, or the error would escape past the cancel scope.
+                raise cancelled from None
             if len(leaves) == 1:
                 raise leaves[0] from None
             raise
