@@ -36,6 +36,7 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         network=cfg.network,
         onlynet=cfg.peers.onlynet,
         book_path=cfg.data_dir / "peers.sqlite",
+        refresh_interval=cfg.peers.refresh_interval or None,
         pool_size=cfg.pool.size,
         slot_wait=cfg.pool.slot_wait,
         relay=RelaySettings(max_message_bytes=cfg.relay.max_message_bytes),

@@ -285,6 +285,7 @@ class PeersConfig:
     connect: tuple[HostPort, ...]
     allow_direct: bool
     onlynet: frozenset[str] = frozenset({"onion", "ipv4", "ipv6"})
+    refresh_interval: float = 600.0  # 0 = the bridge never asks peers for addresses itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +386,7 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "peers.connect": _Spec("list", ()),
     "peers.allow_direct": _Spec("bool", False),
     "peers.onlynet": _Spec("list", ()),  # () = by mode: tor-only all three, hybrid onion
+    "peers.refresh_interval": _Spec("float", 600.0, lo=0, hi=86400),
     "relay.max_message_bytes": _Spec("int", 1 << 30, lo=16384, hi=1 << 30),
     "relay.max_rewrite_bytes": _Spec("int", 4 << 20, lo=1024, hi=1 << 30),
     "relay.advertise_address": _Spec("bool", False),
@@ -939,7 +941,8 @@ def _build(raw: _Raw, home: str | None) -> Config:
             raise b.err("peers.connect",
                         f"{hp} is an {hp.kind} peer but peers.onlynet allows only "
                         f"{', '.join(sorted(onlynet))}")
-    peers = PeersConfig(connect=tuple(connect), allow_direct=allow_direct, onlynet=onlynet)
+    peers = PeersConfig(connect=tuple(connect), allow_direct=allow_direct, onlynet=onlynet,
+                        refresh_interval=b.float_("peers.refresh_interval"))
 
     # [relay]
     max_message = b.int_("relay.max_message_bytes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -20,6 +21,9 @@ from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.managed import ManagedTor, ManagedTorConfig
 from bridge.tor.supervisor import OnionSpec, TorStatus, TorSupervisor
 
+if TYPE_CHECKING:
+    from bridge.observe import ObserveServer
+
 log = logging.getLogger("bridge")
 
 
@@ -34,6 +38,7 @@ class Daemon:
     supervisor: TorSupervisor | None = None
     gossip: GossipState | None = None
     handle_signals: bool = True
+    observe: ObserveServer | None = None  # the metrics/status server when metrics.listen is set
 
     def __post_init__(self) -> None:
         self._stop = trio.Event()
@@ -107,9 +112,11 @@ class Daemon:
         cfg = self.cfg
         for w in cfg.warnings:
             log.warning("config: %s", w)
+        observe = None
         if cfg.metrics.listen is not None:
-            log.warning("config: metrics.listen is set but this version has no metrics "
-                        "endpoint yet; ignored")
+            from bridge.observe import ObserveServer
+
+            observe = ObserveServer(self, cfg.metrics.listen.host, cfg.metrics.listen.port)
         options = bridge_options(cfg)
         self.gossip = GossipState(own_onion=options.own_onion)
         managed = self._managed()
@@ -129,9 +136,17 @@ class Daemon:
                     await sup.wait_usable()
             self.bridge = Bridge(options, gossip=self.gossip, dialer=Dialer(
                 options.dial, gate, socks_provider=self._socks_from_tor))
+            if observe is not None:  # before the listeners: /status shows startup too
+                self.observe = observe
+                try:
+                    await nursery.start(observe.run)
+                except BridgeError as exc:
+                    startup_error = StartupError(str(exc), fault=exc.fault)
+                    nursery.cancel_scope.cancel()
             # Listeners first: the onion service must point at a bound inbound port.
-            await nursery.start(self.bridge.run)
-            if sup is not None:
+            if startup_error is None:
+                await nursery.start(self.bridge.run)
+            if sup is not None and startup_error is None:
                 await nursery.start(sup.run)
                 if must_have_tor:
                     try:
@@ -160,6 +175,5 @@ class Daemon:
         if sup is not None:
             with trio.move_on_after(5):
                 await sup.stop()
-        if managed is not None:
-            await managed.stop()
+        # A managed tor is stopped by its own task when cancelled, after the supervisor's.
         nursery.cancel_scope.cancel()

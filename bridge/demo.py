@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,14 +56,39 @@ def run_demo(*, duration: float = 10.0, workdir: Path | None = None,
         echo("      torn down: tor processes stopped, bridges and nodes closed")
 
 
+def free_port_range(n: int, avoid: set[int] | None = None) -> int:
+    """The first of ``n`` consecutive free TCP ports on 127.0.0.1 (bind probe)."""
+    for _ in range(200):
+        base = free_ports(1)[0]
+        ports = range(base, base + n)
+        if ports[-1] > 65535 or set(ports) & (avoid or set()):
+            continue
+        held: list[socket.socket] = []
+        try:
+            for p in ports:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise DemoError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
 def bridge_config(root: Path, name: str, *, socks_port: int, control_port: int,
-                  kaspad_port: int, peers: list[str]) -> Config:
+                  kaspad_port: int, peers: list[str], slots: int = 1,
+                  extra: dict[str, object] | None = None) -> Config:
     """A tor-only simnet bridge config on loopback with free ports (demo and tests)."""
-    slot, inbound = free_ports(2)
+    (inbound,) = free_ports(1)
+    slot = free_port_range(slots, avoid={inbound})
     return load_config(None, env={"HOME": os.environ.get("HOME", "/root")}, overrides={
+        **(extra or {}),
         "network": "kaspa-simnet", "mode": "tor-only", "data_dir": str(root / name),
         "kaspad.p2p": f"127.0.0.1:{kaspad_port}",
-        "slots.base_port": slot, "slots.count": 1,
+        "slots.base_port": slot, "slots.count": slots,
         "inbound.listen": f"127.0.0.1:{inbound}",
         "tor.socks": f"127.0.0.1:{socks_port}",
         "tor.control": f"127.0.0.1:{control_port}",

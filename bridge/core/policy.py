@@ -11,8 +11,9 @@ Directions: ``TO_REMOTE`` is kaspad → Tor peer, ``TO_KASPAD`` is Tor peer → 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -51,8 +52,10 @@ class GossipState:
     rng: random.Random = field(default_factory=random.Random)
     #: insertion-ordered; oldest evicted first when over capacity
     onions: OrderedDict[OnionPeer, str] = field(default_factory=OrderedDict)
-    #: called with (peer, source) for every onion learned — issue C's address book hooks in here
+    #: called with (peer, source) for every onion learned — the address book hooks in here
     on_learn: Callable[[OnionPeer, str], None] | None = None
+    #: called with ([(ip, port)], source) for the IP entries of every Addresses seen
+    on_learn_ips: Callable[[list[tuple[str, int]], str], None] | None = None
 
     def learn(self, peer: OnionPeer, source: str) -> bool:
         if self.own_onion is not None and peer.address == self.own_onion.address:
@@ -122,8 +125,11 @@ class ConnectionPolicy:
         self.kaspad = PeerInfo()
         self.remote = PeerInfo()
         self._stage = {Direction.TO_REMOTE: _Handshake.START, Direction.TO_KASPAD: _Handshake.START}
-        self._kaspad_requested_addresses = 0
         self._kaspad_got_addresses = 0
+        #: who asked the remote for addresses, in wire order: "kaspad" or "bridge". The remote
+        #: answers RequestAddresses in order (facts §4.1), so replies are matched FIFO.
+        self._asked: deque[str] = deque()
+        self._consume = False  # the Addresses being collected is the bridge's, not kaspad's
         self.counters: dict[str, int] = {
             "onions_added": 0, "onions_removed": 0, "invalid_removed": 0, "dropped": 0,
             "versions_rewritten": 0,
@@ -154,18 +160,38 @@ class ConnectionPolicy:
                 direction, f"{proto.payload_name(tag)} before the handshake completed"
             )
         if tag == proto.ADDRESSES:
+            self._consume = False
             if from_remote:
-                if self._kaspad_got_addresses >= self._kaspad_requested_addresses:
-                    # kaspad accepts one solicited Addresses per connection (§4.1): a second one
-                    # would make it disconnect, so it is swallowed here.
-                    self.counters["dropped"] += 1
-                    self.notes.append(f"{self.remote_label}: dropped unsolicited Addresses")
-                    return Action.DROP
-                self._kaspad_got_addresses += 1
+                asker = self._asked.popleft() if self._asked else None
+                if asker != "kaspad" or self._kaspad_got_addresses:
+                    # The bridge's own request, or unsolicited: kaspad accepts one solicited
+                    # Addresses per connection (§4.1) and would disconnect on another, so the
+                    # bridge keeps it (harvests it) and kaspad never sees it.
+                    self._consume = True
+                    if asker is None:
+                        self.counters["dropped"] += 1
+                        self.notes.append(f"{self.remote_label}: unsolicited Addresses kept "
+                                          "from kaspad")
+                else:
+                    self._kaspad_got_addresses += 1
             return Action.REWRITE
         if tag == proto.REQUEST_ADDRESSES and not from_remote:
-            self._kaspad_requested_addresses += 1
+            self._asked.append("kaspad")
         return Action.PASS
+
+    @property
+    def handshake_done(self) -> bool:
+        return all(s == _Handshake.READY for s in self._stage.values())
+
+    def can_refresh(self) -> bool:
+        """May the bridge ask the remote for addresses itself (an ADDRv2 peer, after the
+        handshake)? The reply is consumed by the bridge, never forwarded to kaspad."""
+        return self.handshake_done and self.remote.addrv2
+
+    def bridge_asked(self) -> None:
+        """The bridge's own RequestAddresses went out to the remote (call at emission)."""
+        self._asked.append("bridge")
+        self.counters["refreshes"] = self.counters.get("refreshes", 0) + 1
 
     def _violation(self, direction: Direction, what: str) -> PolicyViolation:
         if direction is Direction.TO_KASPAD:
@@ -183,6 +209,9 @@ class ConnectionPolicy:
                 env.payload = self._rewrite_version(direction, env.payload)
             elif env.tag == proto.ADDRESSES:
                 env.payload = self._rewrite_addresses(direction, env.payload)
+                if self._consume:
+                    self._consume = False
+                    return None
             else:  # pragma: no cover - classify() only asks for these two
                 return message
         except DecodeError as exc:
@@ -239,8 +268,22 @@ class ConnectionPolicy:
             return False
         return self.shared.learn(peer, source)
 
+    def _learn_ips(self, entries: list[proto.NetAddress], direction: Direction) -> None:
+        """Passive harvest of IP entries (both directions) for the address book."""
+        if self.shared.on_learn_ips is None:
+            return
+        ips: list[tuple[str, int]] = []
+        for e in entries:
+            ip = e.ip
+            if e.kaspad_accepts() and ip is not None and 0 < e.port <= 0xFFFF:
+                ips.append((str(ipaddress.ip_address(ip)), e.port))
+        if ips:
+            who = "kaspad" if direction is Direction.TO_REMOTE else self.remote_label
+            self.shared.on_learn_ips(ips, f"gossip:{who}")
+
     def _rewrite_addresses(self, direction: Direction, payload: bytes) -> bytes:
         entries = proto.decode_addresses(payload)
+        self._learn_ips(entries, direction)
         if direction is Direction.TO_KASPAD:
             if len(entries) > MAX_ADDRESSES_RECEIVE:
                 raise PolicyViolation(

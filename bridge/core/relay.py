@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import h2.config
@@ -39,6 +39,8 @@ from bridge.errors import (
 )
 
 P2P_PATH = b"/protowire.P2P/MessageStream"
+#: RequestAddresses{includeAllSubnetworks: false} exactly as kaspad sends it (facts §2.3)
+REQUEST_ADDRESSES_MSG = bytes.fromhex("3200")
 GRPC_UNAVAILABLE = 14
 GRPC_UNIMPLEMENTED = 12
 GRPC_INTERNAL = 13
@@ -179,6 +181,21 @@ class _Pipe:
     messages: int = 0
     bytes_in: int = 0
     encoding: bytes | None = None  # the source's declared grpc-encoding
+    #: the bridge's own messages waiting for a message boundary: (framed bytes, on_emit)
+    injections: deque[tuple[bytes, Callable[[], None]]] = field(default_factory=deque)
+
+    def inject(self, framed: bytes, on_emit: Callable[[], None]) -> None:
+        """Queue one whole gRPC message of the bridge's own, sent at the next boundary so it
+        never lands inside a message being streamed through."""
+        self.injections.append((framed, on_emit))
+        if self.action is None and self.reader.at_boundary:
+            self._emit_injections()
+
+    def _emit_injections(self) -> None:
+        while self.injections:
+            framed, on_emit = self.injections.popleft()
+            self._emit(framed)
+            on_emit()
 
     def feed(self, data: bytes, credit: int) -> None:
         self.bytes_in += len(data)
@@ -243,6 +260,7 @@ class _Pipe:
         self.action = None
         self.held.clear()
         self.sniffer = None
+        self._emit_injections()
 
     def _emit(self, data: bytes, credit: int = 0) -> None:
         if not data and not credit:
@@ -391,6 +409,17 @@ class Relay:
     def connection_lost(self, side: Side) -> None:
         if self.closed is None:
             self._close_both(f"{self.who(side)} closed the connection", culprit=side)
+
+    def request_addresses(self) -> bool:
+        """Send the remote a RequestAddresses of the bridge's own (active discovery). Only to an
+        ADDRv2 remote after the handshake; its reply is harvested, never given to kaspad.
+        Returns False when not possible now."""
+        if self.closed is not None or not self.policy.can_refresh():
+            return False
+        pipe = self.pipes[self.kaspad_side]  # kaspad → remote
+        pipe.inject(grpc.frame(REQUEST_ADDRESSES_MSG), self.policy.bridge_asked)
+        self._flush()
+        return True
 
     def refuse(self, message: str) -> None:
         """No upstream could be had in time: answer the DOWN client UNAVAILABLE and close."""

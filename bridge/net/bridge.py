@@ -55,6 +55,8 @@ class BridgeOptions:
     onlynet: frozenset[str] = frozenset({"onion", "ipv4", "ipv6"})
     #: persistent address book (SQLite); None: config candidates + gossip kept in memory
     book_path: Path | None = None
+    #: seconds between the bridge's own RequestAddresses to ADDRv2 upstreams (None: never)
+    refresh_interval: float | None = 600.0
 
 
 @dataclass(slots=True)
@@ -107,6 +109,15 @@ class Bridge:
             self.pool.poke()
 
         self.gossip.on_learn = on_learn
+        if self.book is not None:
+            book, network = self.book, options.network
+
+            def on_learn_ips(ips: list[tuple[str, int]], source: str) -> None:
+                """Passive harvest of IP peers (dialed only if peers.onlynet allows)."""
+                if book.learn_many(network, ips, source=source) and onlynet - {"onion"}:
+                    self.pool.poke()
+
+            self.gossip.on_learn_ips = on_learn_ips
         self.dialer = dialer or Dialer(options.dial)
         self.pool = WarmPool(self.selector, self.dialer, size=options.pool_size,
                              relay_settings=options.relay,
@@ -170,7 +181,9 @@ class Bridge:
         runner = RelayRunner(relay, stream, label)
         try:
             await self._guarded(runner.run(get_upstream,
-                                           response_timeout=KASPAD_RESPONSE_DEADLINE), label)
+                                           response_timeout=KASPAD_RESPONSE_DEADLINE,
+                                           refresh_interval=self.options.refresh_interval),
+                                label)
         finally:
             del self.relays[rid]
             self._finish(runner, policy, taken[0] if taken else None)

@@ -53,7 +53,8 @@ class RelayRunner:
             self._done.set()
 
     async def run(self, get_upstream: UpstreamGetter, *, response_timeout: float | None = None,
-                  refuse_message: str = "no upstream peer available") -> None:
+                  refuse_message: str = "no upstream peer available",
+                  refresh_interval: float | None = None) -> None:
         """Relay until either side ends. ``get_upstream`` supplies the UP stream and its h2
         connection (or ``None``: the DOWN client is refused with UNAVAILABLE)."""
         try:
@@ -72,6 +73,8 @@ class RelayRunner:
                     nursery.start_soon(self._writer, Side.UP)
                     if response_timeout is not None:
                         nursery.start_soon(self._response_watchdog, response_timeout)
+                    if refresh_interval:
+                        nursery.start_soon(self._refresh, refresh_interval)
                 self._kick_all()
                 await self._done.wait()
                 with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
@@ -89,6 +92,15 @@ class RelayRunner:
         if not self.relay.response_started and not self.relay.finished:
             self.relay.refuse(f"upstream did not answer within {timeout:.1f}s")
             self._kick_all()
+
+    async def _refresh(self, interval: float) -> None:
+        """Active discovery: every ``interval`` s ask an ADDRv2 remote for addresses (the reply
+        is harvested by the bridge, never forwarded to kaspad)."""
+        while not self.relay.finished:
+            await trio.sleep(interval)
+            if self.relay.request_addresses():
+                log.debug("%s: asked the remote for addresses", self.label)
+                self._kick_all()
 
     async def _reader(self, side: Side) -> None:
         stream = self.streams[side]

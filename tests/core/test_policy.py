@@ -411,32 +411,76 @@ def test_version_to_kaspad_services_untouched() -> None:
 # Addresses remote -> kaspad
 
 
-def test_unsolicited_addresses_to_kaspad_dropped() -> None:
+ONE_IP = [proto.NetAddress.from_ip(bytes([1, 2, 3, 4]), 16111)]
+
+
+def _to_kaspad(pol: ConnectionPolicy) -> bytes | None:
+    """One remote Addresses through the policy: what kaspad receives (None: nothing)."""
+    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.REWRITE
+    return pol.rewrite(TO_KASPAD, _addresses(ONE_IP))
+
+
+def test_unsolicited_addresses_never_reach_kaspad() -> None:
     pol, _ = _ready()
-    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.DROP
+    assert _to_kaspad(pol) is None
     assert pol.counters["dropped"] == 1
     assert any("unsolicited" in n for n in pol.notes)
     # The remote's own RequestAddresses does not solicit anything for kaspad.
     assert pol.classify(TO_KASPAD, proto.REQUEST_ADDRESSES) is Action.PASS
-    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.DROP
+    assert _to_kaspad(pol) is None
 
 
 def test_solicited_addresses_once() -> None:
     pol, _ = _ready()
     assert pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES) is Action.PASS
-    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.REWRITE
-    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.DROP
-    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.DROP
+    assert _to_kaspad(pol) is not None
+    assert _to_kaspad(pol) is None
+    assert _to_kaspad(pol) is None
     assert pol.counters["dropped"] == 2
 
 
-def test_each_request_allows_one_answer() -> None:
+def test_kaspad_gets_exactly_one_addresses_even_if_it_asked_twice() -> None:
     pol, _ = _ready()
     pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES)
     pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES)
+    assert _to_kaspad(pol) is not None
+    assert _to_kaspad(pol) is None  # kaspad's ReceiveAddressesFlow has ended (facts §4.1)
+
+
+def test_bridge_refresh_reply_is_consumed_in_fifo_order() -> None:
+    g = GossipState()
+    pol, _ = _ready(True, g)
+    assert pol.can_refresh()
+    pol.bridge_asked()  # the bridge asked first
+    pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES)  # then kaspad
+    onion = OnionAddress.from_pubkey(bytes(range(7, 39)))
+    entries = [*ONE_IP, proto.NetAddress.from_onion(onion.host, 16111)]
     assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.REWRITE
-    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.REWRITE
-    assert pol.classify(TO_KASPAD, proto.ADDRESSES) is Action.DROP
+    assert pol.rewrite(TO_KASPAD, _addresses(entries)) is None  # the bridge's: harvested
+    assert onion in [p.address for p in g.onions]
+    out = _to_kaspad(pol)  # kaspad's: forwarded, onion-free
+    assert out is not None
+    assert [e.ip for e in proto.decode_addresses(proto.Envelope.decode(out).payload)] == [
+        bytes([1, 2, 3, 4])]
+
+
+def test_no_refresh_to_legacy_remote_or_before_handshake() -> None:
+    pol, _ = _ready(False)
+    assert not pol.can_refresh()
+    fresh = ConnectionPolicy(GossipState(), PolicySettings())
+    assert not fresh.can_refresh()
+
+
+def test_ip_entries_are_harvested_both_directions() -> None:
+    seen: list[tuple[list[tuple[str, int]], str]] = []
+    g = GossipState(on_learn_ips=lambda ips, src: seen.append((ips, src)))
+    pol, _ = _ready(True, g)
+    pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES)
+    _to_kaspad(pol)
+    v6 = proto.NetAddress.from_ip(bytes(15) + b"\x01", 5)
+    pol.classify(TO_REMOTE, proto.ADDRESSES)
+    pol.rewrite(TO_REMOTE, _addresses([v6]))
+    assert [ips for ips, _ in seen] == [[("1.2.3.4", 16111)], [("::1", 5)]]
 
 
 def test_addresses_to_remote_always_rewritten() -> None:

@@ -302,3 +302,26 @@ def test_refuse_answers_unavailable() -> None:
     h = dict((kaspad.headers or []) + (kaspad.trailers or []))
     assert h[b"grpc-status"] == b"14"
     assert b"no upstream" in h[b"grpc-message"]
+
+
+def test_bridge_refresh_waits_for_a_message_boundary_and_reply_is_kept() -> None:
+    gossip = GossipState(own_onion=OWN)
+    relay, down, up, kaspad, remote = make(gossip=gossip, window=65535)
+    assert not relay.request_addresses()  # not before the handshake
+    handshake(relay, kaspad, remote, down, up)
+    big = block(200_000, request_id=9)
+    kaspad.send(big, compressed=False)
+    # deliver only part of the big message, then ask: the request must not cut into it
+    sent = kaspad.conn.data_to_send()
+    relay.receive(Side.DOWN, sent[:30_000])
+    assert relay.request_addresses()
+    assert relay.pipes[Side.DOWN].injections  # held back: a block is streaming through
+    relay.receive(Side.DOWN, sent[30_000:])
+    pump(relay, down, up)
+    assert remote.payloads[-2:] == [big, REQUEST_ADDRESSES]
+    other = OnionPeer(OnionAddress.from_pubkey(bytes(range(50, 82))), 16111)
+    remote.send(addresses([proto.NetAddress.from_onion(other.address.host, 16111)]))
+    pump(relay, down, up)
+    assert other in gossip.onions  # harvested by the bridge
+    assert all(p[:1] != b"\x0a" for p in kaspad.payloads)  # kaspad never sees the reply
+    assert not relay.finished
