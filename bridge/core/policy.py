@@ -134,7 +134,8 @@ class ConnectionPolicy:
             "onions_added": 0, "onions_removed": 0, "invalid_removed": 0, "dropped": 0,
             "versions_rewritten": 0,
         }
-        self.notes: list[str] = []  # human-readable log lines for the shell to emit
+        self.notes: list[str] = []  # human-readable log lines for the shell to emit (info)
+        self.warnings: list[str] = []  # ... at warning level
 
     # -- classification --------------------------------------------------------------------
 
@@ -231,6 +232,14 @@ class ConnectionPolicy:
             self._check_self()
             v.services = v.services | proto.SERVICE_ADDRV2
             addr = v.address
+            ip = addr.ip if addr is not None else None
+            if ip is not None and len(ip) in (4, 16) and ipaddress.ip_address(ip).is_global:
+                self.warnings.append(
+                    f"kaspad advertises the routable address {ipaddress.ip_address(ip)} in its "
+                    "Version: it was started with --externalip or listens on a public "
+                    "interface; check its flags (`kaspa-tor-bridge kaspad-flags`)"
+                    + ("" if self.settings.advertise_address else
+                       "; the bridge removes it from what Tor peers see"))
             if addr is not None and (
                 (self.settings.via_tor and not self.settings.advertise_address)
                 or not addr.kaspad_accepts()

@@ -46,7 +46,17 @@ class RelayRunner:
         self._done = trio.Event()
         self._writers_done = {Side.DOWN: trio.Event(), Side.UP: trio.Event()}
 
+    def _drain_notes(self) -> None:
+        pol = self.relay.policy
+        for text in pol.notes:
+            log.info("%s: %s", self.label, text)
+        for text in pol.warnings:
+            log.warning("%s: %s", self.label, text)
+        pol.notes.clear()
+        pol.warnings.clear()
+
     def _kick_all(self) -> None:
+        self._drain_notes()
         for s in self._kick.values():
             s.set()
         if self.relay.finished:

@@ -815,3 +815,28 @@ def test_version_to_kaspad_property(v: pb.VersionMessage, addrv2: bool) -> None:
     assert out == expect.SerializeToString()
     assert pol.remote.addrv2 == addrv2
     assert not gossip.onions
+
+
+def test_kaspad_advertising_a_routable_address_is_warned_and_removed() -> None:
+    pol = ConnectionPolicy(GossipState(), PolicySettings())
+    pol.classify(TO_REMOTE, proto.VERSION)
+    v = proto.Version.decode(proto.Envelope.decode(_kaspad_version_with(bytes([8, 8, 4, 4])))
+                             .payload)
+    out = proto.Envelope.decode(pol.rewrite(TO_REMOTE, _wrap_version(v)) or b"")
+    assert proto.Version.decode(out.payload).address is None
+    assert any("8.8.4.4" in w and "--externalip" in w for w in pol.warnings)
+    quiet = ConnectionPolicy(GossipState(), PolicySettings())
+    quiet.classify(TO_REMOTE, proto.VERSION)
+    quiet.rewrite(TO_REMOTE, _kaspad_version_with(bytes([192, 168, 1, 5])))
+    assert quiet.warnings == []  # private addresses are not a misconfiguration sign
+
+
+def _kaspad_version_with(ip: bytes) -> bytes:
+    fields = [proto.make_varint_field(proto.V_PROTOCOL, 8),
+              proto.make_len_field(proto.V_ADDRESS, proto.NetAddress.from_ip(ip, 16111).encode()),
+              proto.make_len_field(proto.V_ID, os.urandom(16))]
+    return proto.make_len_field(proto.VERSION, proto.encode_fields(fields)).raw
+
+
+def _wrap_version(v: proto.Version) -> bytes:
+    return proto.make_len_field(proto.VERSION, v.encode()).raw
