@@ -8,6 +8,7 @@ from bridge.core.policy import OnionPeer, PolicySettings
 from bridge.core.relay import RelaySettings
 from bridge.net.bridge import BridgeOptions
 from bridge.net.pool import DialPolicy
+from bridge.net.probe import seeder_targets
 from bridge.net.socks import ProxyEndpoint
 
 
@@ -37,6 +38,9 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         onlynet=cfg.peers.onlynet,
         book_path=cfg.data_dir / "peers.sqlite",
         refresh_interval=cfg.peers.refresh_interval or None,
+        # DNS seeding through Tor only in tor-only mode (in hybrid kaspad seeds itself)
+        seeders=(list(cfg.peers.seeders or seeder_targets(cfg.network))
+                 if cfg.mode == "tor-only" and cfg.peers.dns_seed else []),
         pool_size=cfg.pool.size,
         slot_wait=cfg.pool.slot_wait,
         relay=RelaySettings(max_message_bytes=cfg.relay.max_message_bytes),

@@ -72,6 +72,8 @@ ONION_KEY_FILE_NAME: Final = "onion_ed25519_v3.key"  # same as bridge.tor.keys.K
 
 
 ONLYNET_CHOICES: Final[tuple[str, ...]] = ("onion", "ipv4", "ipv6")
+_SEEDER_RE: Final = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}", re.IGNORECASE)
 
 
 def network_p2p_port(network: str) -> int:
@@ -286,6 +288,8 @@ class PeersConfig:
     allow_direct: bool
     onlynet: frozenset[str] = frozenset({"onion", "ipv4", "ipv6"})
     refresh_interval: float = 600.0  # 0 = the bridge never asks peers for addresses itself
+    dns_seed: bool = True  # harvest DNS seeders through Tor (tor-only mode)
+    seeders: tuple[tuple[str, int], ...] = ()  # () = the network's seeders
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +391,8 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "peers.allow_direct": _Spec("bool", False),
     "peers.onlynet": _Spec("list", ()),  # () = by mode: tor-only all three, hybrid onion
     "peers.refresh_interval": _Spec("float", 600.0, lo=0, hi=86400),
+    "peers.dns_seed": _Spec("bool", True),
+    "peers.seeders": _Spec("list", ()),  # () = the network's DNS seeders
     "relay.max_message_bytes": _Spec("int", 1 << 30, lo=16384, hi=1 << 30),
     "relay.max_rewrite_bytes": _Spec("int", 4 << 20, lo=1024, hi=1 << 30),
     "relay.advertise_address": _Spec("bool", False),
@@ -941,8 +947,18 @@ def _build(raw: _Raw, home: str | None) -> Config:
             raise b.err("peers.connect",
                         f"{hp} is an {hp.kind} peer but peers.onlynet allows only "
                         f"{', '.join(sorted(onlynet))}")
+    seeders: list[tuple[str, int]] = []
+    for item in b.list_("peers.seeders"):
+        text = str(item)
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not _SEEDER_RE.fullmatch(host) or not port_text.isdigit() \
+                or not 0 < int(port_text) <= 65535:
+            raise b.err("peers.seeders", f"{text!r}: expected '<dns name>:<port>' (the name "
+                        "is resolved by a Tor exit, never locally)")
+        seeders.append((host.lower(), int(port_text)))
     peers = PeersConfig(connect=tuple(connect), allow_direct=allow_direct, onlynet=onlynet,
-                        refresh_interval=b.float_("peers.refresh_interval"))
+                        refresh_interval=b.float_("peers.refresh_interval"),
+                        dns_seed=b.bool_("peers.dns_seed"), seeders=tuple(seeders))
 
     # [relay]
     max_message = b.int_("relay.max_message_bytes")

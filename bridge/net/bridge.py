@@ -27,12 +27,16 @@ from bridge.core.relay import Endpoint, Relay, RelaySettings, Side, new_upstream
 from bridge.core.selection import BookSelector, SelectionPolicy
 from bridge.errors import BridgeError, Fault, SelfConnection
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
+from bridge.net.probe import harvest
 from bridge.net.runner import RelayRunner
 
 log = logging.getLogger("bridge")
 
 #: kaspad's client gives up if response HEADERS take longer than 10 s (facts §1.4); answer by 9.
 KASPAD_RESPONSE_DEADLINE = 9.0
+#: Version.protocolVersion the seeder harvest announces: upstream master accepts only >= 10
+#: (facts §3.6) and the Tor fork accepts anything >= 8, so 10 reaches both.
+SEED_PROTOCOL_VERSION = 10
 
 
 @dataclass(slots=True)
@@ -57,6 +61,11 @@ class BridgeOptions:
     book_path: Path | None = None
     #: seconds between the bridge's own RequestAddresses to ADDRv2 upstreams (None: never)
     refresh_interval: float | None = 600.0
+    #: DNS seeders harvested through Tor ("name", port): the exit resolves the name
+    seeders: list[tuple[str, int]] = field(default_factory=list)
+    #: re-harvest the seeders while the book has fewer usable peers than this
+    seed_below: int = 16
+    seed_interval: float = 1800.0
 
 
 @dataclass(slots=True)
@@ -141,11 +150,49 @@ class Bridge:
                     partial(trio.serve_tcp, self._inbound_handler, port, host=host))
                 self.inbound_port = _port_of(listeners)
             nursery.start_soon(self.pool.run)
+            if self.options.seeders and self.book is not None:
+                nursery.start_soon(self._seed_loop)
             log.info("bridge up: slots %s on %s, inbound %s, %d candidates",
                      self.slot_ports, self.options.slot_host, self.inbound_port,
                      len(self.options.candidates))
             self.started.set()
             task_status.started()
+
+    async def _seed_loop(self) -> None:
+        """DNS seeding without local DNS: each seeder name is dialed *through Tor* as a one-shot
+        peer (the exit resolves it and connects to one node), its addresses are harvested into
+        the book, and the connection is closed."""
+        assert self.book is not None
+        while True:
+            usable = [e for e in self.book.entries(self.options.network)
+                      if e.kind in self.options.onlynet and not e.is_self]
+            if len(usable) < self.options.seed_below:
+                for host, port in self.options.seeders:
+                    await self._harvest_seeder(host, port)
+            await trio.sleep(self.options.seed_interval)
+
+    async def _harvest_seeder(self, host: str, port: int) -> None:
+        assert self.book is not None
+        if self.dialer.gate is not None:
+            await self.dialer.gate()
+        provider = self.dialer.socks_provider
+        proxy = self.options.dial.proxy or (provider() if provider is not None else None)
+        if proxy is None:
+            log.info("seeder %s:%d skipped: no SOCKS proxy known yet", host, port)
+            return
+        own = {self.gossip.kaspad_node_id} if self.gossip.kaspad_node_id else set()
+        try:
+            res = await harvest(host, port, proxy=proxy, network=self.options.network,
+                                protocol_version=SEED_PROTOCOL_VERSION, forbidden_ids=own)
+        except (BridgeError, OSError, trio.TooSlowError) as exc:
+            what = exc.describe() if isinstance(exc, BridgeError) else repr(exc)
+            log.info("seeder %s:%d: %s", host, port, what)
+            return
+        added = self.book.learn_many(self.options.network, res.endpoints, source="seed",
+                                     addrv2=False)
+        log.info("seeder %s:%d gave %d IPs and %d onions (%d new) in %.1fs", host, port,
+                 len(res.ips), len(res.onions), added, res.elapsed)
+        self.pool.poke()
 
     def _policy(self, label: str) -> ConnectionPolicy:
         return ConnectionPolicy(self.gossip, self.options.policy, remote_label=label)

@@ -65,12 +65,15 @@ async def test_tor_only_bridge_contacts_only_tor_and_resolves_nothing(
     remote_b = KaspadEmulator(EmulatorConfig(addrv2=True,
                                              addresses=[(bytes([203, 0, 113, 9]), 16511)]))
     remote_c = KaspadEmulator(EmulatorConfig())  # an IP peer, reached through a Tor exit
+    # a "DNS seeder": its name is only ever resolved by the Tor exit (the rig's DNS stub)
+    seeder = KaspadEmulator(EmulatorConfig(addresses=[(bytes([198, 51, 100, 77]), 16511)]))
     audit = tmp_path / "audit.jsonl"
     proc: subprocess.Popen[str] | None = None
     try:
         kaspad_port = await trio.to_thread.run_sync(kaspad.start_server)
         b_port = await trio.to_thread.run_sync(remote_b.start_server)
         c_port = await trio.to_thread.run_sync(remote_c.start_server)
+        seed_port = await trio.to_thread.run_sync(seeder.start_server)
         async with trio.open_nursery() as nursery:
             b = Daemon(bridge_config(tmp_path, "b", socks_port=socks, control_port=control,
                                      kaspad_port=b_port, peers=[]), handle_signals=False)
@@ -97,6 +100,7 @@ control = "127.0.0.1:{control}"
 [peers]
 connect = ["{onion_b}:16511", "127.0.0.1:{c_port}"]
 refresh_interval = 2.0
+seeders = ["seeder.test:{seed_port}"]
 [pool]
 size = 2
 ''')
@@ -125,6 +129,7 @@ size = 2
                     sessions[i] = s2
             await trio.sleep(3)  # at least one refresh round (gossip) on the ADDRv2 peer
             assert remote_b.sessions and remote_c.sessions  # both peers were really reached
+            assert seeder.sessions, "the seeder was never harvested"
             for s in sessions:
                 assert not s.violations
             b.request_stop()
@@ -135,7 +140,7 @@ size = 2
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for e in (kaspad, remote_b, remote_c):
+        for e in (kaspad, remote_b, remote_c, seeder):
             await trio.to_thread.run_sync(e.stop)
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     connects = {addr for kind, addr in events if kind == "connect"}
