@@ -82,3 +82,28 @@ async def test_managed_tor_with_discovered_socks_relays_to_an_onion(
     finally:
         await trio.to_thread.run_sync(emu_a.stop)
         await trio.to_thread.run_sync(emu_b.stop)
+
+
+async def test_restart_keeps_the_address_book(tmp_path: Path) -> None:
+    """Peers learned while running are still candidates after a restart (no Tor needed)."""
+    onion = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion"
+    over = {"tor.control": "", "tor.listen_onion": False, "mode": "hybrid",
+            "peers.dns_seed": False, "pool.size": 0}
+    cfg = _cfg(tmp_path, **over)
+    first = Daemon(cfg, handle_signals=False)  # type: ignore[arg-type]
+    async with trio.open_nursery() as n:
+        await n.start(first.run)
+        assert first.gossip is not None and first.bridge is not None
+        from bridge.core.onion import OnionAddress
+        from bridge.core.policy import OnionPeer
+
+        first.gossip.learn(OnionPeer(OnionAddress.parse(onion), 16511), "gossip:test")
+        first.request_stop()
+    second = Daemon(_cfg(tmp_path, **over), handle_signals=False)  # type: ignore[arg-type]
+    async with trio.open_nursery() as n:
+        await n.start(second.run)
+        assert second.bridge is not None and second.bridge.book is not None
+        hosts = {e.host for e in second.bridge.book.entries("kaspa-simnet")}
+        assert onion in hosts
+        assert f"{onion}:16511" in second.bridge.selector.snapshot()
+        second.request_stop()

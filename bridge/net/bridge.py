@@ -139,6 +139,13 @@ class Bridge:
         self.started = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            if self.book is not None:
+                self.book.close()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             for port in self.options.slot_ports:
                 listeners = await nursery.start(
