@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run an unmodified rusty-kaspa kaspad over Tor.")
 rig_app = typer.Typer(no_args_is_help=True, help="A private Tor network on loopback (test rig).")
 app.add_typer(rig_app, name="rig")
+onion_app = typer.Typer(no_args_is_help=True, help="The onion service key: show, back up, import.")
+app.add_typer(onion_app, name="onion")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file",
                                                 envvar="KTB_CONFIG")]
@@ -99,6 +102,128 @@ def kaspad_flags_cmd(
             typer.echo(f"  - {json.dumps(f)}")
     else:
         typer.echo("kaspad " + " ".join(shlex.quote(f) for f in flags))
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON snapshot")] = False,
+    watch: Annotated[bool, typer.Option(help="refresh until Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+) -> None:
+    """Live view of the running daemon (read from its metrics.listen endpoint)."""
+    from bridge.status import StatusUnavailable, fetch, render
+
+    cfg = _load(config, {})
+    listen = cfg.metrics.listen
+    if listen is None:
+        where = f" in {config}" if config is not None else ""
+        typer.echo(f"metrics.listen is not set{where}: the status command reads the running "
+                   "daemon's status endpoint; set metrics.listen = \"127.0.0.1:9464\" (or "
+                   "KTB_METRICS__LISTEN) and restart the daemon", err=True)
+        raise typer.Exit(1)
+    try:
+        if as_json:
+            typer.echo(json.dumps(fetch(listen.host, listen.port), indent=2))
+            return
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console()
+        if not watch:
+            console.print(render(fetch(listen.host, listen.port)))
+            return
+        with Live(render(fetch(listen.host, listen.port)), console=console,
+                  auto_refresh=False) as live:
+            while True:
+                time.sleep(max(0.2, interval))
+                live.update(render(fetch(listen.host, listen.port)), refresh=True)
+    except StatusUnavailable as exc:
+        typer.echo(f"status: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def doctor(
+    config: ConfigOpt = None,
+    timeout: Annotated[float, typer.Option(help="seconds per network check")] = 10.0,
+) -> None:
+    """Check Tor control/auth, Tor SOCKS, kaspad, files and config; say how to fix each."""
+    from bridge.doctor import Check, report, run_checks
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        report([Check("config", "fail", str(exc), "fix the named key")], typer.echo)
+        raise typer.Exit(1) from exc
+    setup_logging("critical")
+    checks = trio.run(partial(run_checks, cfg, timeout=timeout))
+    raise typer.Exit(0 if report(checks, typer.echo) else 1)
+
+
+def _onion_key_file(config: Path | None, key_file: Path | None) -> Path:
+    return key_file if key_file is not None else _load(config, {}).tor.onion_key_file
+
+
+KeyFileOpt = Annotated[Path | None, typer.Option(
+    "--key-file", help="the key file (default: tor.onion_key_file of the config)")]
+
+
+@onion_app.command("show")
+def onion_show(config: ConfigOpt = None, key_file: KeyFileOpt = None) -> None:
+    """Print the onion address of the key file (never the key)."""
+    from bridge.onion_cmd import show
+
+    try:
+        info = show(_onion_key_file(config, key_file))
+    except BridgeError as exc:
+        typer.echo(f"onion show: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(info.address)
+
+
+@onion_app.command("backup")
+def onion_backup(
+    to: Annotated[Path, typer.Option("--to", help="backup file to create (mode 0600)")],
+    config: ConfigOpt = None, key_file: KeyFileOpt = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+) -> None:
+    """Copy the onion key to a new 0600 file."""
+    from bridge.onion_cmd import backup
+
+    try:
+        info = backup(_onion_key_file(config, key_file), to, force=force)
+    except BridgeError as exc:
+        typer.echo(f"onion backup: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"backed up the key of {info.address} to {info.path} (mode 0600); keep it "
+               "secret: whoever has it can impersonate this node's onion")
+
+
+@onion_app.command("import")
+def onion_import(
+    source: Annotated[Path, typer.Argument(help="key file: ED25519-V3 blob or Tor's "
+                                           "hs_ed25519_secret_key")],
+    config: ConfigOpt = None, key_file: KeyFileOpt = None,
+    force: Annotated[bool, typer.Option(help="replace an existing, different key")] = False,
+) -> None:
+    """Install an onion key (validated; the source must not be readable by others)."""
+    from bridge.onion_cmd import import_key
+
+    try:
+        res = import_key(source, _onion_key_file(config, key_file), force=force)
+    except BridgeError as exc:
+        typer.echo(f"onion import: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if res.unchanged:
+        typer.echo(f"{res.key_file} already holds this key ({res.address}); nothing changed")
+        return
+    typer.echo(f"installed the key of {res.address} at {res.key_file} (mode 0600)")
+    if res.replaced:
+        typer.echo(f"replaced {res.replaced}; its key was kept at {res.replaced_backup}")
+    typer.echo("restart the bridge to publish it")
 
 
 @app.command()

@@ -1,0 +1,109 @@
+"""Two real daemons without Tor, for the observability/status tests.
+
+    emulator A -> daemon A slot -> [scripted SOCKS5] -> daemon B inbound -> emulator B
+
+Both run in tor-only mode with ``tor.control = ""`` and ``tor.listen_onion = false`` (no Tor
+needed); daemon A serves ``/metrics``, ``/health`` and ``/status`` on ``metrics.listen``.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bridge.config import Config, load_config
+from bridge.daemon import Daemon
+from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
+from bridge.rig.tornet import free_ports
+from tests.integration.conftest import ONION_B
+from tests.peers.socks_server import ScriptedSocks5Server
+
+
+def daemon_config(root: Path, **over: object) -> Config:
+    slot, inbound = free_ports(2)
+    base: dict[str, object] = {
+        "network": "kaspa-simnet", "mode": "tor-only", "data_dir": str(root),
+        "slots.base_port": slot, "slots.count": 2, "inbound.listen": f"127.0.0.1:{inbound}",
+        "tor.control": "", "tor.listen_onion": False, "pool.size": 1,
+        "pool.dial_timeout": 10.0,
+    }
+    base.update(over)
+    return load_config(None, env={"HOME": str(root)}, overrides=base)
+
+
+@dataclass
+class Pair:
+    a: Daemon
+    b: Daemon
+    emu_a: KaspadEmulator
+    emu_b: KaspadEmulator
+    socks: ScriptedSocks5Server
+    metrics_port: int
+    config_file: Path
+
+
+async def start_pair(nursery: trio.Nursery, tmp_path: Path) -> Pair:
+    emu_a = KaspadEmulator(EmulatorConfig(network="kaspa-simnet", addrv2=False,
+                                          addresses=[(bytes([203, 0, 113, 7]), 16511)]))
+    emu_b = KaspadEmulator(EmulatorConfig(network="kaspa-simnet", addrv2=False,
+                                          addresses=[(bytes([198, 51, 100, 9]), 16511)]))
+    routes: dict[str, int] = {}
+
+    def route(host: str, port: int) -> tuple[str, int] | int:
+        return ("127.0.0.1", routes[host]) if host in routes else 4
+
+    socks = ScriptedSocks5Server(route, require_auth=True)
+    socks_port = await nursery.start(socks.serve)
+    port_b = await trio.to_thread.run_sync(emu_b.start_server)
+    cfg_b = daemon_config(tmp_path / "b", **{"kaspad.p2p": f"127.0.0.1:{port_b}",
+                                             "tor.socks": f"127.0.0.1:{socks_port}",
+                                             "relay.own_onion": ONION_B.host, "pool.size": 0})
+    b = Daemon(cfg_b, handle_signals=False)
+    await nursery.start(b.run)
+    assert b.bridge is not None and b.bridge.inbound_port is not None
+    routes[ONION_B.host] = b.bridge.inbound_port
+    (metrics,) = free_ports(1)
+    (kaspad_a,) = free_ports(1)
+    over: dict[str, Any] = {
+        "kaspad.p2p": f"127.0.0.1:{kaspad_a}", "tor.socks": f"127.0.0.1:{socks_port}",
+        "peers.connect": [f"{ONION_B.host}:16511"], "metrics.listen": f"127.0.0.1:{metrics}"}
+    cfg_a = daemon_config(tmp_path / "a", **over)
+    a = Daemon(cfg_a, handle_signals=False)
+    await nursery.start(a.run)
+    cfg_file = tmp_path / "a.toml"
+    cfg_file.write_text(f'network = "kaspa-simnet"\ndata_dir = "{tmp_path / "a"}"\n'
+                        f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n')
+    return Pair(a, b, emu_a, emu_b, socks, metrics, cfg_file)
+
+
+async def wait_for(pred: Any, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.02)
+
+
+def http_get(port: int, path: str, *, method: str = "GET", host: str = "127.0.0.1",
+             raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A blocking HTTP/1.1 request (run it in a thread)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(raw if raw is not None else
+                  f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return status, headers, body
+
+
+async def aget(port: int, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
+    return await trio.to_thread.run_sync(lambda: http_get(port, path, **kw))
