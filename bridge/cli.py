@@ -15,7 +15,7 @@ import trio
 import typer
 
 from bridge.app import kaspad_flags
-from bridge.config import Config, load_config
+from bridge.config import Config, flag_help, load_config, parse_flags
 from bridge.errors import BridgeError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -61,20 +61,23 @@ def _load(config: Path | None, overrides: dict[str, Any]) -> Config:
         raise typer.Exit(2) from exc
 
 
-@app.command()
-def run(
-    config: ConfigOpt = None,
-    network: Annotated[str | None, typer.Option(help="kaspa-mainnet, kaspa-testnet-10, …")] = None,
-    mode: Annotated[str | None, typer.Option(help="tor-only | hybrid")] = None,
-    peer: Annotated[list[str] | None, typer.Option(
-        "--peer", help="upstream peer <onion>:port or ip:port (repeatable)")] = None,
-    socks: Annotated[str | None, typer.Option(help="Tor SOCKS5 ip:port")] = None,
-    control: Annotated[str | None, typer.Option(help="Tor control ip:port or unix:/path")] = None,
-    log_level: Annotated[str | None, typer.Option()] = None,
-) -> None:
+def _run_epilog() -> str:
+    lines = ["Every configuration key is also a flag (and an environment variable KTB_…); "
+             "precedence: flag > environment > file > default. Lists repeat the flag.", ""]
+    lines += [f"  {flag}  {what}" for flag, what in flag_help()]
+    return "\n\n".join(lines)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog=_run_epilog())
+def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """Run the bridge daemon."""
-    cfg = _load(config, {"network": network, "mode": mode, "peers.connect": peer,
-                         "tor.socks": socks, "tor.control": control, "log_level": log_level})
+    try:
+        overrides = parse_flags(ctx.args)
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    cfg = _load(config, overrides)
     setup_logging(cfg.log_level, cfg.log_format)
     from bridge.daemon import Daemon
 

@@ -644,6 +644,55 @@ def _from_env(env: Mapping[str, str]) -> _Raw:
     return raw
 
 
+FLAG_TO_KEY: Final[Mapping[str, str]] = {_flag_name(k): k for k in _SCHEMA}
+
+
+def flag_help() -> list[tuple[str, str]]:
+    """``(flag, what it takes)`` for every key, for the CLI's help text."""
+    return [(_flag_name(k), _describe_allowed(s)) for k, s in _SCHEMA.items()]
+
+
+def parse_flags(args: Sequence[str]) -> dict[str, object]:
+    """Command-line flags for every config key: ``--slots-count 8``, ``--slots-count=8``,
+    ``--tor-listen-onion`` / ``--no-tor-listen-onion`` for booleans; list keys repeat
+    (``--peers-connect A --peers-connect B``) or take a comma-separated list. Returns
+    overrides for :func:`load_config`; errors name the flag."""
+    out: dict[str, object] = {}
+    lists: dict[str, list[object]] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        i += 1
+        name, eq, value = token.partition("=")
+        negated = name.startswith("--no-") and name[:2] + name[5:] in FLAG_TO_KEY
+        key = FLAG_TO_KEY.get("--" + name[5:] if negated else name)
+        if key is None or not name.startswith("--"):
+            close = difflib.get_close_matches(name, list(FLAG_TO_KEY), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown option {name}{hint}", source="command line")
+        spec = _SCHEMA[key]
+        if spec.kind == "bool" and not eq:
+            out[key] = not negated
+            continue
+        if negated:
+            raise ConfigError(f"{name} takes no value", source="command line", key=key)
+        if not eq:
+            if i >= len(args):
+                raise ConfigError(f"{name} needs a value: {_describe_allowed(spec)}",
+                                  source="command line", key=key)
+            value = args[i]
+            i += 1
+        parsed = _parse_env_value(key, value, name)
+        if spec.kind == "list":
+            assert isinstance(parsed, tuple)
+            lists.setdefault(key, []).extend(parsed)
+        else:
+            out[key] = parsed
+    for key, items in lists.items():
+        out[key] = tuple(items)
+    return out
+
+
 def _from_overrides(overrides: Mapping[str, object]) -> _Raw:
     raw: _Raw = {}
     for key, value in overrides.items():

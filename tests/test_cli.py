@@ -97,3 +97,26 @@ bootstrap_timeout = 60.0
     assert "removed" in err, err  # DEL_ONION confirmed in the log
     assert "back this file up" in err, err  # the operator is told to back the key up
     assert "stem: " not in err  # stem's chatter (every socket close) stays out of the log
+
+
+def test_every_key_is_a_flag_with_flag_over_env_over_file(tmp_path: Path) -> None:
+    from bridge.config import FLAG_TO_KEY, KNOWN_KEYS, load_config, parse_flags
+
+    assert set(FLAG_TO_KEY.values()) == set(KNOWN_KEYS)
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text("[slots]\ncount = 2\nbase_port = 17000\n[pool]\nsize = 3\n")
+    env = {"HOME": str(tmp_path), "KTB_SLOTS__COUNT": "3", "KTB_POOL__SIZE": "5"}
+    flags = parse_flags(["--slots-count", "4", "--no-tor-listen-onion",
+                         "--peers-connect=127.0.0.1:1", "--peers-connect", "127.0.0.2:2"])
+    cfg = load_config(cfg_file, env=env, overrides=flags)
+    assert cfg.slots.count == 4  # flag wins over env and file
+    assert cfg.pool.size == 5  # env wins over file
+    assert cfg.slots.base_port == 17000  # file wins over default
+    assert cfg.tor.listen_onion is False
+    assert [str(p) for p in cfg.peers.connect] == ["127.0.0.1:1", "127.0.0.2:2"]
+
+
+def test_unknown_flag_is_named_with_a_suggestion() -> None:
+    res = subprocess.run([*BRIDGE, "run", "--slots-cnt", "3"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "--slots-cnt" in res.stderr and "--slots-count" in res.stderr
