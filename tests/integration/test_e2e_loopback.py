@@ -211,7 +211,8 @@ async def test_remote_with_our_node_id_is_marked_self_and_never_redialed(
         emulators: Callable[..., KaspadEmulator], rig_factory: Callable[..., Any]) -> None:
     emu_a = emulators(addrv2=True)
     emu_b = emulators(addrv2=True, node_id=emu_a.config.node_id)  # "ourselves" through Tor
-    rig: Rig = await rig_factory(emu_a, emu_b)
+    # direct: no second bridge in front of B, which could detect the loop first and close
+    rig: Rig = await rig_factory(emu_a, emu_b, direct_b=True)
     await wait_warm(rig)
     sa = rig.emu_a.dial("127.0.0.1", rig.bridge_a.slot_ports[0])
     assert await trio.to_thread.run_sync(sa.wait_closed, 10.0)
