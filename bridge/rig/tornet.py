@@ -38,7 +38,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -51,11 +50,12 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypedDict
 
+from bridge.proc import spawn
 from bridge.rig.control import ControlConnection, ControlError
 
 AUTHORITY: Final = "authority"
@@ -67,7 +67,6 @@ ROLES: Final = (AUTHORITY, RELAY, EXIT, CLIENT, ONION_HOST)
 
 STATE_FILE: Final = "rig-state.json"
 _CONSENSUS_PATH: Final = "/tor/status-vote/current/consensus-microdesc"
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class RigError(RuntimeError):
@@ -193,43 +192,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-_libc: ctypes.CDLL | None = None
-_spawner: concurrent.futures.ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
-
-
-def _prctl() -> Callable[..., int]:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    fn: Callable[..., int] = _libc.prctl
-    return fn
-
-
 def _spawn(argv: Sequence[str], *, die_with_parent: bool, **kw: Any) -> subprocess.Popen[bytes]:
-    """Popen that (optionally) SIGTERMs the child when this process dies.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so the fork happens on a
-    dedicated thread that lives as long as the interpreter.
-    """
-    if not die_with_parent:
-        return subprocess.Popen(argv, start_new_session=True, **kw)
-    prctl = _prctl()
-    parent = os.getpid()
-
-    def pre() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # parent died between fork and prctl
-            os._exit(1)
-
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tornet-spawn")
-        spawner = _spawner
-    return spawner.submit(
-        lambda: subprocess.Popen(argv, start_new_session=True, preexec_fn=pre, **kw)
-    ).result()
+    return spawn(argv, die_with_parent=die_with_parent, **kw)
 
 
 class _Proc:

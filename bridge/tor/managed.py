@@ -14,15 +14,11 @@ restart.
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +26,13 @@ from typing import Any
 
 import trio
 
+from bridge.proc import spawn
 from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.errors import ManagedTorError
 from bridge.tor.supervisor import Backoff
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-_spawner: concurrent.futures.ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -75,24 +69,7 @@ def render_torrc(cfg: ManagedTorConfig) -> str:
 
 
 def _spawn(argv: list[str], log_file: Any) -> subprocess.Popen[bytes]:
-    preexec = None
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        parent = os.getpid()
-
-        def preexec() -> None:
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tor-spawn")
-        spawner = _spawner
-    return spawner.submit(lambda: subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=preexec)).result()
+    return spawn(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 class ManagedTor:
