@@ -648,8 +648,10 @@ FLAG_TO_KEY: Final[Mapping[str, str]] = {_flag_name(k): k for k in _SCHEMA}
 
 
 def flag_help() -> list[tuple[str, str]]:
-    """``(flag, what it takes)`` for every key, for the CLI's help text."""
-    return [(_flag_name(k), _describe_allowed(s)) for k, s in _SCHEMA.items()]
+    """``(flag, what it takes)`` for every key, for the CLI's help text (not the control
+    password: never on the command line)."""
+    return [(_flag_name(k), _describe_allowed(s)) for k, s in _SCHEMA.items()
+            if k != "tor.control_password"]
 
 
 def parse_flags(args: Sequence[str]) -> dict[str, object]:
@@ -670,6 +672,11 @@ def parse_flags(args: Sequence[str]) -> dict[str, object]:
             close = difflib.get_close_matches(name, list(FLAG_TO_KEY), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"unknown option {name}{hint}", source="command line")
+        if key == "tor.control_password":
+            raise ConfigError(
+                "a password on the command line is visible to every user (ps); use the "
+                f"{_PASSWORD_ENV_ALIAS} environment variable or tor.control_password_file",
+                source="command line", key=key)
         spec = _SCHEMA[key]
         if spec.kind == "bool" and not eq:
             out[key] = not negated

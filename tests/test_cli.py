@@ -103,6 +103,8 @@ def test_every_key_is_a_flag_with_flag_over_env_over_file(tmp_path: Path) -> Non
     from bridge.config import FLAG_TO_KEY, KNOWN_KEYS, load_config, parse_flags
 
     assert set(FLAG_TO_KEY.values()) == set(KNOWN_KEYS)
+    with pytest.raises(ConfigError, match="visible to every user"):
+        parse_flags(["--tor-control-password", "hunter2"])
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text("[slots]\ncount = 2\nbase_port = 17000\n[pool]\nsize = 3\n")
     env = {"HOME": str(tmp_path), "KTB_SLOTS__COUNT": "3", "KTB_POOL__SIZE": "5"}
