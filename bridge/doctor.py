@@ -348,7 +348,44 @@ async def check_kaspad(cfg: Config, timeout: float) -> list[Check]:
             return [Check("kaspad p2p", "fail", f"{p2p} accepts connections but is not kaspad's "
                           f"P2P (gRPC/HTTP/2) port: {what}",
                           "kaspad.p2p must be kaspad's P2P --listen port, not its RPC port")]
-    return [Check("kaspad p2p", "ok", f"{p2p}: TCP connect and HTTP/2 preface exchange ok")]
+    checks = [Check("kaspad p2p", "ok", f"{p2p}: TCP connect and HTTP/2 preface exchange ok")]
+    return checks + await check_kaspad_version(cfg, timeout)
+
+
+async def check_kaspad_version(cfg: Config, timeout: float) -> list[Check]:
+    """Handshake with kaspad like a peer and read its Version: right network, and no routable
+    address advertised (that would be --externalip or a public listener)."""
+    import ipaddress
+
+    from bridge.net.probe import HarvestTimeouts, harvest
+
+    p2p = cfg.kaspad.p2p
+    try:
+        res = await harvest(p2p.host, p2p.port, proxy=None, network=cfg.network,
+                            connect=lambda: trio.open_tcp_stream(p2p.host, p2p.port),
+                            timeouts=HarvestTimeouts(dial=timeout, addresses=timeout))
+    except (BridgeError, trio.TooSlowError, OSError) as exc:
+        what = exc.describe() if isinstance(exc, BridgeError) else _why(exc)
+        return [Check("kaspad version", "warn", f"no kaspad handshake on {p2p}: {what}",
+                      "check that kaspad.p2p is kaspad's P2P port and network is "
+                      f"{cfg.network}")]
+    peer = res.peer
+    checks = [Check("kaspad version", "ok", f"{peer.user_agent} on {peer.network}, protocol "
+                    f"{peer.protocol_version}")]
+    if peer.address is not None:
+        host, port = peer.address
+        try:
+            routable = ipaddress.ip_address(host).is_global
+        except ValueError:
+            routable = False
+        if routable:
+            checks.append(Check(
+                "kaspad address", "fail" if cfg.mode == "tor-only" else "warn",
+                f"kaspad advertises the routable address {host}:{port} in its Version",
+                "remove --externalip and use --listen=127.0.0.1:… (see `kaspa-tor-bridge "
+                "kaspad-flags`); the bridge strips it from Tor peers, but kaspad also "
+                "advertises it wherever it connects directly"))
+    return checks
 
 
 async def check_daemon(cfg: Config, timeout: float) -> list[Check]:

@@ -149,3 +149,28 @@ connect = ["{ONION_B.host}:16511"]
         assert "0 failed, 0 warnings" in res.stdout
     finally:
         await trio.to_thread.run_sync(emu.stop)
+
+
+@pytest.mark.parametrize(("advertised", "verdict"), [(bytes([8, 8, 4, 4]), "fail"),
+                                                      (None, "ok")])
+async def test_kaspad_advertising_a_routable_address_is_caught(
+        tmp_path: Path, advertised: bytes | None, verdict: str) -> None:
+    from bridge.doctor import check_kaspad
+
+    emu = KaspadEmulator(EmulatorConfig(
+        advertised_address=(advertised, 16511) if advertised else None))
+    try:
+        port = await trio.to_thread.run_sync(emu.start_server)
+        cfg = load_config(None, env={"HOME": str(tmp_path)}, overrides={
+            "network": "kaspa-simnet", "kaspad.p2p": f"127.0.0.1:{port}"})
+        checks = {c.name: c for c in await check_kaspad(cfg, 10.0)}
+        assert checks["kaspad version"].status == "ok", checks
+        assert "kaspa-simnet" in checks["kaspad version"].detail
+        if verdict == "fail":
+            assert checks["kaspad address"].status == "fail"
+            assert "8.8.4.4" in checks["kaspad address"].detail
+        else:
+            assert "kaspad address" not in checks
+        assert all(not s.violations for s in emu.sessions)  # a well-behaved peer for kaspad
+    finally:
+        await trio.to_thread.run_sync(emu.stop)

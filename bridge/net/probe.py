@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -123,8 +123,9 @@ async def harvest(
     host: str,
     port: int,
     *,
-    proxy: ProxyEndpoint,
+    proxy: ProxyEndpoint | None,
     network: str,
+    connect: Callable[[], Awaitable[trio.SocketStream]] | None = None,
     timeouts: HarvestTimeouts | None = None,
     protocol_version: int = DEFAULT_PROTOCOL_VERSION,
     min_protocol_version: int = DEFAULT_MIN_PROTOCOL_VERSION,
@@ -143,7 +144,13 @@ async def harvest(
     """
     t = timeouts or HarvestTimeouts()
     started = trio.current_time()
-    stream = await open_socks_stream(proxy, host, port, timeout=t.dial)
+    if connect is not None:  # e.g. `doctor` talking to the local kaspad directly
+        with trio.fail_after(t.dial):
+            stream = await connect()
+    elif proxy is not None:
+        stream = await open_socks_stream(proxy, host, port, timeout=t.dial)
+    else:
+        raise ValueError("harvest needs a proxy or a connect function")
     client = ProbeClient(
         network, now_ms=int(time.time() * 1000),
         node_id=node_id if node_id is not None else os.urandom(16),
