@@ -1,0 +1,90 @@
+"""Dialing and the warm pool against a scripted SOCKS5 server (failure injection)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from bridge.core.onion import OnionAddress
+from bridge.core.peers import PeerSelector, Target
+from bridge.core.relay import RelaySettings
+from bridge.errors import Fault
+from bridge.net.pool import Dialer, DialPolicy, WarmPool
+from bridge.net.socks import DialError, ProxyEndpoint
+from bridge.rig.tornet import free_ports
+from tests.peers.socks_server import ScriptedSocks5Server
+
+ONION = OnionAddress.from_pubkey(bytes(range(32))).host
+
+
+async def test_dial_errors_say_whose_fault(nursery: trio.Nursery) -> None:
+    socks = ScriptedSocks5Server(lambda host, port: 4)  # Tor: host unreachable
+    port = await nursery.start(socks.serve)
+    dialer = Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", port), timeout=5))
+    with pytest.raises(DialError) as remote:
+        await dialer.dial(Target(ONION, 16111))
+    assert remote.value.fault is Fault.REMOTE and remote.value.socks_code == 4
+    (closed,) = free_ports(1)
+    dead = Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", closed), timeout=5))
+    with pytest.raises(DialError) as tor:
+        await dead.dial(Target(ONION, 16111))
+    assert tor.value.fault is Fault.TOR and "unreachable" in str(tor.value)
+
+
+def test_routing_rules() -> None:
+    p = ProxyEndpoint("127.0.0.1", 9050)
+    o = ProxyEndpoint("127.0.0.1", 9150)
+    tor_only = Dialer(DialPolicy(proxy=p, onion_proxy=o))
+    assert tor_only.route(Target(ONION, 1)) == o
+    assert tor_only.route(Target("203.0.113.1", 1)) == p
+    with pytest.raises(DialError, match="no DNS"):
+        tor_only.route(Target("example.com", 1))  # never a hostname
+    hybrid = Dialer(DialPolicy(proxy=p, onion_proxy=o, ip_via_tor=False, allow_direct=True))
+    assert hybrid.route(Target("203.0.113.1", 1)) is None  # direct, not through Tor
+    assert hybrid.route(Target(ONION, 1)) == o
+    no_direct = Dialer(DialPolicy(proxy=p, ip_via_tor=False))
+    with pytest.raises(DialError, match="direct dialing is not allowed"):
+        no_direct.route(Target("203.0.113.1", 1))
+    auto = Dialer(DialPolicy(proxy=None), socks_provider=lambda: p)
+    assert auto.route(Target(ONION, 1)) == p
+
+
+async def test_tor_failures_do_not_penalise_the_peer(nursery: trio.Nursery) -> None:
+    """Our proxy down: the candidate is retried soon, its failure count untouched. The peer
+    unreachable: exponential backoff."""
+    (closed,) = free_ports(1)
+    t = Target(ONION, 16111)
+    sel = PeerSelector([t])
+    pool = WarmPool(sel, Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", closed),
+                                           timeout=2)),
+                    size=1, relay_settings=RelaySettings())
+    nursery.start_soon(pool.run)
+    with trio.fail_after(5):
+        while pool.stats["failed"] < 1:
+            await trio.sleep(0.01)
+    assert sel.snapshot()[str(t)]["failures"] == 0
+    socks = ScriptedSocks5Server(lambda host, port: 4)
+    port = await nursery.start(socks.serve)
+    sel2 = PeerSelector([t])
+    pool2 = WarmPool(sel2, Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", port),
+                                             timeout=2)),
+                     size=1, relay_settings=RelaySettings())
+    nursery.start_soon(pool2.run)
+    with trio.fail_after(5):
+        while pool2.stats["failed"] < 1:
+            await trio.sleep(0.01)
+    snap = sel2.snapshot()[str(t)]
+    assert snap["failures"] == 1 and float(snap["retry_at"] or 0) > trio.current_time()
+
+
+async def test_stalled_socks_is_bounded_by_dial_timeout(nursery: trio.Nursery) -> None:
+    async def stall(_rec: object) -> str:
+        return "stall"
+
+    socks = ScriptedSocks5Server(lambda h, p: ("127.0.0.1", 1), script=stall)
+    port = await nursery.start(socks.serve)
+    dialer = Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", port), timeout=1))
+    t0 = trio.current_time()
+    with pytest.raises(DialError, match="timed out"):
+        await dialer.dial(Target(ONION, 16111))
+    assert trio.current_time() - t0 < 3
