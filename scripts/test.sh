@@ -8,6 +8,8 @@ bash scripts/setup.sh
 PY=${PYTHON:-python3}
 $PY -m ruff check .
 $PY -m mypy
+# downloads for the compose test's images happen here, before the network namespace
+[ -n "${KTB_IN_NETNS:-}" ] || bash deploy/prepare.sh
 if [ -z "${KTB_IN_NETNS:-}" ] && unshare -n true 2>/dev/null; then
   exec unshare -n env KTB_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" -m pytest "$@"' "$PY" "$@"
 fi
