@@ -36,6 +36,8 @@ NAMES = {"socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"
 def hook(event, args):
     if event == "socket.connect":
         out.write(json.dumps(["connect", repr(args[1])]) + "\n")
+    elif event in ("socket.sendto", "socket.sendmsg"):  # datagrams (e.g. DNS) need no connect
+        out.write(json.dumps(["sendto", repr(args[-1])]) + "\n")
     elif event in NAMES:
         h = args[0]
         if isinstance(h, bytes):
@@ -149,7 +151,9 @@ size = 2
     assert connects, "the audit hook saw nothing: the test would prove nothing"
     assert connects <= allowed, f"unexpected destinations: {connects - allowed}"
     assert repr(("127.0.0.1", socks)) in connects and repr(("127.0.0.1", control)) in connects
-    lookups = [(kind, host) for kind, host in events if kind != "connect"]
+    datagrams = [addr for kind, addr in events if kind == "sendto"]
+    assert datagrams == [], f"datagrams sent: {datagrams}"
+    lookups = [(kind, host) for kind, host in events if kind not in ("connect", "sendto")]
     non_numeric = [(k, h) for k, h in lookups
                    if k != "socket.getaddrinfo" or (h is not None and not _numeric(h))]
     assert non_numeric == [], f"name resolution attempted: {non_numeric}"
