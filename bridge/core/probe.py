@@ -45,7 +45,7 @@ import h2.exceptions
 
 from bridge.core import grpc, proto
 from bridge.core.onion import OnionAddress
-from bridge.core.relay import P2P_PATH, Endpoint, RelaySettings
+from bridge.core.relay import P2P_PATH, Endpoint, FrameScanner, RelaySettings, errname
 from bridge.errors import BridgeError, Fault, ProtocolError, SelfConnection
 from bridge.errors import OnionAddressError as _OnionError
 
@@ -340,7 +340,7 @@ class ProbeClient:
         self._st = _State()
         self._started = False
         self._version_address_error: str | None = None
-        self._tail = _TailScanner()
+        self._tail = _tail_scanner()
         self.peer: PeerVersionInfo | None = None
         self.result: AddressesReceived | None = None
         self.error: ProbeError | SelfConnection | None = None
@@ -362,7 +362,7 @@ class ProbeClient:
     def peer_gone(self) -> bool:
         """After we finished: the peer ended its side (END_STREAM, RST_STREAM or GOAWAY), so
         the shell can close the socket without waiting any longer."""
-        return self._tail.done
+        return self._tail.stopped
 
     def initiate(self) -> bytes:
         """The HTTP/2 preface, SETTINGS, WINDOW_UPDATE and the request HEADERS."""
@@ -466,10 +466,10 @@ class ProbeClient:
                                  f"{st.phase.value}")
         elif isinstance(ev, h2.events.StreamReset):
             if ev.stream_id == self._sid:
-                raise PeerClosed(f"peer reset the stream ({_errname(ev.error_code)}) while we "
+                raise PeerClosed(f"peer reset the stream ({errname(ev.error_code)}) while we "
                                  f"waited for its {st.phase.value}")
         elif isinstance(ev, h2.events.ConnectionTerminated):
-            raise PeerClosed(f"peer sent GOAWAY ({_errname(ev.error_code)}) while we waited for "
+            raise PeerClosed(f"peer sent GOAWAY ({errname(ev.error_code)}) while we waited for "
                              f"its {st.phase.value}")
         # SETTINGS, WINDOW_UPDATE, PING (h2 answers it): nothing to do beyond _flush().
 
@@ -817,48 +817,18 @@ class ProbeClient:
         events.append(Closed(reason))
 
 
-class _TailScanner:
+def _tail_scanner() -> FrameScanner:
     """Frame-header scan of what arrives after we closed (h2 refuses input once it sent
-    GOAWAY): notices the peer's END_STREAM, RST_STREAM or GOAWAY. Best effort: it starts at the
+    GOAWAY): stops at the peer's END_STREAM, RST_STREAM or GOAWAY. Best effort: it starts at the
     next chunk, so a frame h2 had half-buffered can make it miss the end (the shell then just
     waits out its grace period) or see it early (the shell closes a little early)."""
+    def end(_length: int, ftype: int, flags: int) -> bool:
+        return ftype in (0x3, 0x7) or (ftype in (0x0, 0x1) and bool(flags & 0x1))
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._skip = 0
-        self.done = False
-
-    def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self.done:
-            if self._skip:
-                n = min(self._skip, len(view))
-                view = view[n:]
-                self._skip -= n
-                continue
-            need = 9 - len(self._buf)
-            self._buf += view[:need]
-            view = view[need:]
-            if len(self._buf) < 9:
-                return
-            length = int.from_bytes(self._buf[:3], "big")
-            ftype, flags = self._buf[3], self._buf[4]
-            self._buf.clear()
-            self._skip = length
-            if ftype in (0x3, 0x7) or (ftype in (0x0, 0x1) and flags & 0x1):
-                self.done = True
+    return FrameScanner(end)
 
 
 def _status(h: dict[bytes, bytes]) -> str:
     status = h.get(b"grpc-status", b"?").decode("ascii", "replace")
     msg = h.get(b"grpc-message", b"").decode("utf-8", "replace")
     return f"grpc-status {status}" + (f": {msg}" if msg else "")
-
-
-def _errname(code: int | None) -> str:
-    if code is None:
-        return "no error code"
-    try:
-        return h2.errors.ErrorCodes(code).name
-    except ValueError:
-        return f"error {code}"

@@ -89,41 +89,51 @@ def _h2(client: bool, settings: RelaySettings) -> h2.connection.H2Connection:
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-class _FrameGuard:
-    """Checks HTTP/2 frame lengths as bytes arrive.
+class FrameScanner:
+    """Walks HTTP/2 frame headers as bytes arrive and calls ``on_header(length, type, flags)``
+    for each (after ``skip`` leading bytes, e.g. the client preface). ``on_header`` returning
+    True stops the scan."""
 
-    h2 buffers a whole frame before it validates the frame's length, so a peer announcing a
-    16 MiB frame would make us hold 16 MiB. This guard rejects it from the 9-byte header.
-    """
-
-    def __init__(self, *, skip_preface: bool, max_frame: int) -> None:
-        self.skip = len(_PREFACE) if skip_preface else 0
-        self.max_frame = max_frame
+    def __init__(self, on_header: Callable[[int, int, int], bool | None], *,
+                 skip: int = 0) -> None:
+        self.on_header = on_header
+        self.skip = skip
         self.header = bytearray()
-        self.body_left = 0
+        self.stopped = False
 
-    def check(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> None:
         view = memoryview(data)
-        if self.skip:
-            n = min(self.skip, len(view))
-            view = view[n:]
-            self.skip -= n
-        while view:
-            if self.body_left:
-                n = min(self.body_left, len(view))
+        while view and not self.stopped:
+            if self.skip:
+                n = min(self.skip, len(view))
                 view = view[n:]
-                self.body_left -= n
+                self.skip -= n
                 continue
             need = 9 - len(self.header)
             self.header += view[:need]
             view = view[need:]
-            if len(self.header) == 9:
-                length = int.from_bytes(self.header[:3], "big")
-                self.header.clear()
-                if length > self.max_frame:
-                    raise h2.exceptions.FrameTooLargeError(
-                        f"frame length {length} exceeds the maximum {self.max_frame}")
-                self.body_left = length
+            if len(self.header) < 9:
+                return
+            length = int.from_bytes(self.header[:3], "big")
+            ftype, flags = self.header[3], self.header[4]
+            self.header.clear()
+            self.skip = length
+            if self.on_header(length, ftype, flags):
+                self.stopped = True
+
+
+def frame_guard(*, skip_preface: bool, max_frame: int) -> FrameScanner:
+    """Rejects an oversized frame from its 9-byte header.
+
+    h2 buffers a whole frame before it validates the frame's length, so a peer announcing a
+    16 MiB frame would make us hold 16 MiB.
+    """
+    def check(length: int, _type: int, _flags: int) -> None:
+        if length > max_frame:
+            raise h2.exceptions.FrameTooLargeError(
+                f"frame length {length} exceeds the maximum {max_frame}")
+
+    return FrameScanner(check, skip=len(_PREFACE) if skip_preface else 0)
 
 
 class Endpoint:
@@ -131,10 +141,10 @@ class Endpoint:
 
     def __init__(self, client: bool, settings: RelaySettings) -> None:
         self.conn = _h2(client, settings)
-        self.guard = _FrameGuard(skip_preface=not client, max_frame=settings.max_frame)
+        self.guard = frame_guard(skip_preface=not client, max_frame=settings.max_frame)
 
     def receive_data(self, data: bytes) -> list[h2.events.Event]:
-        self.guard.check(data)
+        self.guard.feed(data)
         return self.conn.receive_data(data)
 
 
@@ -470,10 +480,10 @@ class Relay:
         elif isinstance(ev, h2.events.StreamReset):
             if ev.stream_id == self._sid[side]:
                 self._close_both(
-                    f"{self.who(side)} reset the stream ({_errname(ev.error_code)})",
+                    f"{self.who(side)} reset the stream ({errname(ev.error_code)})",
                     culprit=side)
         elif isinstance(ev, h2.events.ConnectionTerminated):
-            self._close_both(f"{self.who(side)} sent GOAWAY ({_errname(ev.error_code)})",
+            self._close_both(f"{self.who(side)} sent GOAWAY ({errname(ev.error_code)})",
                              culprit=side)
         elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             pass  # _flush() after the batch handles both
@@ -600,7 +610,7 @@ def _pick(headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]],
     return out
 
 
-def _errname(code: int | None) -> str:
+def errname(code: int | None) -> str:
     if code is None:
         return "no error code"
     try:
