@@ -96,7 +96,7 @@ class Bridge:
             self.selector = BookSelector(
                 self.book, options.network,
                 SelectionPolicy(kinds=frozenset(options.onlynet),  # type: ignore[arg-type]
-                                base_backoff=2.0, max_backoff=300.0),
+                                base_backoff=2.0, max_backoff=60.0),
                 own_onion=own, to_wall=lambda t: t + offset)
             for t in options.candidates:
                 self.selector.add(t)
