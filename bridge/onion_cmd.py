@@ -16,14 +16,13 @@ contains key material.
 from __future__ import annotations
 
 import os
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import BridgeError, Fault
 from bridge.tor.errors import OnionKeyError
-from bridge.tor.keys import OnionKey, load_key, save_key
+from bridge.tor.keys import OnionKey, load_key, read_private_file, save_key
 
 #: Tor's HiddenServiceDir/hs_ed25519_secret_key: a 32-byte header, then the 64-byte key.
 TOR_SECRET_HEADER = b"== ed25519v1-secret: type0 ==\x00\x00\x00"
@@ -138,24 +137,11 @@ def read_source(source: Path) -> OnionKey:
     """Read and validate a key file to import; refuses one that group/others can access."""
     source = Path(source)
     try:
-        fd = os.open(source, os.O_RDONLY)
-    except OSError as exc:
-        raise OnionCommandError(f"cannot open {source}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OnionCommandError(f"{source} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise OnionCommandError(
-                f"{source} has mode {mode:04o}: other users can read this secret key, so it "
-                f"may already be compromised. If you are sure it is not, run: chmod 600 "
-                f"{source}")
-        if st.st_size > MAX_KEY_FILE:
-            raise OnionCommandError(f"{source} is {st.st_size} bytes; not an onion key file")
-        data = os.read(fd, MAX_KEY_FILE)
-    finally:
-        os.close(fd)
+        data = read_private_file(source, max_size=MAX_KEY_FILE)
+    except OnionKeyError as exc:
+        raise OnionCommandError(str(exc)) from None
+    if data is None:
+        raise OnionCommandError(f"cannot open {source}: No such file or directory")
     try:
         return parse_key_bytes(data)
     except ValueError as exc:

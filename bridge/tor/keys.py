@@ -133,13 +133,16 @@ def default_key_path(data_dir: Path, network: str) -> Path:
     return Path(data_dir) / network / KEY_FILE_NAME
 
 
-def load_key(path: Path) -> OnionKey | None:
-    """Load the key at ``path``; ``None`` if there is no file yet.
+MAX_KEY_FILE = 4096
 
-    Raises :class:`OnionKeyError` when the file is group/world accessible, not a regular file,
-    unreadable or malformed.
+
+def read_private_file(path: Path, *, max_size: int = MAX_KEY_FILE) -> bytes | None:
+    """The bytes of a secret key file; ``None`` if it does not exist.
+
+    Raises :class:`OnionKeyError` when it is not a regular file (symlinks are not followed),
+    group/world accessible (a key others could read may be compromised), too large or
+    unreadable.
     """
-    path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
@@ -155,11 +158,23 @@ def load_key(path: Path) -> OnionKey | None:
             raise OnionKeyError(
                 f"onion key file {path} has mode {mode:04o}: group/others can access the secret "
                 f"key; refusing to use it. Run: chmod 600 {path}")
-        if st.st_size > 4096:
+        if st.st_size > max_size:
             raise OnionKeyError(f"onion key file {path} is {st.st_size} bytes; not a key file")
-        data = os.read(fd, 4096)
+        return os.read(fd, max_size)
     finally:
         os.close(fd)
+
+
+def load_key(path: Path) -> OnionKey | None:
+    """Load the key at ``path``; ``None`` if there is no file yet.
+
+    Raises :class:`OnionKeyError` when the file is group/world accessible, not a regular file,
+    unreadable or malformed.
+    """
+    path = Path(path)
+    data = read_private_file(path)
+    if data is None:
+        return None
     try:
         return OnionKey.from_blob(data.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:
