@@ -1,9 +1,10 @@
 """The rewrite policy: what may cross the bridge in each direction, and how it is changed.
 
 Sans-IO and clock-free. One :class:`ConnectionPolicy` per relayed connection decides, from a
-message's payload type alone, whether it passes byte for byte, must be decoded and rewritten, is
-dropped, or ends the connection (facts §3.2, §4.1, §8, §10). Only Version and Addresses are ever
-rewritten. The bridge never injects a message of its own.
+message's payload type alone, whether it passes byte for byte, must be decoded and rewritten (or
+kept by the bridge), or ends the connection (facts §3.2, §4.1, §8, §10). Only Version and
+Addresses are ever rewritten. The only message the bridge sends of its own is RequestAddresses to
+an ADDRv2 remote after the handshake; its reply is kept, never forwarded to kaspad.
 
 Directions: ``TO_REMOTE`` is kaspad → Tor peer, ``TO_KASPAD`` is Tor peer → kaspad.
 """
@@ -33,7 +34,6 @@ class Direction(enum.Enum):
 class Action(enum.Enum):
     PASS = "pass"  # forward byte for byte
     REWRITE = "rewrite"  # buffer whole, call ConnectionPolicy.rewrite
-    DROP = "drop"  # swallow (with a logged reason)
 
 
 @dataclass(frozen=True, slots=True)

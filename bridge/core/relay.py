@@ -248,12 +248,10 @@ class _Pipe:
         if self.action is Action.PASS:
             self._emit(self.prefix + bytes(self.held))
             self.held.clear()
-        elif self.action is Action.REWRITE:
+        else:  # REWRITE: collected whole (bounded), then handed to the policy
             limit = self.relay.policy.settings.max_rewrite_bytes
             if int.from_bytes(self.prefix[1:5], "big") > limit:
                 raise DecodeError(f"{proto.payload_name(tag)} larger than {limit} bytes")
-        else:
-            self.held.clear()
 
     def _end(self) -> None:
         if self.action is None:
@@ -343,7 +341,6 @@ class Relay:
             Side.UP: _Pipe(self, Side.UP, Side.DOWN, up_dir,
                            grpc.MessageReader(self.settings.max_message_bytes)),
         }
-        self._half: set[Side] = set()
 
         self.response_started = False
 
@@ -360,14 +357,6 @@ class Relay:
 
     def headers_sent(self, side: Side) -> bool:
         return self._headers_sent[side]
-
-    @property
-    def has_upstream(self) -> bool:
-        return self._ends[Side.UP] is not None
-
-    @property
-    def request_received(self) -> bool:
-        return self._request_headers is not None
 
     def fault_of(self, side: Side) -> Fault:
         return Fault.KASPAD if side is self.kaspad_side else Fault.REMOTE
@@ -436,9 +425,6 @@ class Relay:
         if self.closed is not None:
             return
         self._close_both(message, culprit=None, status=GRPC_UNAVAILABLE)
-
-    def abort(self, error: BridgeError) -> None:
-        self._fail(error, culprit=None)
 
     @property
     def finished(self) -> bool:
@@ -555,7 +541,6 @@ class Relay:
                 pipe.flush()
 
     def _half_closed(self, side: Side) -> None:
-        self._half.add(side)
         # The call is over when the server's trailers (UP → DOWN end) went out.
         if side is Side.DOWN:
             self.closed = Closed(f"{self.who(Side.UP)} ended the call")
