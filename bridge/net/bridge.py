@@ -182,8 +182,7 @@ class Bridge:
         assert self.book is not None
         if self.dialer.gate is not None:
             await self.dialer.gate()
-        provider = self.dialer.socks_provider
-        proxy = self.options.dial.proxy or (provider() if provider is not None else None)
+        proxy = self.dialer.tor_proxy()
         if proxy is None:
             log.info("seeder %s:%d skipped: no SOCKS proxy known yet", host, port)
             return

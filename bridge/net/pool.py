@@ -52,11 +52,17 @@ class Dialer:
         self.dials = 0
         self.failures: dict[str, int] = {}
 
+    def tor_proxy(self) -> ProxyEndpoint | None:
+        """Tor's SOCKS port: the configured one, else the one tor reported (None: unknown)."""
+        if self.policy.proxy is not None:
+            return self.policy.proxy
+        return self.socks_provider() if self.socks_provider is not None else None
+
     def route(self, target: Target) -> ProxyEndpoint | None:
         """The proxy for ``target``, or ``None`` for a direct connection (IP and allowed only)."""
-        discovered = self.socks_provider() if self.socks_provider is not None else None
+        tor = self.tor_proxy()
         if target.is_onion:
-            proxy = self.policy.onion_proxy or self.policy.proxy or discovered
+            proxy = self.policy.onion_proxy or tor
             if proxy is None:
                 raise DialError(f"no SOCKS proxy configured for onion target {target}",
                                 fault=Fault.LOCAL)
@@ -66,8 +72,8 @@ class Dialer:
         except ValueError as exc:
             raise DialError(f"refusing non-IP, non-onion target {target.host!r} (no DNS)",
                             fault=Fault.LOCAL) from exc
-        if self.policy.ip_via_tor and (self.policy.proxy is not None or discovered is not None):
-            return self.policy.proxy or discovered
+        if self.policy.ip_via_tor and tor is not None:
+            return tor
         if self.policy.allow_direct:
             return None
         raise DialError(f"no SOCKS proxy for {target} and direct dialing is not allowed",
