@@ -27,7 +27,7 @@ import trio
 from bridge.config import Config, load_config
 from bridge.daemon import Daemon
 from bridge.errors import BridgeError, Fault
-from bridge.rig.tornet import TorNetwork, free_ports
+from bridge.rig.tornet import TorNetwork, free_ports, is_reserved, reserve
 
 Echo = Callable[[str], Any]
 
@@ -61,7 +61,8 @@ def free_port_range(n: int, avoid: set[int] | None = None) -> int:
     for _ in range(200):
         base = free_ports(1)[0]
         ports = range(base, base + n)
-        if ports[-1] > 65535 or set(ports) & (avoid or set()):
+        if ports[-1] > 65535 or set(ports) & (avoid or set()) \
+                or any(is_reserved(p) for p in ports[1:]):
             continue
         held: list[socket.socket] = []
         try:
@@ -69,6 +70,7 @@ def free_port_range(n: int, avoid: set[int] | None = None) -> int:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 held.append(s)
                 s.bind(("127.0.0.1", p))
+            reserve(ports)
             return base
         except OSError:
             continue

@@ -185,11 +185,33 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             except OSError:
                 s.close()
                 continue
+            if is_reserved(s.getsockname()[1]):  # free now, but promised to a caller
+                s.close()
+                continue
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        ports = [s.getsockname()[1] for s in socks]
+        reserve(ports)
+        return ports
     finally:
         for s in socks:
             s.close()
+
+
+#: ports this process already handed out: a probe only proves a port is free *now*, so two
+#: callers that bind later (two daemons configured one after the other) must not get the same
+_handed_out: set[int] = set()
+_handed_lock = threading.Lock()
+
+
+def reserve(ports: Sequence[int]) -> None:
+    """Never hand these ports out again in this process."""
+    with _handed_lock:
+        _handed_out.update(ports)
+
+
+def is_reserved(port: int) -> bool:
+    with _handed_lock:
+        return port in _handed_out
 
 
 def _spawn(argv: Sequence[str], *, die_with_parent: bool, **kw: Any) -> subprocess.Popen[bytes]:
