@@ -30,6 +30,10 @@ from bridge.rig.dnsstub import build_response, is_test_name
 from tests.conftest import TORNET_CONTROL_PASSWORD
 
 ONION_RETRY = 30.0
+# After the hosting tor restarts, a client that used the onion before still holds the old
+# descriptor (old introduction points) and only re-fetches after those fail; on a loaded 2-core
+# box this has taken 20-40 s (CI once needed > 30 s). The address must come back, not fast.
+ONION_RESTART_RETRY = 150.0
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -220,7 +224,8 @@ async def test_onion_host_restart_keeps_address(tornet: TorNetwork, echo_port: i
     sid2, _ = await trio.to_thread.run_sync(add_onion, host, echo_port, key)
     republished = time.monotonic() - t0
     assert sid2 == sid
-    _, attempts = await roundtrip_with_retry(socks, f"{sid}.onion", 80)
+    _, attempts = await roundtrip_with_retry(socks, f"{sid}.onion", 80,
+                                             within=ONION_RESTART_RETRY)
     total = time.monotonic() - t0
     kind = "hard" if hard else "clean"
     tornet.timings[f"restart_{kind}_rebootstrap"] = rebooted
