@@ -27,7 +27,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from bridge.core import grpc, proto
+from bridge.core import grpc, h2fast, proto
 from bridge.core.policy import Action, ConnectionPolicy, Direction
 from bridge.errors import (
     BridgeError,
@@ -37,6 +37,8 @@ from bridge.errors import (
     PolicyViolation,
     ProtocolError,
 )
+
+h2fast.install()  # output-identical; saves a 16 KiB hexlify per received DATA frame
 
 P2P_PATH = b"/protowire.P2P/MessageStream"
 #: RequestAddresses{includeAllSubnetworks: false} exactly as kaspad sends it (facts §2.3)
@@ -80,6 +82,11 @@ def _h2(client: bool, settings: RelaySettings) -> h2.connection.H2Connection:
     else:
         values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 1
     conn.local_settings = h2.settings.Settings(client=client, initial_values=values)
+    # h2 applies our MAX_FRAME_SIZE only when the peer's SETTINGS ACK is processed, and its
+    # frame buffer keeps the old limit for the rest of that receive_data() call: an ACK followed
+    # by a large frame in one read would be rejected. The peer may use the new size as soon as
+    # it has sent its ACK, so accept it from the start (frame_guard enforces the same limit).
+    conn.max_inbound_frame_size = settings.max_frame
     conn.initiate_connection()
     if settings.window > 65535:
         conn.increment_flow_control_window(settings.window - 65535)
