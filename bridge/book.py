@@ -45,13 +45,24 @@ with ``NORMAL``); for a large batch (``learn_many`` with a 2500-entry Addresses 
 ``synchronous="FULL"``, ``await trio.to_thread.run_sync(functools.partial(book.learn_many,
 net, endpoints, source=src))`` is safe (keyword arguments need ``partial``). Do not
 share one file between two bridge processes (a second writer gets "database is locked").
-Errors after a successful open (disk full, I/O) propagate as ``sqlite3.Error``; a failed write
-method has rolled back and changed nothing.
+
+Errors after a successful open (disk full, filesystem remounted read-only, I/O errors, a lock
+held too long): a failed write method has rolled back and changed nothing. With
+``on_error="log"`` (the default, what the daemon uses) the book is a best-effort cache: the
+method returns its "nothing happened" value (``False``, ``0``, ``None``, an empty set or list),
+the *first* failure is logged at ERROR naming the file and the cause, further failures are only
+counted (:attr:`AddressBook.errors`; no log flood while the disk stays full), and a successful
+write once no write has failed for ``recover_after`` seconds (default 10) logs that the book works
+again. (On an almost full disk some writes still fit: without that quiet period a flapping disk
+would log error/recovered pairs over and over.) The relay never stops because its cache
+cannot be written. ``on_error="raise"`` lets ``sqlite3.Error`` propagate instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import logging
 import math
 import os
@@ -60,7 +71,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from bridge.core.policy import OnionPeer
 from bridge.core.selection import (
@@ -88,8 +99,13 @@ log = logging.getLogger("bridge.book")
 SCHEMA_VERSION: Final = 1
 DEFAULT_MAX_ENTRIES: Final = 4096
 DEFAULT_PROTECT_WINDOW: Final = 7 * 24 * 3600.0
+_SQLITE_READONLY: Final = 8
 _SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
 _SQLITE_NOTADB: Final = 26
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class AddressBookError(BridgeError):
@@ -164,6 +180,34 @@ class _Corrupt(Exception):
     pass
 
 
+def _tolerant(default: Callable[[], Any], what: str, *, write: bool = True,
+              ) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """With ``on_error="log"``: a database error after opening returns ``default()`` (see the
+    module docstring). Programming errors (``ValueError``, a closed book, a violated constraint)
+    still raise. Only a successful *write* ends a failure period (reads work on a full disk)."""
+
+    def deco(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(fn)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            self = args[0]
+            assert isinstance(self, AddressBook)
+            try:
+                result = fn(*args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if self.on_error == "raise" or isinstance(exc, sqlite3.IntegrityError):
+                    raise
+                self._failed(what, exc)
+                value: _R = default()
+                return value
+            if write:
+                self._worked()
+            return result
+
+        return wrapper
+
+    return deco
+
+
 class AddressBook:
     """SQLite-backed peer address book. See the module docstring for the guarantees."""
 
@@ -172,7 +216,9 @@ class AddressBook:
                  protect_window: float = DEFAULT_PROTECT_WINDOW,
                  synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
                  on_corrupt: Literal["move", "raise"] = "move",
-                 busy_timeout: float = 5.0) -> None:
+                 busy_timeout: float = 5.0,
+                 on_error: Literal["log", "raise"] = "log",
+                 recover_after: float = 10.0) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         if synchronous not in ("NORMAL", "FULL"):
@@ -182,6 +228,16 @@ class AddressBook:
         self.protect_window = float(protect_window)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        if on_error not in ("log", "raise"):
+            raise ValueError("on_error must be 'log' or 'raise'")
+        self.on_error = on_error
+        #: database errors after opening (with on_error="log"), in all and since the last success
+        self.errors = 0
+        self.failing = 0
+        self.last_error: str | None = None
+        self.recover_after = recover_after
+        self._failing_since: float | None = None
+        self._last_failure = 0.0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self.moved_aside: Path | None = None  # where a corrupt file went, if it did
@@ -202,10 +258,32 @@ class AddressBook:
 
     # -- opening ---------------------------------------------------------------------------
 
+    def _fs_problem(self, exc: BaseException) -> str | None:
+        """'read-only' / 'full' when the filesystem holding the book is the cause."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        code = code & 0xFF if isinstance(code, int) else None
+        try:
+            vfs = os.statvfs(self.path.parent)
+        except OSError:
+            vfs = None
+        if getattr(exc, "errno", None) == errno.EROFS or (
+                code == _SQLITE_READONLY and vfs is not None and vfs.f_flag & os.ST_RDONLY):
+            return "read-only"
+        if getattr(exc, "errno", None) == errno.ENOSPC or code == _SQLITE_FULL:
+            return "full"
+        return None
+
     def _hint(self, exc: BaseException) -> AddressBookError:
         msg = str(exc)
         low = msg.lower()
-        if not self.path.parent.is_dir():
+        fs = self._fs_problem(exc)
+        if fs == "read-only":
+            what = (f"the filesystem holding {self.path.parent} is mounted read-only; the "
+                    "bridge must be able to write its data directory (remount it read-write "
+                    "or point data_dir at a writable directory)")
+        elif fs == "full":
+            what = f"the disk holding {self.path.parent} is full; free some space"
+        elif not self.path.parent.is_dir():
             what = (f"directory {self.path.parent} does not exist; create the data directory "
                     "or point the bridge at an existing one")
         elif "locked" in low or "busy" in low:
@@ -322,10 +400,41 @@ class AddressBook:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may already have rolled back by itself (SQLITE_FULL, I/O errors); a
+                # failed COMMIT leaves the transaction open, which would make every later
+                # BEGIN fail ("cannot start a transaction within a transaction") even after
+                # the disk has space again.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        self.errors += 1
+        self.failing += 1
+        self.last_error = f"{what}: {exc}"
+        self._last_failure = time.monotonic()
+        if self._failing_since is not None:
+            return  # logged once per failure period
+        self._failing_since = time.monotonic()
+        fs = self._fs_problem(exc)
+        cause = {"full": "the disk is full", "read-only": "the filesystem is read-only"}.get(
+            fs or "", "a database error")
+        log.error("address book %s: %s failed (%s: %s); the bridge keeps relaying, but peers "
+                  "and their state are not saved until writes succeed again (further failures "
+                  "are counted, not logged)", self.path, what, cause, exc)
+
+    def _worked(self) -> None:
+        if self._failing_since is None \
+                or time.monotonic() - self._last_failure < self.recover_after:
+            return
+        log.warning("address book %s works again (%d operations failed over %.0fs; last: %s)",
+                    self.path, self.failing, time.monotonic() - self._failing_since,
+                    self.last_error)
+        self._failing_since = None
+        self.failing = 0
 
     def close(self) -> None:
         with self._lock:
@@ -360,6 +469,7 @@ class AddressBook:
 
     # -- writes (each one transaction) -----------------------------------------------------
 
+    @_tolerant(lambda: False, "learn")
     def learn(self, network: str, host: str, port: int, *, source: str,
               now: float | None = None, addrv2: bool = False) -> bool:
         """Record that ``host:port`` exists (seed, config, gossip, version ...).
@@ -372,6 +482,7 @@ class AddressBook:
         h, p, _ = normalize_endpoint(host, port)
         return (h, p) in self._learn(network, [(host, port)], source, now, addrv2, strict=True)
 
+    @_tolerant(lambda: 0, "learn_many")
     def learn_many(self, network: str, endpoints: Iterable[tuple[str, int]], *, source: str,
                    now: float | None = None, addrv2: bool = False) -> int:
         """:meth:`learn` for a whole Addresses message in one transaction; invalid endpoints
@@ -424,6 +535,7 @@ class AddressBook:
                 new &= still
         return new
 
+    @_tolerant(lambda: False, "record_success")
     def record_success(self, network: str, host: str, port: int, *, now: float | None = None,
                        addrv2: bool | None = None) -> bool:
         """A connection to the peer worked: failures and backoff reset, ``last_success = now``.
@@ -445,6 +557,7 @@ class AddressBook:
             )
             return cur.rowcount == 1
 
+    @_tolerant(lambda: None, "record_failure")
     def record_failure(self, network: str, host: str, port: int, *, now: float | None = None,
                        backoff: Callable[[int], float] = backoff_delay,
                        ) -> tuple[int, float] | None:
@@ -469,6 +582,7 @@ class AddressBook:
                 (n, t + delay, network, h, p))
             return n, delay
 
+    @_tolerant(lambda: 0, "reset_backoff")
     def reset_backoff(self, network: str) -> int:
         """Clear failures and backoffs of every entry (our Tor recovered). Returns the count."""
         _check_network(network)
@@ -478,6 +592,7 @@ class AddressBook:
                                (network,))
             return int(cur.rowcount)
 
+    @_tolerant(lambda: False, "mark_self")
     def mark_self(self, network: str, host: str, port: int, is_self: bool = True) -> bool:
         """Flag (or unflag) the peer as a route back to our own kaspad. ``False`` if unknown."""
         _check_network(network)
@@ -488,6 +603,7 @@ class AddressBook:
                 (int(is_self), network, h, p))
             return cur.rowcount == 1
 
+    @_tolerant(lambda: False, "remove")
     def remove(self, network: str, host: str, port: int) -> bool:
         _check_network(network)
         h, p, _ = normalize_endpoint(host, port)
@@ -498,6 +614,7 @@ class AddressBook:
 
     # -- reads -----------------------------------------------------------------------------
 
+    @_tolerant(lambda: None, "read", write=False)
     def get(self, network: str, host: str, port: int) -> PeerEntry | None:
         _check_network(network)
         h, p, _ = normalize_endpoint(host, port)
@@ -507,6 +624,7 @@ class AddressBook:
                 (network, h, p)).fetchone()
         return None if row is None else _row_entry(row)
 
+    @_tolerant(list, "read", write=False)
     def entries(self, network: str, kinds: Collection[Kind] | None = None) -> list[PeerEntry]:
         """All entries of ``network`` (optionally only these kinds), ordered by host, port."""
         _check_network(network)
@@ -522,6 +640,7 @@ class AddressBook:
             rows = self._db.execute(sql + " ORDER BY host, port", args).fetchall()
         return [_row_entry(r) for r in rows]
 
+    @_tolerant(lambda: 0, "count", write=False)
     def count(self, network: str | None = None) -> int:
         with self._lock:
             if network is None:

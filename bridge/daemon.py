@@ -1,8 +1,21 @@
-"""The running bridge: Tor supervision + listeners + warm pool, with graceful shutdown."""
+"""The running bridge: Tor supervision + listeners + warm pool, with graceful shutdown.
+
+Data directory: the bridge keeps its address book (``<data_dir>/peers.sqlite``) and, with
+``tor.listen_onion``, its onion key there. Startup checks that the directory (and the onion key's
+directory when the key does not exist yet) can be written — a small file is written, fsynced and
+removed — and aborts with a :class:`StartupError` naming the directory and the cause (read-only
+filesystem, disk full, permissions). This holds even when the onion key already exists: a
+read-only data directory is a deployment mistake (e.g. a volume mounted ``:ro``), and running on
+would silently lose every peer learned and every backoff. Once running, a disk that fills up or
+turns read-only no longer stops anything: the address book logs the first failed write and
+carries on (see :mod:`bridge.book`), and relaying is unaffected.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -71,6 +84,40 @@ class Daemon:
                 self.bridge.selector.own_onion = addr
             log.info("own onion: %s:%d (gossiped to ADDRv2 peers)", addr.host, port)
 
+    def _check_data_dir(self) -> None:
+        """Fail fast, naming the path, when the data directory cannot be written."""
+        cfg = self.cfg
+        dirs = [cfg.data_dir]
+        key = cfg.tor.onion_key_file
+        if cfg.tor.listen_onion and not key.exists() and key.parent != cfg.data_dir:
+            dirs.append(key.parent)
+        for d in dirs:
+            probe = d / f".kaspa-tor-bridge-write-test.{os.getpid()}"
+            try:
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, bytes(4096))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                why = {errno.EROFS: "its filesystem is mounted read-only",
+                       errno.ENOSPC: "the disk is full",
+                       errno.EDQUOT: "the disk quota is exhausted",
+                       errno.EACCES: f"permission denied for uid {os.getuid()}",
+                       errno.EPERM: f"permission denied for uid {os.getuid()}",
+                       }.get(exc.errno or 0, "it cannot be written")
+                raise StartupError(
+                    f"data directory {d} is not usable: {why} ({exc.strerror or exc}); the "
+                    "bridge keeps its address book and onion key there and must be able to "
+                    "write it (data_dir)", fault=Fault.LOCAL) from exc
+            finally:
+                try:
+                    probe.unlink()
+                except OSError:
+                    pass
+
     def _managed(self) -> ManagedTor | None:
         tor = self.cfg.tor
         if not tor.managed:
@@ -117,6 +164,7 @@ class Daemon:
             from bridge.observe import ObserveServer
 
             observe = ObserveServer(self, cfg.metrics.listen.host, cfg.metrics.listen.port)
+        self._check_data_dir()
         options = bridge_options(cfg)
         self.gossip = GossipState(own_onion=options.own_onion)
         managed = self._managed()

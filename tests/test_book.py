@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -555,3 +556,99 @@ def test_kill9_during_heavy_writes(db: Path) -> None:
         missing = [j for a, b_ in committed for j in range(a, b_) if _ip(j) not in have]
         assert not missing, f"round {round_no}: {len(missing)} committed ids lost"
     assert len(committed) > 200  # the child did get to write a lot
+
+
+# -- errors after opening (disk full, read-only, I/O): the book is a best-effort cache ---------
+
+def _fill_up(b: AddressBook) -> None:
+    """Make the database 'full' (SQLITE_FULL) by capping its page count where it is."""
+    (pages,) = b._db.execute("PRAGMA page_count").fetchone()
+    b._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _many(n: int, base: int = 0) -> list[tuple[str, int]]:
+    return [(f"10.{(base + i) // 250}.{(base + i) % 250}.1", 16111) for i in range(n)]
+
+
+def test_write_errors_are_logged_once_and_recover(db: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 6 E, disk full): a failed write used to raise sqlite3.OperationalError
+    into the relay (the daemon crashed); now it returns the neutral value, logs one ERROR per
+    failure period, and the first write after a quiet period logs the recovery."""
+    caplog.set_level(logging.INFO, logger="bridge.book")
+    with AddressBook(db, recover_after=0.2) as b:
+        b.learn(NET, "10.0.0.1", 16111, source="config")
+        _fill_up(b)
+        for i in range(5):
+            assert b.learn_many(NET, _many(300, 1000 * (i + 1)), source="gossip") == 0
+        assert b.errors == 5 and "database or disk is full" in (b.last_error or "")
+        # a small write that fits in the pages already there succeeds: within the quiet period
+        # that is not a recovery (no error/recovered log pairs on a flapping disk)
+        assert b.record_failure(NET, "10.0.0.1", 16111) == (1, 5.0)
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and str(db) in errors[0].getMessage()
+        assert "works again (" not in caplog.text
+        # reads still work, and nothing of the failed writes was stored
+        assert b.count(NET) == 1
+        b._db.execute("PRAGMA max_page_count = 1073741823")
+        time.sleep(0.25)
+        assert b.learn_many(NET, _many(300, 10_000), source="gossip") == 300
+        assert "works again (5 operations failed" in caplog.text
+        assert b.count(NET) == 301 and b.failing == 0
+
+
+def test_write_error_raise_mode(db: Path) -> None:
+    with AddressBook(db, on_error="raise") as b:
+        _fill_up(b)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            b.learn_many(NET, _many(300), source="gossip")
+
+
+class _CommitFails:
+    """The book's connection, except that the next COMMIT fails like one on a full disk
+    (SQLite then leaves the transaction open)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.fail_next = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+
+def test_failed_commit_does_not_wedge_the_book(db: Path) -> None:
+    """Regression: a failed COMMIT left the transaction open, so every later write failed
+    with 'cannot start a transaction within a transaction', even with space back."""
+    with AddressBook(db, recover_after=0) as b:
+        real = b._db
+        b._conn = _CommitFails(real)  # type: ignore[assignment]
+        assert not b.learn(NET, "10.0.0.1", 16111, source="config")
+        assert not real.in_transaction and b.errors == 1
+        assert b.learn(NET, "10.0.0.2", 16111, source="config")
+        assert [e.host for e in b.entries(NET)] == ["10.0.0.2"]  # the failed one rolled back
+        b._conn = real
+
+
+def test_selector_backs_off_in_memory_when_the_book_cannot_write(db: Path) -> None:
+    """Regression: with the book unable to store a failure, BookSelector offered the failing
+    peer again at once (a tight dial loop); it now keeps the backoff in memory."""
+    with AddressBook(db) as b:
+        sel = BookSelector(b, NET)
+        t = Target("10.0.0.1", 16111)
+        sel.add(t)
+        assert sel.pick(100.0) == t
+        _fill_up(b)
+        b.learn_many(NET, _many(300), source="gossip")  # the book is now failing
+        delay = sel.failure(t, 100.0)
+        sel.release(t)
+        assert delay > 0
+        assert sel.pick(100.0) is None
+        retry = sel.next_retry(100.0)
+        assert retry is not None and retry == pytest.approx(100.0 + delay)
+        assert sel.pick(100.0 + delay + 0.01) == t

@@ -439,8 +439,12 @@ class BookSelector:
                                         backoff=delay)
         if got is not None:
             return got[1]
+        # Not stored: evicted while in use, or the store could not write (disk full). Keep
+        # the backoff in memory, or pick() would offer the failing peer again at once.
         n = self._orphans[t] = self._orphans.get(t, 0) + 1
-        return delay(n)
+        d = delay(n)
+        self.defer(t, now, d)
+        return d
 
     def mark_self(self, t: Target) -> None:
         self.store.mark_self(self.network, t.host, t.port)

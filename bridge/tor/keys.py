@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import hashlib
 import logging
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,33 +185,46 @@ def load_key(path: Path) -> OnionKey | None:
 
 
 def save_key(path: Path, key: OnionKey) -> None:
-    """Write ``key`` atomically: dir 0700 (created if missing), file 0600, tmp+fsync+rename."""
+    """Write ``key`` atomically: dir 0700 (created if missing), file 0600, tmp+fsync+rename.
+
+    On any failure (disk full, read-only filesystem, ...) the temporary file is removed and
+    an existing file at ``path`` is left exactly as it was; :class:`OnionKeyError` names the
+    path and the cause.
+    """
     path = Path(path)
     directory = path.parent
+    tmp: Path | None = None
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         dmode = stat.S_IMODE(directory.stat().st_mode)
         if dmode & 0o077:
             log.warning("onion key directory %s has mode %04o; 0700 is recommended",
                         directory, dmode)
-        tmp = directory / f".{path.name}.tmp.{os.getpid()}"
+        # unique per attempt: a leftover of a crashed writer never blocks a later save
+        tmp = directory / f".{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                      0o600)
         try:
             os.fchmod(fd, 0o600)  # regardless of umask
-            os.write(fd, (key.to_blob() + "\n").encode("ascii"))
+            data = memoryview((key.to_blob() + "\n").encode("ascii"))
+            while data:  # a short write must not leave a truncated key
+                data = data[os.write(fd, data):]
             os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        os.replace(tmp, path)
+        tmp = None
         dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
     except OSError as exc:
-        raise OnionKeyError(f"cannot write onion key file {path}: {exc}") from exc
+        why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the filesystem is read-only",
+               errno.EDQUOT: "the disk quota is exhausted"}.get(exc.errno or 0)
+        raise OnionKeyError(f"cannot write onion key file {path}: "
+                            f"{why + ' — ' if why else ''}{exc}") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
