@@ -9,6 +9,7 @@ from bridge.core.relay import RelaySettings
 from bridge.net.bridge import BridgeOptions
 from bridge.net.pool import DialPolicy
 from bridge.net.probe import seeder_targets
+from bridge.net.runner import StallPolicy
 from bridge.net.socks import ProxyEndpoint
 
 
@@ -44,6 +45,11 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         pool_size=cfg.pool.size,
         slot_wait=cfg.pool.slot_wait,
         relay=RelaySettings(max_message_bytes=cfg.relay.max_message_bytes),
+        max_inbound=cfg.inbound.max_connections,
+        max_pending=cfg.inbound.max_pending,
+        inbound_handshake_timeout=cfg.inbound.handshake_timeout,
+        stall=(StallPolicy(cfg.relay.stall_timeout, cfg.relay.min_message_rate)
+               if cfg.relay.stall_timeout > 0 else None),
         policy=PolicySettings(advertise_address=cfg.relay.advertise_address, via_tor=True,
                               max_rewrite_bytes=cfg.relay.max_rewrite_bytes),
         own_onion=own,

@@ -231,6 +231,9 @@ class SlotsConfig:
 class InboundConfig:
     listen: HostPort
     allow_non_loopback: bool = False
+    max_connections: int = 64  # relayed to kaspad at once; more are answered UNAVAILABLE
+    max_pending: int = 64  # idle (no stream yet); the oldest is closed for a newcomer
+    handshake_timeout: float = 10.0  # seconds for an inbound peer's HTTP/2 preface
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +301,8 @@ class RelayConfig:
     max_rewrite_bytes: int
     advertise_address: bool
     own_onion: OnionAddress | None
+    stall_timeout: float = 60.0  # 0 = a started message is never checked for progress
+    min_message_rate: float = 1024.0  # bytes/s a started message must average
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +380,9 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "slots.allow_non_loopback": _Spec("bool", False),
     "inbound.listen": _Spec("str", "127.0.0.1:16300"),
     "inbound.allow_non_loopback": _Spec("bool", False),
+    "inbound.max_connections": _Spec("int", 64, lo=1, hi=4096),
+    "inbound.max_pending": _Spec("int", 64, lo=1, hi=4096),
+    "inbound.handshake_timeout": _Spec("float", 10.0, lo=0, lo_open=True, hi=3600),
     "tor.socks": _Spec("str", "127.0.0.1:9050"),
     "tor.onion_socks": _Spec("str", ""),
     "tor.control": _Spec("str", "127.0.0.1:9051"),
@@ -397,6 +405,8 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "relay.max_rewrite_bytes": _Spec("int", 4 << 20, lo=1024, hi=1 << 30),
     "relay.advertise_address": _Spec("bool", False),
     "relay.own_onion": _Spec("str", ""),
+    "relay.stall_timeout": _Spec("float", 60.0, lo=0, hi=3600),
+    "relay.min_message_rate": _Spec("float", 1024.0, lo=0, hi=1 << 30),
     "pool.size": _Spec("int", 2, lo=0, hi=32),
     "pool.slot_wait": _Spec("float", 6.0, lo=0, lo_open=True, hi=10, hi_open=True),
     "pool.dial_timeout": _Spec("float", 60.0, lo=0, lo_open=True, hi=3600),
@@ -891,7 +901,10 @@ def _build(raw: _Raw, home: str | None) -> Config:
             f"{inbound_listen} is not a loopback address: only the local Tor should reach it; "
             "set inbound.allow_non_loopback = true to override",
         )
-    inbound = InboundConfig(listen=inbound_listen, allow_non_loopback=inbound_non_loopback)
+    inbound = InboundConfig(listen=inbound_listen, allow_non_loopback=inbound_non_loopback,
+                            max_connections=b.int_("inbound.max_connections"),
+                            max_pending=b.int_("inbound.max_pending"),
+                            handshake_timeout=b.float_("inbound.handshake_timeout"))
 
     # [tor]
     # "auto": ask tor over the control port (GETINFO net/listeners/socks)
@@ -1040,6 +1053,8 @@ def _build(raw: _Raw, home: str | None) -> Config:
         max_rewrite_bytes=max_rewrite,
         advertise_address=advertise,
         own_onion=own_onion,
+        stall_timeout=b.float_("relay.stall_timeout"),
+        min_message_rate=b.float_("relay.min_message_rate"),
     )
 
     # [pool]

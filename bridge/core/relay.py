@@ -423,6 +423,8 @@ class Relay:
         if self.closed is not None or not self.policy.can_refresh():
             return False
         pipe = self.pipes[self.kaspad_side]  # kaspad → remote
+        if pipe.end_pending:  # kaspad ended its stream: nothing more may go to the remote
+            return False
         pipe.inject(grpc.frame(REQUEST_ADDRESSES_MSG), self.policy.bridge_asked)
         self._flush()
         return True
@@ -476,6 +478,11 @@ class Relay:
                     f"{self.who(side)} reset the stream ({errname(ev.error_code)})",
                     culprit=side)
         elif isinstance(ev, h2.events.ConnectionTerminated):
+            sid = self._sid[side]
+            if sid is not None and (ev.last_stream_id or 0) >= sid:
+                # Our stream was covered by the GOAWAY: hand on what arrived before it (whole
+                # messages reach the receiver; a partial one is still ended by the close).
+                self._flush()
             self._close_both(f"{self.who(side)} sent GOAWAY ({errname(ev.error_code)})",
                              culprit=side)
         elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):

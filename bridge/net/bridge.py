@@ -28,7 +28,7 @@ from bridge.core.selection import BookSelector, SelectionPolicy
 from bridge.errors import BridgeError, Fault, SelfConnection
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.probe import harvest
-from bridge.net.runner import RelayRunner
+from bridge.net.runner import RelayRunner, StallPolicy
 
 log = logging.getLogger("bridge")
 
@@ -50,7 +50,18 @@ class BridgeOptions:
     pool_size: int = 2
     slot_wait: float = 6.0
     h2_handshake_timeout: float = 30.0
+    #: inbound connections relayed to kaspad at once (each holds a kaspad connection); more are
+    #: answered UNAVAILABLE. Keep it below kaspad's inbound limit (--maxinpeers, default 128).
     max_inbound: int = 64
+    #: inbound connections that have not opened their stream yet (idle HTTP/2, e.g. a remote
+    #: bridge's warm pool); when full, the oldest is closed to admit a new one.
+    max_pending: int = 64
+    #: seconds an inbound connection has to send its HTTP/2 preface
+    inbound_handshake_timeout: float = 10.0
+    #: kaspad's 10 s response-HEADERS deadline, with a margin (facts §1.4)
+    response_deadline: float = KASPAD_RESPONSE_DEADLINE
+    #: a started message from a remote peer must keep flowing (None: never checked)
+    stall: StallPolicy | None = field(default_factory=StallPolicy)
     relay: RelaySettings = field(default_factory=RelaySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     own_onion: OnionPeer | None = None
@@ -134,6 +145,10 @@ class Bridge:
         self.slot_ports: list[int] = []
         self.inbound_port: int | None = None
         self.relays: dict[int, RelayInfo] = {}
+        #: inbound connections waiting for their stream, oldest first
+        self._pending: dict[int, RelayRunner] = {}
+        self.inbound_active = 0  # inbound relays holding a kaspad connection
+        self.inbound_stats = {"accepted": 0, "evicted": 0, "refused_full": 0}
         self._ids = itertools.count(1)
         self.closed_count = {"ok": 0, "error": 0, "refused": 0}
         self.started = trio.Event()
@@ -234,8 +249,9 @@ class Bridge:
         runner = RelayRunner(relay, stream, label)
         try:
             await self._guarded(runner.run(get_upstream,
-                                           response_timeout=KASPAD_RESPONSE_DEADLINE,
-                                           refresh_interval=self.options.refresh_interval),
+                                           response_timeout=self.options.response_deadline,
+                                           refresh_interval=self.options.refresh_interval,
+                                           stall=self.options.stall),
                                 label)
         finally:
             del self.relays[rid]
@@ -253,6 +269,7 @@ class Bridge:
         runner.log_close()
         closed = runner.relay.closed
         err = closed.error if closed is not None else None
+        err = err or runner.fault
         handshake_ok = bool(policy.remote.node_id) and err is None
         if err is None and runner.relay.response_started:
             self.closed_count["ok"] += 1
@@ -263,25 +280,44 @@ class Bridge:
         if target is not None:
             is_self = isinstance(err, SelfConnection)
             remote_fault = err is not None and err.fault is Fault.REMOTE
+            # Answered the stream but never sent its Version: kaspad's 4 s handshake timeout
+            # (facts §3.1) closed it; not a peer to prefer next time.
+            remote_fault = remote_fault or (runner.relay.response_started
+                                            and not policy.remote.node_id)
             self.pool.done_with(target, ok=handshake_ok or not remote_fault, is_self=is_self,
                                 addrv2=policy.remote.addrv2 if policy.remote.node_id else None)
 
     # -- inbound ----------------------------------------------------------------------------
 
     async def _inbound_handler(self, stream: trio.SocketStream) -> None:
+        """One Tor connection to the onion. It may hold an idle HTTP/2 connection (a remote
+        bridge's warm pool does) without costing a kaspad connection: kaspad is dialed only once
+        the peer opens its MessageStream. Bounded: ``max_pending`` idle connections (the oldest
+        is closed for a newcomer), ``inbound_handshake_timeout`` for the HTTP/2 preface, and
+        ``max_inbound`` relayed at once (more are answered UNAVAILABLE)."""
         rid = next(self._ids)
         label = f"inbound#{rid}"
-        inbound_now = sum(1 for r in self.relays.values() if r.kind == "inbound")
         host, port = self.options.kaspad_p2p
         policy = self._policy(f"inbound peer #{rid}")
         relay = Relay(policy, kaspad_side=Side.UP,
                       upstream_authority=f"{host}:{port}".encode(), settings=self.options.relay)
         info = RelayInfo(rid, "inbound", self.inbound_port or 0, None, relay, trio.current_time())
+        runner = RelayRunner(relay, stream, label)
+        self.inbound_stats["accepted"] += 1
+        active = False
 
         async def get_kaspad() -> tuple[trio.abc.Stream, Endpoint] | None:
-            if inbound_now >= self.options.max_inbound:
-                log.warning("%s: %d inbound connections already; refusing", label, inbound_now)
+            nonlocal active
+            self._pending.pop(rid, None)
+            if self.inbound_active >= self.options.max_inbound:
+                self.inbound_stats["refused_full"] += 1
+                log.warning("%s: %d inbound connections relayed already (max_inbound); "
+                            "refusing", label, self.inbound_active)
+                runner.abort(f"this bridge relays {self.inbound_active} inbound peers already; "
+                             "try later")
                 return None
+            self.inbound_active += 1
+            active = True
             try:
                 with trio.fail_after(5):
                     up = await trio.open_tcp_stream(host, port)
@@ -299,12 +335,25 @@ class Bridge:
             return up, conn
 
         self.relays[rid] = info
-        runner = RelayRunner(relay, stream, label)
+        if len(self._pending) >= max(self.options.max_pending, 1):
+            oldest_id = next(iter(self._pending))
+            oldest = self._pending.pop(oldest_id)
+            self.inbound_stats["evicted"] += 1
+            log.info("inbound#%d: closed to admit a new connection (%d idle inbound "
+                     "connections, max_pending)", oldest_id, self.options.max_pending)
+            oldest.abort("too many idle inbound connections")
+        self._pending[rid] = runner
         try:
-            await self._guarded(runner.run(get_kaspad, response_timeout=KASPAD_RESPONSE_DEADLINE,
+            opts = self.options
+            await self._guarded(runner.run(get_kaspad, response_timeout=opts.response_deadline,
                                            refuse_message="kaspad is not reachable through "
-                                           "this bridge"), label)
+                                           "this bridge", lazy=True,
+                                           preface_timeout=opts.inbound_handshake_timeout,
+                                           stall=opts.stall), label)
         finally:
+            self._pending.pop(rid, None)
+            if active:
+                self.inbound_active -= 1
             del self.relays[rid]
             self._finish(runner, policy, None)
 

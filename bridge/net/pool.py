@@ -98,6 +98,11 @@ class Dialer:
             raise DialError(f"direct dial to {target} failed: {exc!r}", fault=Fault.REMOTE) from exc
 
 
+class _PoliteClose(BridgeError):
+    fault = Fault.REMOTE
+    action = "dropped from the warm pool; redialed without penalty"
+
+
 @dataclass(slots=True)
 class Upstream:
     target: Target
@@ -241,8 +246,14 @@ class WarmPool:
                         out = up.conn.conn.data_to_send()
                         if out:
                             await up.stream.send_all(out)
-                    if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
-                        raise BridgeError("sent GOAWAY while idle", fault=Fault.REMOTE)
+                    for e in events:
+                        if isinstance(e, h2.events.ConnectionTerminated):
+                            if not e.error_code:
+                                # A polite close of an idle connection (the remote bridge's
+                                # idle-connection cap, a restart): no fault, just redial.
+                                raise _PoliteClose("closed the idle connection (GOAWAY "
+                                                   "NO_ERROR)")
+                            raise BridgeError("sent GOAWAY while idle", fault=Fault.REMOTE)
             except (BridgeError, h2.exceptions.ProtocolError, trio.BrokenResourceError,
                     OSError) as exc:
                 entry.dead = True
@@ -252,7 +263,8 @@ class WarmPool:
                 log.info("warm upstream %s dropped: %s", up.target, what)
                 self.stats["dropped"] += 1
                 self._ready = [e for e in self._ready if e is not entry]
-                self.selector.failure(up.target, trio.current_time())
+                if not isinstance(exc, _PoliteClose):
+                    self.selector.failure(up.target, trio.current_time())
                 self.selector.release(up.target)
                 await up.stream.aclose()
                 self._notify()

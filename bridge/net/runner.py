@@ -9,17 +9,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import trio
 
 from bridge.core.relay import Endpoint, Relay, Side
-from bridge.errors import Fault
+from bridge.errors import BridgeError, Fault
 
 log = logging.getLogger("bridge.relay")
 
 READ_SIZE = 64 * 1024
 #: After the relay decided to close: time allowed to deliver the last frames (trailers, GOAWAY).
 CLOSE_FLUSH_TIMEOUT = 3.0
+#: Client preface (24 bytes) plus one frame header: the HTTP/2 client has started talking.
+_PREFACE_SEEN = 24 + 9
+
+
+@dataclass(frozen=True, slots=True)
+class StallPolicy:
+    """A message the remote has started must keep arriving: while the relay is not holding the
+    remote back (nothing queued for the other side), at least ``min_rate`` bytes/s averaged over
+    ``timeout`` seconds, else the remote is closed as stalled (kaspad itself would only notice
+    after its 120 s ping + 120 s pong timeout, and a partial message blocks everything behind
+    it)."""
+
+    timeout: float = 60.0
+    min_rate: float = 1024.0
 
 
 class _Signal:
@@ -45,6 +60,38 @@ class RelayRunner:
         self._kick = {Side.DOWN: _Signal(), Side.UP: _Signal()}
         self._done = trio.Event()
         self._writers_done = {Side.DOWN: trio.Event(), Side.UP: trio.Event()}
+        #: the side that is not kaspad
+        self.remote_side = Side.UP if relay.kaspad_side is Side.DOWN else Side.DOWN
+        #: why the remote is to blame when the relay itself closed without an error (timeouts,
+        #: stalls, a reset connection)
+        self.fault: BridgeError | None = None
+        self.bytes_read = {Side.DOWN: 0, Side.UP: 0}
+        self._progress = trio.Event()  # DOWN sent bytes / a request / the relay ended
+        self._read_error: dict[Side, str] = {}
+
+    @property
+    def request_seen(self) -> bool:
+        """The DOWN client opened its MessageStream."""
+        return self.relay.stream_id(Side.DOWN) is not None
+
+    @property
+    def preface_seen(self) -> bool:
+        """The DOWN client sent the HTTP/2 preface and started its first frame (the relay would
+        have failed on a bad preface)."""
+        return self.bytes_read[Side.DOWN] >= _PREFACE_SEEN
+
+    def blame(self, message: str) -> None:
+        """Close the relay because of the remote (a timeout or stall the relay cannot see)."""
+        if self.relay.finished:
+            return
+        self.fault = BridgeError(message, fault=Fault.REMOTE)
+        self.relay.refuse(message)
+        self._kick_all()
+
+    def abort(self, message: str) -> None:
+        """Close the relay for a reason of the bridge's own (eviction, shutdown)."""
+        self.relay.refuse(message)
+        self._kick_all()
 
     def _drain_notes(self) -> None:
         pol = self.relay.policy
@@ -59,20 +106,35 @@ class RelayRunner:
         self._drain_notes()
         for s in self._kick.values():
             s.set()
+        self._progress.set()
+        self._progress = trio.Event()
         if self.relay.finished:
             self._done.set()
 
     async def run(self, get_upstream: UpstreamGetter, *, response_timeout: float | None = None,
                   refuse_message: str = "no upstream peer available",
-                  refresh_interval: float | None = None) -> None:
+                  refresh_interval: float | None = None,
+                  lazy: bool = False, preface_timeout: float | None = None,
+                  stall: StallPolicy | None = None) -> None:
         """Relay until either side ends. ``get_upstream`` supplies the UP stream and its h2
-        connection (or ``None``: the DOWN client is refused with UNAVAILABLE)."""
+        connection (or ``None``: the DOWN client is refused with UNAVAILABLE).
+
+        ``lazy``: ask for the upstream only once the DOWN client has opened its MessageStream
+        (it may keep an idle HTTP/2 connection as long as it likes, e.g. a remote bridge's warm
+        pool); ``preface_timeout`` bounds the wait for its HTTP/2 preface. ``stall``: watch the
+        remote side for a stalled or trickling message."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, Side.DOWN)
                 nursery.start_soon(self._writer, Side.DOWN)
-                up = await get_upstream()
-                if up is None:
+                if lazy:
+                    await self._wait_request(preface_timeout)
+                up = None if self.relay.finished else await get_upstream()
+                if self.relay.finished:
+                    if up is not None:
+                        await up[0].aclose()
+                    self._writers_done[Side.UP].set()
+                elif up is None:
                     self.relay.refuse(refuse_message)
                     self._writers_done[Side.UP].set()
                 else:
@@ -85,6 +147,8 @@ class RelayRunner:
                         nursery.start_soon(self._response_watchdog, response_timeout)
                     if refresh_interval:
                         nursery.start_soon(self._refresh, refresh_interval)
+                    if stall is not None:
+                        nursery.start_soon(self._stall_watchdog, stall)
                 self._kick_all()
                 await self._done.wait()
                 with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
@@ -97,11 +161,57 @@ class RelayRunner:
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
                         await stream.aclose()
 
+    async def _wait_request(self, preface_timeout: float | None) -> None:
+        """Until the DOWN client opens its stream (or the relay ends); the preface must come
+        within ``preface_timeout``."""
+        deadline = (trio.current_time() + preface_timeout if preface_timeout is not None
+                    else float("inf"))
+        while not self.request_seen and not self.relay.finished:
+            progress = self._progress
+            with trio.move_on_at(deadline if not self.preface_seen else float("inf")):
+                await progress.wait()
+                continue
+            self.blame(f"{self.relay.who(Side.DOWN)} sent no HTTP/2 preface within "
+                       f"{preface_timeout:.1f}s")
+
     async def _response_watchdog(self, timeout: float) -> None:
         await trio.sleep(timeout)
         if not self.relay.response_started and not self.relay.finished:
-            self.relay.refuse(f"upstream did not answer within {timeout:.1f}s")
-            self._kick_all()
+            up = Side.UP is self.remote_side
+            message = f"upstream did not answer within {timeout:.1f}s"
+            if up:
+                self.blame(f"{self.relay.who(Side.UP)} did not answer within {timeout:.1f}s")
+            else:
+                self.relay.refuse(message)
+                self._kick_all()
+
+    async def _stall_watchdog(self, policy: StallPolicy) -> None:
+        side = self.remote_side
+        pipe = self.relay.pipes[side]
+        tick = max(policy.timeout / 8, 0.02)
+        since: float | None = None
+        start_bytes = 0
+        while not self.relay.finished:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            # Only while a message is in progress and the relay is not itself holding the
+            # sender back (bytes queued for a receiver whose window is closed).
+            if pipe.reader.at_boundary or pipe.queued > 0:
+                since = None
+                continue
+            if since is None:
+                since, start_bytes = now, pipe.bytes_in
+                continue
+            elapsed = now - since
+            if elapsed < policy.timeout:
+                continue
+            got = pipe.bytes_in - start_bytes
+            if got < max(1.0, policy.min_rate * elapsed):
+                what = "stalled" if got == 0 else f"trickled {got} bytes"
+                self.blame(f"{self.relay.who(side)} {what} in the middle of a message for "
+                           f"{elapsed:.1f}s (minimum {policy.min_rate:.0f} B/s)")
+                return
+            since, start_bytes = now, pipe.bytes_in
 
     async def _refresh(self, interval: float) -> None:
         """Active discovery: every ``interval`` s ask an ADDRv2 remote for addresses (the reply
@@ -118,15 +228,30 @@ class RelayRunner:
         while not self.relay.finished:
             try:
                 data = await stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 data = b""
+                self._read_error[side] = repr(exc.__cause__ or exc)
             if not data:
-                self.relay.connection_lost(side)
+                self._lost(side)
             else:
+                self.bytes_read[side] += len(data)
                 self.relay.receive(side, bytes(data))
             self._kick_all()
             if not data:
                 return
+
+    def _lost(self, side: Side) -> None:
+        """``side``'s connection ended. A remote whose connection breaks in the middle of a
+        message (or with an error such as a TCP reset) is to blame."""
+        if self.relay.finished:
+            return
+        mid = not self.relay.pipes[side].reader.at_boundary
+        err = self._read_error.get(side)
+        self.relay.connection_lost(side)
+        if side is self.remote_side and (mid or err):
+            how = f"reset the connection ({err})" if err else "closed the connection"
+            where = " in the middle of a message" if mid else ""
+            self.fault = BridgeError(f"{self.relay.who(side)} {how}{where}", fault=Fault.REMOTE)
 
     async def _writer(self, side: Side) -> None:
         stream = self.streams[side]
@@ -137,8 +262,9 @@ class RelayRunner:
                 if data:
                     try:
                         await stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        self.relay.connection_lost(side)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        self._read_error.setdefault(side, repr(exc.__cause__ or exc))
+                        self._lost(side)
                         self._kick_all()
                         return
                     continue
@@ -153,8 +279,8 @@ class RelayRunner:
         if closed is None:
             return
         stats = self.relay.stats()
-        if closed.error is not None:
-            err = closed.error
+        err = closed.error or self.fault
+        if err is not None:
             level = logging.WARNING if err.fault in (Fault.KASPAD, Fault.LOCAL) else logging.INFO
             log.log(level, "%s closed: %s; stats=%s", self.label, err.describe(), stats)
         else:
