@@ -26,6 +26,10 @@ log = logging.getLogger("bridge.pool")
 
 #: Retry delay after a dial failed because of our own Tor/proxy (the peer is not penalised).
 TOR_FAULT_RETRY = 2.0
+#: After our Tor comes back (restart, reconnect), it may still be fetching descriptors and
+#: building its first circuits: dial failures this soon are not held against the peer (short
+#: retries instead of the 2..60 s exponential backoff, which once delayed recovery by ~110 s).
+TOR_RECOVERY_GRACE = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,8 @@ class WarmPool:
         self._changed = trio.Event()
         self._ready_changed = trio.Event()
         self.stats = {"dialed": 0, "ready": 0, "failed": 0, "taken": 0, "dropped": 0}
+        #: trio time our Tor last recovered (see :meth:`forgive_all`)
+        self._tor_recovered_at: float | None = None
 
     @property
     def ready_count(self) -> int:
@@ -173,9 +179,15 @@ class WarmPool:
         self._ready_changed = trio.Event()
 
     def forgive_all(self) -> None:
-        """Our Tor recovered: failures counted while it was down were not the peers' fault."""
+        """Our Tor recovered: failures counted while it was down were not the peers' fault, and
+        for :data:`TOR_RECOVERY_GRACE` seconds new failures are not held against them either."""
+        self._tor_recovered_at = trio.current_time()
         self.selector.forgive_all()
         self._notify()
+
+    def _in_recovery_grace(self) -> bool:
+        at = self._tor_recovered_at
+        return at is not None and trio.current_time() - at < TOR_RECOVERY_GRACE
 
     def poke(self) -> None:
         """Candidates changed (a relay ended, a peer was learned): reconsider dialing."""
@@ -207,6 +219,9 @@ class WarmPool:
             if isinstance(exc, BridgeError) and exc.fault in (Fault.TOR, Fault.LOCAL):
                 # Our proxy or configuration failed, not the peer: no penalty, short retry.
                 delay = TOR_FAULT_RETRY
+                self.selector.defer(target, trio.current_time(), delay)
+            elif self._in_recovery_grace():
+                delay = TOR_FAULT_RETRY  # our Tor just came back: not the peer's fault yet
                 self.selector.defer(target, trio.current_time(), delay)
             else:
                 delay = self.selector.failure(target, trio.current_time())

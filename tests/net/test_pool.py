@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Target
 from bridge.core.relay import RelaySettings
 from bridge.errors import Fault
+from bridge.net import pool as pool_mod
 from bridge.net.pool import Dialer, DialPolicy, WarmPool
 from bridge.net.socks import DialError, ProxyEndpoint
 from bridge.rig.tornet import free_ports
@@ -88,3 +90,27 @@ async def test_stalled_socks_is_bounded_by_dial_timeout(nursery: trio.Nursery) -
     with pytest.raises(DialError, match="timed out"):
         await dialer.dial(Target(ONION, 16111))
     assert trio.current_time() - t0 < 3
+
+
+async def test_failures_right_after_tor_recovered_are_not_penalised(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    """A freshly restarted Tor may fail onion dials while it fetches descriptors: for a grace
+    period after :meth:`WarmPool.forgive_all` the peer is retried soon and not penalised;
+    after it, the usual exponential backoff applies again."""
+    socks = ScriptedSocks5Server(lambda host, port: 4)  # host unreachable: the peer's fault
+    port = await nursery.start(socks.serve)
+    t = Target(ONION, 16111)
+    sel = PeerSelector([t])
+    pool = WarmPool(sel, Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", port), timeout=2)),
+                    size=1, relay_settings=RelaySettings())
+    pool.forgive_all()
+    nursery.start_soon(pool.run)
+    with trio.fail_after(pool_mod.TOR_RECOVERY_GRACE - 5):
+        while pool.stats["failed"] < 5:
+            await trio.sleep(0.01)
+    assert sel.snapshot()[str(t)]["failures"] == 0  # five failures, none counted
+    await trio.sleep(pool_mod.TOR_RECOVERY_GRACE)
+    with trio.fail_after(10):
+        while sel.snapshot()[str(t)]["failures"] == 0:
+            await trio.sleep(0.01)
+    assert sel.snapshot()[str(t)]["failures"] >= 1  # grace over: back to backoff
