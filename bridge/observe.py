@@ -269,6 +269,18 @@ class DaemonCollector(Collector):
             for k, v in bridge.closed_count.items():
                 closed.add_metric([k], v)
             yield closed
+            inb = CounterMetricFamily("ktb_inbound_events", "Inbound (onion) connections: "
+                                      "accepted, evicted while idle (max_pending), refused "
+                                      "(max_connections)", labels=["event"])
+            for k, v in bridge.inbound_stats.items():
+                inb.add_metric([k], v)
+            yield inb
+            if bridge.book is not None:
+                yield CounterMetricFamily("ktb_book_errors", "Address book operations that "
+                                          "failed (disk full, read-only, I/O error)",
+                                          value=bridge.book.errors)
+                yield gauge("ktb_book_failing", "1 while address book writes are failing",
+                            1 if bridge.book.failing else 0)
             cands = bridge.selector.snapshot()
             yield gauge("ktb_candidates", "Known upstream candidates", len(cands))
             now = trio.current_time()

@@ -232,6 +232,13 @@ def build_snapshot(daemon: Daemon, *, totals: Totals | None = None,
         snap["pool"] = {"size": pool.size, "ready": pool.ready_count, "stats": dict(pool.stats)}
         snap["dial"] = {"dials": bridge.dialer.dials, "failures": dict(bridge.dialer.failures)}
         snap["closed"] = dict(bridge.closed_count)
+        snap["inbound_stats"] = {**bridge.inbound_stats, "active": bridge.inbound_active,
+                                 "max_active": bridge.options.max_inbound,
+                                 "max_pending": bridge.options.max_pending}
+        book = bridge.book
+        snap["book"] = None if book is None else {
+            "path": str(book.path), "errors": book.errors, "failing": book.failing,
+            "last_error": book.last_error}
         snap["candidates"] = {
             "total": len(cands),
             "in_use": sum(1 for c in cands.values() if c.get("in_use")),
@@ -355,6 +362,17 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
                   or "none")
     closed = snap.get("closed", {})
     tor_t.add_row("closed relays", ", ".join(f"{k} {v}" for k, v in closed.items()) or "-")
+    ib = snap.get("inbound_stats")
+    if ib:
+        tor_t.add_row("inbound", f"{ib.get('active', 0)}/{ib.get('max_active', 0)} relayed  "
+                      f"(accepted {ib.get('accepted', 0)}, evicted idle {ib.get('evicted', 0)}, "
+                      f"refused full {ib.get('refused_full', 0)})")
+    book = snap.get("book")
+    if book and book.get("failing"):
+        tor_t.add_row("address book", Text(f"writes failing ({book.get('errors', 0)} errors): "
+                                           f"{book.get('last_error')}", style="red"))
+    elif book:
+        tor_t.add_row("address book", f"ok ({book.get('errors', 0)} errors so far)")
     rw = snap.get("totals", {}).get("rewrites", {})
     tor_t.add_row("rewrites", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rw.items()))
 

@@ -73,6 +73,9 @@ async def test_metrics_follow_a_live_relay_and_keep_totals_after_it_closes(
             assert ("ktb_rewrites_total", (("action", action),)) in m
         for reason in ("tor", "local", "remote"):
             assert ("ktb_dial_failures_total", (("reason", reason),)) in m
+        for event in ("accepted", "evicted", "refused_full"):
+            assert ("ktb_inbound_events_total", (("event", event),)) in m
+        assert value(m, "ktb_book_errors_total") == 0 and value(m, "ktb_book_failing") == 0
         # privacy: no remote address, no onion in any label or value
         assert ONION_B.host not in text and ".onion" not in text
         b_port = pair.b.bridge.inbound_port if pair.b.bridge else None

@@ -40,6 +40,9 @@ async def test_status_command_against_a_running_daemon(tmp_path: Path,
         snap_b = build_snapshot(pair.b)
         assert len(snap_b["inbound"]) == 1 and snap_b["inbound"][0]["label"].startswith(
             "inbound#")
+        ib = snap_b["inbound_stats"]
+        assert ib["accepted"] >= 1 and ib["active"] == 1 and ib["refused_full"] == 0
+        assert ib["max_active"] == pair.b.cfg.inbound.max_connections
 
         res = await trio.to_thread.run_sync(
             lambda: run_cli("status", "-c", str(pair.config_file), "--json"))
@@ -51,6 +54,8 @@ async def test_status_command_against_a_running_daemon(tmp_path: Path,
         assert relay["peer"] == f"{ONION_B.host}:16511"
         assert relay["bytes_from_kaspad"] > 0 and relay["messages_from_remote"] > 0
         assert snap["listeners"]["slot_ports"] == a.bridge.slot_ports
+        book = snap["book"]
+        assert book is not None and book["errors"] == 0 and book["failing"] == 0
 
         res = await trio.to_thread.run_sync(lambda: run_cli("status", "-c",
                                                             str(pair.config_file)))
@@ -59,7 +64,8 @@ async def test_status_command_against_a_running_daemon(tmp_path: Path,
         (tmp_path / "status-screen.txt").write_text(screen)
         for needle in ("HEALTHY", f"slot:{slot}", ONION_B.host[:16], "warm pool",
                        f"slot:{a.bridge.slot_ports[1]}", "empty: kaspad not connected",
-                       "none; listening on", "recent warnings and errors"):
+                       "none; listening on", "recent warnings and errors", "ok (0 errors so far)",
+                       "relayed  (accepted"):
             assert needle in screen, (needle, screen)
     finally:
         a.request_stop()
