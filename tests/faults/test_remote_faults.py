@@ -306,7 +306,10 @@ async def baseline_after_h_failed(rig: SlotRig, hostile: ScriptedRemote) -> Prob
     await until(lambda: hostile.open_connections == 0, 10, "H's stalled dial given up")
     probe = await baseline_from(rig)
     rig.routes[ONION_H.host] = saved
-    rig.bridge.pool.forgive_all()  # dial H again now
+    # dial H again now (clear the backoffs only: WarmPool.forgive_all would also start the
+    # after-Tor-recovery grace, during which H's failures are not counted)
+    rig.bridge.selector.forgive_all()
+    rig.bridge.pool.poke()
     return probe
 
 
