@@ -94,6 +94,7 @@ def _h2(client: bool, settings: RelaySettings) -> h2.connection.H2Connection:
 
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_CLOSED = h2.connection.ConnectionState.CLOSED
 
 
 class FrameScanner:
@@ -350,6 +351,8 @@ class Relay:
         }
 
         self.response_started = False
+        #: HTTP/2 error code for the GOAWAY to a peer that broke the protocol
+        self._culprit_code: int | None = None
 
     # -- accessors --------------------------------------------------------------------------
 
@@ -399,6 +402,8 @@ class Relay:
                     return
             self._flush()
         except h2.exceptions.ProtocolError as exc:
+            # The GOAWAY names what was broken (FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, ...).
+            self._culprit_code = int(exc.error_code)
             self._fail(ProtocolError(f"{self.who(side)} broke HTTP/2: {exc}",
                                      fault=self.fault_of(side)), culprit=side)
         except BridgeError as exc:
@@ -577,9 +582,12 @@ class Relay:
             sid = self._sid[side]
             if conn is None or side is culprit:
                 # Nothing useful can be said to the side that broke the protocol beyond GOAWAY.
-                if conn is not None:
-                    _safe(lambda c=conn: c.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR
-                                                            if error else 0))
+                # When h2 itself detected the error it has queued that GOAWAY already, with
+                # the precise code: do not send a second one.
+                if conn is not None and conn.state_machine.state is not _H2_CLOSED:
+                    code = ((self._culprit_code or h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                            if error else 0)
+                    _safe(lambda c=conn, k=code: c.close_connection(k))
                 continue
             if side is Side.DOWN and sid is not None:
                 # Tell the HTTP/2 client a proper gRPC status so it logs a reason.

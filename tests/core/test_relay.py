@@ -325,3 +325,41 @@ def test_bridge_refresh_waits_for_a_message_boundary_and_reply_is_kept() -> None
     assert other in gossip.onions  # harvested by the bridge
     assert all(p[:1] != b"\x0a" for p in kaspad.payloads)  # kaspad never sees the reply
     assert not relay.finished
+
+
+def _goaways(data: bytes) -> list[int]:
+    """Error codes of the GOAWAY frames in a server→client byte stream."""
+    codes, i = [], 0
+    while i + 9 <= len(data):
+        n = int.from_bytes(data[i:i + 3], "big")
+        if data[i + 3] == 0x7:
+            codes.append(int.from_bytes(data[i + 13:i + 17], "big"))
+        i += 9 + n
+    return codes
+
+
+def test_flow_control_violation_gets_one_goaway_flow_control_error() -> None:
+    """A sender that ignores our window is closed with GOAWAY(FLOW_CONTROL_ERROR), the code h2
+    chose, and not a second GOAWAY(PROTOCOL_ERROR) after it."""
+    relay, down, up, kaspad, remote = make(window=65535)
+    handshake(relay, kaspad, remote, down, up)
+    down.receive(relay.data_to_send(Side.DOWN))
+    # ignore the stream window: send 200 KiB at once, frame by frame, bypassing h2's checks
+    down.conn.outbound_flow_control_window = 1 << 30
+    down.conn.streams[down.sid].outbound_flow_control_window = 1 << 30  # type: ignore[index]
+    down.send(block(200_000), compressed=False)
+    relay.receive(Side.DOWN, down.conn.data_to_send())
+    assert relay.closed is not None and "Flow control" in relay.closed.reason
+    assert relay.closed.error is not None and relay.closed.error.fault is Fault.KASPAD
+    assert _goaways(relay.data_to_send(Side.DOWN)) == [3]  # FLOW_CONTROL_ERROR, once
+
+
+def test_oversized_frame_gets_goaway_frame_size_error() -> None:
+    relay, down, up, kaspad, remote = make()
+    handshake(relay, kaspad, remote, down, up)
+    down.receive(relay.data_to_send(Side.DOWN))
+    down.conn.max_outbound_frame_size = 1 << 20  # a peer ignoring our MAX_FRAME_SIZE
+    down.send(block(100_000), compressed=False)
+    relay.receive(Side.DOWN, down.conn.data_to_send())
+    assert relay.closed is not None and "exceeds the maximum" in relay.closed.reason
+    assert _goaways(relay.data_to_send(Side.DOWN)) == [6]  # FRAME_SIZE_ERROR
