@@ -165,6 +165,9 @@ class WarmPool:
         self.stats = {"dialed": 0, "ready": 0, "failed": 0, "taken": 0, "dropped": 0}
         #: trio time our Tor last recovered (see :meth:`forgive_all`)
         self._tor_recovered_at: float | None = None
+        #: slots waiting in :meth:`take` with nothing ready: each gets a dial of its own on top
+        #: of ``size`` (a burst of kaspad connections; ``size = 0`` means dial on demand)
+        self._waiting = 0
 
     @property
     def ready_count(self) -> int:
@@ -196,7 +199,7 @@ class WarmPool:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             while True:
-                while len(self._ready) + self._dialing < self.size:
+                while len(self._ready) + self._dialing < self.size + self._waiting:
                     target = self.selector.pick(trio.current_time())
                     if target is None:
                         break
@@ -291,8 +294,12 @@ class WarmPool:
         with trio.move_on_after(timeout):
             while True:
                 while not self._ready:
+                    self._waiting += 1
                     self._notify()
-                    await self._ready_changed.wait()
+                    try:
+                        await self._ready_changed.wait()
+                    finally:
+                        self._waiting -= 1
                 entry = self._ready.pop(0)
                 entry.scope.cancel()
                 # The idle task may be finishing a shielded write: the stream is ours once it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
@@ -114,3 +116,52 @@ async def test_failures_right_after_tor_recovered_are_not_penalised(
         while sel.snapshot()[str(t)]["failures"] == 0:
             await trio.sleep(0.01)
     assert sel.snapshot()[str(t)]["failures"] >= 1  # grace over: back to backoff
+
+
+async def _h2_server(stream: trio.SocketStream) -> None:
+    """Just enough HTTP/2 server for the pool's handshake: SETTINGS (after 1.5 s, like a slow
+    Tor circuit), ACKs, then idle."""
+    import h2.config
+    import h2.connection
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    await trio.sleep(1.5)
+    async with stream:
+        await stream.send_all(conn.data_to_send())
+        async for chunk in stream:
+            conn.receive_data(chunk)
+            out = conn.data_to_send()
+            if out:
+                await stream.send_all(out)
+
+
+@pytest.mark.parametrize("size", [0, 1])
+async def test_burst_of_slots_larger_than_the_pool_dials_for_each(
+        nursery: trio.Nursery, size: int) -> None:
+    """Four slots at once with a pool of 0 or 1: every waiting slot gets a dial of its own
+    (before, at most ``size`` dials were in flight, so the slots were served one connection
+    time after another, 6 s here, and ``size = 0`` never dialed at all)."""
+    listeners = await nursery.start(partial(trio.serve_tcp, _h2_server, 0, host="127.0.0.1"))
+    h2_port = listeners[0].socket.getsockname()[1]
+    socks = ScriptedSocks5Server(lambda host, port: ("127.0.0.1", h2_port))
+    port = await nursery.start(socks.serve)
+    targets = [Target(OnionAddress.from_pubkey(bytes([i]) * 32).host, 16111) for i in range(6)]
+    pool = WarmPool(PeerSelector(targets),
+                    Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", port), timeout=5)),
+                    size=size, relay_settings=RelaySettings())
+    nursery.start_soon(pool.run)
+    got: list[object] = []
+
+    async def take() -> None:
+        got.append(await pool.take(4))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as takers:
+            for _ in range(4):
+                takers.start_soon(take)
+    assert len(got) == 4 and all(u is not None for u in got)
+    assert len({u.target for u in got if u is not None}) == 4  # never the same remote twice
+    assert pool.stats["taken"] == 4
+    await trio.sleep(0.2)
+    assert pool.ready_count <= size + 4  # extra warm connections stay bounded
