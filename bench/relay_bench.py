@@ -10,6 +10,8 @@ Paths (all 127.0.0.1), each measured in the same run, interleaved, repeated:
 
 * ``direct``   sender dials receiver.
 * ``socat``    sender → ``socat TCP-LISTEN:p,reuseaddr,fork TCP:127.0.0.1:q`` → receiver.
+* ``nghttpx``  sender → ``nghttpx`` (h2c → h2c gRPC proxy, one worker) → receiver: the C
+  reference (Debian ``nghttp2-proxy``).
 * ``bridge``   sender → slot of bridge A → (direct dial, no SOCKS) → receiver.
 * ``2 bridges`` sender → slot of bridge A → inbound of bridge B → receiver (deployment shape).
 
@@ -51,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import report
+
 REPO = Path(__file__).resolve().parent.parent
 P2P_PATH = b"/protowire.P2P/MessageStream"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -59,7 +63,7 @@ LAT_BLOCK_SIZE = 100_000  # latency load: ~100 KB blocks ...
 LAT_BLOCKS_PER_S = 10  # ... 10 per second ...
 LAT_TX_PER_S = 300  # ... plus 300 small transaction messages per second
 LAT_TX_PAYLOAD = 250
-PATHS = ("direct", "socat", "bridge", "2 bridges")
+PATHS = ("direct", "socat", "nghttpx", "bridge", "2 bridges")
 #: opt-in diagnostic variant (raw only): one bridge whose child process replaces hyperframe's
 #: Frame.__repr__ by a constant (h2 4.4 computes repr(frame) for every received frame).
 PATH_CHEAP = "bridge, cheap frame repr"
@@ -81,34 +85,87 @@ def bridge_child(spec: dict[str, Any]) -> None:
     from bridge.net.bridge import Bridge, BridgeOptions
     from bridge.net.pool import DialPolicy
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    logging.basicConfig(level=spec.get("log_level", "WARNING"), stream=sys.stderr,
                         format=f"[bridge {spec['role']}] %(levelname)s %(name)s: %(message)s")
     direct = DialPolicy(proxy=None, allow_direct=True, timeout=10)
     if spec["role"] == "A":
-        host, port = spec["target"]
-        opts = BridgeOptions(kaspad_p2p=("127.0.0.1", 1), candidates=[Target(host, port)],
-                             slot_ports=[0], inbound=None, dial=direct, pool_size=1)
+        # optional keys (tor_bench): "socks" (dial through this SOCKS port), "candidates"
+        # (instead of "target"), "pool_size", "slot_wait", "book" (address book path),
+        # "on_demand" (see below), "no_wait" (report the ports before the pool is warm)
+        cands = [Target(h, p) for h, p in spec.get("candidates", [spec.get("target")])]
+        dial = direct
+        if spec.get("socks"):
+            from bridge.net.socks import ProxyEndpoint
+
+            dial = DialPolicy(proxy=ProxyEndpoint("127.0.0.1", spec["socks"]),
+                              timeout=spec.get("dial_timeout", 60.0))
+        opts = BridgeOptions(kaspad_p2p=("127.0.0.1", 1), candidates=cands,
+                             slot_ports=[0], inbound=None, dial=dial,
+                             pool_size=spec.get("pool_size", 1),
+                             slot_wait=spec.get("slot_wait", 6.0),
+                             book_path=Path(spec["book"]) if spec.get("book") else None,
+                             refresh_interval=None)
     else:
         host, port = spec["kaspad"]
         opts = BridgeOptions(kaspad_p2p=(host, port), candidates=[], slot_ports=[],
-                             inbound=("127.0.0.1", 0), dial=direct, pool_size=0)
+                             inbound=("127.0.0.1", 0), dial=direct, pool_size=0,
+                             max_inbound=spec.get("max_inbound", 64))
+    if spec.get("window"):  # diagnostic: other HTTP/2 windows than RelaySettings' default
+        from bridge.core.relay import RelaySettings
+
+        opts.relay = RelaySettings(window=int(spec["window"]))
     if spec.get("cheap_repr"):
         import hyperframe.frame
 
         hyperframe.frame.Frame.__repr__ = lambda self: f"<{type(self).__name__}>"  # type: ignore[method-assign]
-    bridge = Bridge(opts)
+    first_ready: list[float] = []
+    tm_snaps: list[Any] = []
+    if spec.get("tracemalloc"):
+        import tracemalloc
 
-    async def ready() -> None:
+        tracemalloc.start(int(spec["tracemalloc"]))
+
+    def make_bridge() -> Bridge:
+        """Built inside trio.run: a Bridge with an address book reads trio's clock."""
+        bridge = Bridge(opts)
+        if spec.get("on_demand"):
+            # "no warm pool": a slot connection makes the pool dial one upstream for it (the
+            # pool target is raised by one while a slot waits), so the slot waits for a whole
+            # SOCKS + Tor circuit + HTTP/2 handshake. (pool_size 0 alone never dials at all.)
+            pool = bridge.pool
+            take = pool.take
+
+            async def take_on_demand(timeout: float) -> Any:
+                pool.size += 1
+                try:
+                    return await take(timeout)
+                finally:
+                    pool.size -= 1
+
+            pool.take = take_on_demand  # type: ignore[method-assign]
+        return bridge
+
+    async def ready(bridge: Bridge) -> None:
         with trio.move_on_after(15):
             while bridge.pool.ready_count < opts.pool_size:
                 await trio.sleep(0.01)
 
+    async def watch_first(bridge: Bridge) -> None:
+        while not first_ready:
+            if bridge.pool.ready_count or bridge.pool.stats["taken"]:
+                first_ready.append(time.time())
+            await trio.sleep(0.005)
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            t_run = time.time()
+            bridge = make_bridge()
             await nursery.start(bridge.run)
-            await ready()
+            nursery.start_soon(watch_first, bridge)
+            if not spec.get("no_wait"):
+                await ready(bridge)
             ports = {"slot": bridge.slot_ports[0] if bridge.slot_ports else None,
-                     "inbound": bridge.inbound_port, "pid": os.getpid()}
+                     "inbound": bridge.inbound_port, "pid": os.getpid(), "t_run": t_run}
             print(json.dumps(ports), flush=True)
             stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
             buf = b""
@@ -120,8 +177,43 @@ def bridge_child(spec: dict[str, Any]) -> None:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip() == b"ready":
-                        await ready()
+                        await ready(bridge)
                         print(f"ok {bridge.pool.ready_count} {bridge.closed_count}", flush=True)
+                    elif line.strip() == b"first":  # wall time the first upstream was ready
+                        with trio.move_on_after(120):
+                            while not first_ready:
+                                await trio.sleep(0.01)
+                        print(json.dumps(first_ready[0] if first_ready else None), flush=True)
+                    elif line.strip() in (b"tm_snap", b"tm_diff"):  # needs "tracemalloc"
+                        import gc
+                        import tracemalloc
+
+                        gc.collect()
+                        snap = tracemalloc.take_snapshot().filter_traces(
+                            [tracemalloc.Filter(False, tracemalloc.__file__)])
+                        if line.strip() == b"tm_snap":
+                            tm_snaps[:] = [snap]
+                            print(json.dumps(tracemalloc.get_traced_memory()), flush=True)
+                        else:
+                            diff = snap.compare_to(tm_snaps[0], "lineno")[:12]
+                            print(json.dumps([str(d) for d in diff]), flush=True)
+                    elif line.strip() == b"objects":  # live objects of the relay's types
+                        import gc
+
+                        gc.collect()
+                        want = ("Relay", "RelayRunner", "H2Connection", "SocketStream",
+                                "Endpoint", "RelayInfo")
+                        counts = dict.fromkeys(want, 0)
+                        for o in gc.get_objects():
+                            n = type(o).__name__
+                            if n in counts:
+                                counts[n] += 1
+                        counts["relays"] = len(bridge.relays)
+                        print(json.dumps(counts), flush=True)
+                    elif line.strip() == b"stats":
+                        print(json.dumps({"pool": bridge.pool.stats,
+                                          "dial_failures": bridge.dialer.failures,
+                                          "closed": bridge.closed_count}), flush=True)
             nursery.cancel_scope.cancel()
 
     profile = spec.get("profile")
@@ -138,16 +230,18 @@ def bridge_child(spec: dict[str, Any]) -> None:
 
 
 class BridgeProc:
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], stderr: Any = None) -> None:
         self.spec = spec
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.relay_bench", "--bridge-child", json.dumps(spec)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            bufsize=1)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"bridge child {spec} did not start")
         info = json.loads(line)
+        self.t_run: float = info["t_run"]
         self.slot: int | None = info["slot"]
         self.inbound: int | None = info["inbound"]
         self.pid = self.proc.pid
@@ -157,6 +251,13 @@ class BridgeProc:
         self.proc.stdin.write("ready\n")
         self.proc.stdin.flush()
         return self.proc.stdout.readline().strip()
+
+    def ask(self, command: str) -> Any:
+        """Send a child command ("first", "stats") and parse its JSON answer."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
 
     def cpu(self) -> tuple[float, float]:
         return proc_cpu(self.pid)
@@ -252,6 +353,79 @@ class Socat:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(5)
+
+
+#: nghttpx windows: the same 512 KiB stream/connection windows the bridge advertises
+#: (``RelaySettings.window``), on both sides, so neither relay gets a larger buffer.
+NGHTTPX_WINDOW = 512 * 1024
+
+
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH or in an sbin directory (Debian installs nghttpx to /usr/sbin)."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"):
+        if os.access(f"{d}/{name}", os.X_OK):
+            return f"{d}/{name}"
+    return None
+
+
+#: tool -> Debian package providing it (the benchmarks' prerequisites)
+BENCH_TOOLS = {"socat": "socat", "nghttpx": "nghttp2-proxy", "tor": "tor"}
+
+
+def check_tools(names: list[str]) -> None:
+    """Exit with the install command if a prerequisite is missing. The benchmarks run in a
+    network namespace without network access, so they cannot install anything themselves."""
+    missing = [n for n in names if find_tool(n) is None]
+    if missing:
+        pkgs = " ".join(BENCH_TOOLS.get(n, n) for n in missing)
+        sys.exit(f"missing {', '.join(missing)}: install with `apt-get install -y {pkgs}` (outside "
+                 "the network namespace), or run `bash scripts/bench.sh`")
+
+
+class Nghttpx:
+    """nghttpx as an h2c -> h2c gRPC reverse proxy with one worker (the C reference)."""
+
+    def __init__(self, target_port: int) -> None:
+        exe = find_tool("nghttpx")
+        if exe is None:
+            raise RuntimeError("nghttpx not found (apt-get install -y nghttp2-proxy)")
+        self.port = free_port()
+        w = str(NGHTTPX_WINDOW)
+        self.proc = subprocess.Popen(
+            [exe, "--conf=/dev/null", f"--frontend=127.0.0.1,{self.port};no-tls",
+             f"--backend=127.0.0.1,{target_port};;proto=h2;no-tls", "--workers=1",
+             f"--frontend-http2-window-size={w}", f"--frontend-http2-connection-window-size={w}",
+             f"--backend-http2-window-size={w}", f"--backend-http2-connection-window-size={w}",
+             "--no-via", "--log-level=WARN", "--errorlog-file=/dev/stderr",
+             "--frontend-read-timeout=0", "--backend-read-timeout=0",
+             "--frontend-keep-alive-timeout=3600", "--backend-keep-alive-timeout=3600",
+             "--stream-read-timeout=0", "--stream-write-timeout=0"],
+            stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not listening(self.port):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("nghttpx did not start listening")
+            time.sleep(0.02)
+        self.pid = self.proc.pid
+
+    def cpu(self) -> tuple[float, float]:
+        return tree_cpu(self.pid)  # master process + its worker process
+
+    def wait(self) -> float:
+        return tree_wait(self.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # =============================================================================================
@@ -671,6 +845,7 @@ class RawGen:
 class Rig:
     gens: dict[str, Any]
     socats: dict[str, Socat]
+    nghttpxs: dict[str, Nghttpx]
     bridges: dict[str, list[BridgeProc]]  # "<gen>/<path>" -> bridge processes
 
     def port(self, gen: str, path: str) -> int:
@@ -679,6 +854,8 @@ class Rig:
             return port
         if path == "socat":
             return self.socats[gen].port
+        if path == "nghttpx":
+            return self.nghttpxs[gen].port
         slot = self.bridges[f"{gen}/{path}"][0].slot
         assert slot is not None
         return slot
@@ -686,6 +863,8 @@ class Rig:
     def relay_procs(self, gen: str, path: str) -> list[Any]:
         if path == "socat":
             return [self.socats[gen]]
+        if path == "nghttpx":
+            return [self.nghttpxs[gen]]
         return list(self.bridges.get(f"{gen}/{path}", []))
 
     def prepare(self, gen: str, path: str) -> None:
@@ -697,11 +876,13 @@ class Rig:
 def start_rig(gens: list[str], cheap_repr: bool = False) -> Rig:
     made: dict[str, Any] = {}
     socats: dict[str, Socat] = {}
+    nghttpxs: dict[str, Nghttpx] = {}
     bridges: dict[str, list[BridgeProc]] = {}
     for g in gens:
         made[g] = EmuGen() if g == "emu" else RawGen()
         port = made[g].port
         socats[g] = Socat(port)
+        nghttpxs[g] = Nghttpx(port)
         bridges[f"{g}/bridge"] = [BridgeProc({"role": "A", "target": ["127.0.0.1", port]})]
         b = BridgeProc({"role": "B", "kaspad": ["127.0.0.1", port]})
         a = BridgeProc({"role": "A", "target": ["127.0.0.1", b.inbound]})
@@ -709,7 +890,7 @@ def start_rig(gens: list[str], cheap_repr: bool = False) -> Rig:
         if cheap_repr and g == "raw":
             bridges[f"{g}/{PATH_CHEAP}"] = [BridgeProc(
                 {"role": "A", "target": ["127.0.0.1", port], "cheap_repr": True})]
-    return Rig(made, socats, bridges)
+    return Rig(made, socats, nghttpxs, bridges)
 
 
 def stop_rig(rig: Rig) -> None:
@@ -718,6 +899,8 @@ def stop_rig(rig: Rig) -> None:
             b.stop()
     for s in rig.socats.values():
         s.stop()
+    for n in rig.nghttpxs.values():
+        n.stop()
     for g in rig.gens.values():
         g.stop()
 
@@ -1067,13 +1250,20 @@ def write_report(out: Path, *, cmd: str, quick: bool, mach: dict[str, str], load
         old_analysis = (f"{ANALYSIS_BEGIN}\n_(write the analysis of the figures here; "
                         f"this block is kept when the file is regenerated)_\n{ANALYSIS_END}")
     L: list[str] = []
-    L += ["# Relay benchmarks", "",
+    L += ["# Benchmarks", "",
+          "Three one-command benchmarks, each writing its own part of this file (method, "
+          "machine load and the command that produced it): `bench/relay_bench.py` (this part "
+          "down to *What limits it*: relay throughput and CPU against direct, socat and "
+          "nghttpx, added latency, profile), `bench/memory_bench.py` (section *Memory*) and "
+          "`bench/tor_bench.py` (section *Through the private Tor network*). "
+          "`bash scripts/bench.sh` installs the prerequisites and runs all three.", "",
+          "## Relay throughput and latency on loopback", "",
           "Generated by `bench/relay_bench.py`" + (" (`--quick`)" if quick else "") + ". "
           "Figures are from one run in which every variant was measured interleaved with the "
           "others (rotating order per round), so they share the same machine load; compare "
           "figures only within one run.", "",
-          "## Command", "", "```", cmd, "```", "",
-          "## Machine and load", "",
+          "### Command", "", "```", cmd, "```", "",
+          "### Machine and load", "",
           f"* CPU: {mach['cpu']}, nproc = {mach['nproc']}; kernel {mach['kernel']}",
           f"* Python {mach['python']}, trio {mach['trio']}, h2 {mach['h2']}, "
           f"grpcio {mach['grpcio']}",
@@ -1081,11 +1271,17 @@ def write_report(out: Path, *, cmd: str, quick: bool, mach: dict[str, str], load
           "(other engineers' test runs share the 2 cores; the load generators, the bridges and "
           "socat also share them)",
           f"* run wall time {wall:.0f} s; settings: {settings}", "",
-          "## Method", "",
+          "### Method", "",
           "All traffic is on 127.0.0.1 inside a private network namespace. Paths:", "",
           "* **direct**: the sender dials the receiver.",
           "* **socat**: sender → `socat TCP-LISTEN:p,reuseaddr,fork TCP:127.0.0.1:q` → receiver "
           "(a raw TCP splice: the floor any userspace relay can hope for).",
+          "* **nghttpx**: sender → `nghttpx --frontend='127.0.0.1,p;no-tls' "
+          "--backend='127.0.0.1,q;;proto=h2;no-tls' --workers=1` → receiver (nghttp2's C "
+          "HTTP/2 reverse proxy terminating h2c on both sides like the bridge; stream and "
+          f"connection windows {NGHTTPX_WINDOW // 1024} KiB on both sides, the bridge's "
+          "`RelaySettings.window`): the C reference for an HTTP/2-terminating relay. Its CPU is "
+          "the master process plus its worker process.",
           "* **bridge**: sender → slot of bridge A → receiver. Bridge A dials the receiver "
           "directly (`DialPolicy(proxy=None, allow_direct=True)`, IP `Target`), `pool_size=1`; "
           "every round waits until the pool is warm again.",
@@ -1138,15 +1334,15 @@ def write_report(out: Path, *, cmd: str, quick: bool, mach: dict[str, str], load
           "Percentiles are over all rounds' samples pooled, with the per-round [min-max] in "
           "brackets. **added** = the path's pooled percentile minus the direct path's (a "
           "difference of distributions, not a per-message difference).", "",
-          "## Throughput", ""]
+          "### Throughput", ""]
     L += tput_table(tput, gens)
     if any(r.path == PATH_CHEAP for r in tput):
         L += ["", f"`{PATH_CHEAP}` (diagnostic, `--cheap-repr-variant`): the `bridge` path "
               "through a second bridge A whose process replaced `hyperframe.frame.Frame.__repr__` "
               "by a constant before starting; the bridge code itself is unchanged."]
-    L += ["", "## Added latency at kaspad-like load", ""]
+    L += ["", "### Added latency at kaspad-like load", ""]
     L += lat_table(lat, gens)
-    L += ["", "## Targets (issue E)", ""]
+    L += ["", "### Targets (issue E)", ""]
     for g in gens:
         b = [r for r in tput if r.gen == g and r.path == "bridge"]
         if not b:
@@ -1172,6 +1368,17 @@ def write_report(out: Path, *, cmd: str, quick: bool, mach: dict[str, str], load
                  f"through one bridge with the bridge {busy:.0f}% busy; CPU-bound ceiling "
                  f"{ceiling:.0f} MB/s. Verdict: {verdict}.")
     for g in gens:
+        ng = [r for r in tput if r.gen == g and r.path == "nghttpx"]
+        br = [r for r in tput if r.gen == g and r.path == "bridge"]
+        if ng and br:
+            def s_gb(rs: list[Tput]) -> float:
+                return med([r.relay_cpu / (r.mb_s * r.window / 1e3) for r in rs
+                            if r.relay_cpu is not None and r.mb_s > 0])
+            L.append(f"* C reference ({g}): nghttpx relayed {med([r.mb_s for r in ng]):.0f} MB/s "
+                     f"at {s_gb(ng):.2f} CPU s/GB; one bridge {med([r.mb_s for r in br]):.0f} "
+                     f"MB/s at {s_gb(br):.2f} CPU s/GB ({s_gb(br) / s_gb(ng):.1f}x nghttpx's "
+                     "CPU per byte).")
+    for g in gens:
         d = [r for r in lat if r.gen == g and r.path == "direct"]
         b = [r for r in lat if r.gen == g and r.path == "bridge"]
         if not d or not b:
@@ -1191,9 +1398,14 @@ def write_report(out: Path, *, cmd: str, quick: bool, mach: dict[str, str], load
                  + ("meets" if max(added) <= 1.0 else "**does not meet**") + " the target "
                  "on the pooled p99 in this run (p99 differences are sensitive to the shared "
                  "machine's load; see the per-round ranges).")
+        n = [r for r in lat if r.gen == g and r.path == "nghttpx"]
+        if n:
+            L.append(f"* C reference ({g}): nghttpx added pooled p99 tx "
+                     f"{p99(n, 'tx') - p99(d, 'tx'):+.2f} ms, blocks "
+                     f"{p99(n, 'blocks') - p99(d, 'blocks'):+.2f} ms.")
     if prof is not None:
         rows, total, mb_s, cats = prof
-        L += ["", "## Profile of one bridge", "",
+        L += ["", "### Profile of one bridge", "",
               f"cProfile of one bridge process (raw load generator, `bridge` path, "
               f"{settings['profile_seconds']} s, {mb_s:.0f} MB/s relayed under the profiler, "
               f"{total:.2f} s profiled CPU), run after the measurements. The timer is "
@@ -1208,8 +1420,10 @@ def write_report(out: Path, *, cmd: str, quick: bool, mach: dict[str, str], load
         L += ["", "Own time by category:", "", "| category | own s | share |", "|---|---|---|"]
         for cat, tt in cats:
             L.append(f"| {cat} | {tt:.3f} | {tt / total * 100:.1f}% |")
-    L += ["", "## What limits it", "", old_analysis, ""]
-    text = "\n".join(L)
+    L += ["", "### What limits it", "", old_analysis, ""]
+    # sections written by the other benchmarks (memory_bench, tor_bench) are kept as they are
+    kept = report.other_sections(out.read_text() if out.exists() else "")
+    text = "\n".join(L) + "".join(f"\n{k}\n" for k in kept)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
@@ -1232,6 +1446,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bridge_child:
         bridge_child(json.loads(args.bridge_child))
         return 0
+    check_tools(["socat", "nghttpx"])
     t_start = time.monotonic()
     gens = [g.strip() for g in args.gens.split(",") if g.strip()]
     if args.quick:
