@@ -325,7 +325,7 @@ class Bridge:
                 log.warning("%s: kaspad at %s:%d unreachable (%r); refusing the Tor peer",
                             label, host, port, exc)
                 return None
-            conn = new_upstream_connection(self.options.relay)
+            conn = new_upstream_connection(self.options.relay, remote=False)  # to kaspad
             try:
                 await h2_client_handshake(up, conn, 10)
             except (BridgeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
