@@ -113,7 +113,8 @@ def bridge_child(spec: dict[str, Any]) -> None:
     if spec.get("window"):  # diagnostic: other HTTP/2 windows than RelaySettings' default
         from bridge.core.relay import RelaySettings
 
-        opts.relay = RelaySettings(window=int(spec["window"]))
+        # both sides (kaspad-facing and remote-facing) get this window
+        opts.relay = RelaySettings(window=int(spec["window"]), remote_window=int(spec["window"]))
     if spec.get("cheap_repr"):
         import hyperframe.frame
 
