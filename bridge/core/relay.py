@@ -63,9 +63,11 @@ class RelaySettings:
     max_message_bytes: int = 1 << 30
     #: HTTP/2 stream and connection window we advertise to kaspad (bounds memory per peer).
     window: int = 512 * 1024
-    #: ... and to the remote peer, across Tor. A circuit's round trip under load is long: with
-    #: 512 KiB here, bench.tor_bench saw far fewer fast transfers than with 2 MiB, kaspad's own
-    #: client window. The bytes held for one peer stay bounded by window + remote_window.
+    #: ... and to the remote peer, across Tor: 2 MiB, kaspad's own client stream window, so the
+    #: bridge never offers a remote less than kaspad itself would. (A Tor circuit's round trip
+    #: under load is long; one bench.tor_bench run suggested 512 KiB limited throughput, a
+    #: second did not reproduce it.) Bytes held for one peer stay bounded by
+    #: window + remote_window.
     remote_window: int = 2 * 1024 * 1024
     max_frame: int = 16384
 
