@@ -91,7 +91,8 @@ def bridge_child(spec: dict[str, Any]) -> None:
     if spec["role"] == "A":
         # optional keys (tor_bench): "socks" (dial through this SOCKS port), "candidates"
         # (instead of "target"), "pool_size", "slot_wait", "book" (address book path),
-        # "on_demand" (see below), "no_wait" (report the ports before the pool is warm)
+        # "on_demand" (see below), "no_wait" (report the ports before the pool is warm),
+        # "socks_creds" ([user, password] for every SOCKS dial instead of fresh ones)
         cands = [Target(h, p) for h, p in spec.get("candidates", [spec.get("target")])]
         dial = direct
         if spec.get("socks"):
@@ -99,6 +100,14 @@ def bridge_child(spec: dict[str, Any]) -> None:
 
             dial = DialPolicy(proxy=ProxyEndpoint("127.0.0.1", spec["socks"]),
                               timeout=spec.get("dial_timeout", 60.0))
+            if spec.get("socks_creds"):
+                # tor_bench paired mode: every SOCKS dial uses these credentials instead of
+                # fresh random ones, so Tor (IsolateSOCKSAuth) puts this bridge's streams on
+                # the circuit a raw splice with the same credentials uses too
+                import bridge.net.socks as socks_mod
+
+                creds = (str(spec["socks_creds"][0]), str(spec["socks_creds"][1]))
+                socks_mod.fresh_credentials = lambda: creds
         opts = BridgeOptions(kaspad_p2p=("127.0.0.1", 1), candidates=cands,
                              slot_ports=[0], inbound=None, dial=dial,
                              pool_size=spec.get("pool_size", 1),

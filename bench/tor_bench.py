@@ -18,6 +18,15 @@ subprocesses (``python3 -m bench.relay_bench --bridge-child``) so their CPU is t
   user id, so each round gets its own circuit like the bridge's fresh SOCKS5 credentials).
 * ``loopback``: sender → receiver directly (no Tor), for scale.
 
+(a') **Paired throughput on one circuit** (``--only paired``; its own ``tor-paired`` section of
+the report, so running only this part leaves the ``tor`` section alone): per round fresh SOCKS5
+credentials C, and both paths go to the same onion X → bridge B → receiver with C, so Tor
+(IsolateSOCKSAuth) carries them on the same circuit: ``bridge`` (bridge A, every SOCKS dial with
+C: bench-only ``socks_creds`` in the bridge child) and ``splice`` (a raw trio byte splice in its
+own process, ``--splice-child``, SOCKS5 with C). The circuit of each path's streams is read from
+the client tor's control port (``GETINFO stream-status``); order alternates per round; the
+target is judged on the median of the per-round ratios bridge/splice.
+
 (b) **Slot readiness**: kaspad-like connections to a slot of bridge A (its remote is onion X →
 bridge B → a raw "kaspad" that sends Version as soon as the stream opens), each counted as in
 time when the response HEADERS arrive within 10 s of the TCP connect and the remote's Version
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -52,6 +62,7 @@ from bench import relay_bench as rb
 from bench import report
 
 VPORT = 16511
+ALL_PARTS = "tput,ready,first,paired"
 #: diagnostic path: both bridges with 512 KiB HTTP/2 windows on both sides (the default before
 #: RelaySettings.remote_window = 2 MiB toward the remote peer)
 BIG = "bridge, 512 KiB windows (before)"
@@ -185,7 +196,8 @@ class TorTput:
 
 
 def measure_tput(gen_name: str, gen: Any, path: str, port: int, procs: list[Any], net: Any,
-                 warmup: float, window: float, payload: tuple[Any, int, Any]) -> TorTput:
+                 warmup: float, window: float, payload: tuple[Any, int, Any],
+                 hook: Any = None) -> TorTput:
     link = gen.connect(port)
     msg, wire, tx = payload
     probe = []
@@ -207,6 +219,8 @@ def measure_tput(gen_name: str, gen: Any, path: str, port: int, procs: list[Any]
     t = threading.Thread(target=sender, daemon=True)
     t.start()
     time.sleep(warmup)
+    if hook is not None:  # e.g. read the streams' circuits while the transfer runs
+        hook()
     c0 = [p.cpu()[0] for p in procs]
     tc0 = tor_cpu(net)
     n0, t0 = link.received(), time.perf_counter()
@@ -300,6 +314,185 @@ def run_tput(net: Any, gens: list[str], rounds: int, warmup: float, window: floa
             b.stop()
         for gen in made.values():
             gen.stop()
+    return out
+
+
+# =============================================================================================
+# (a') paired throughput on one shared circuit
+
+
+class SpliceProc:
+    """A raw byte splice in its own process (``--splice-child``): each accepted TCP connection
+    is dialed through SOCKS5 with the given credentials to ``onion:16511`` (the bridge's own
+    ``open_socks_stream``, trio) and the bytes are copied both ways; nothing else."""
+
+    def __init__(self, socks_port: int, onion: str, creds: tuple[str, str]) -> None:
+        spec = {"socks": socks_port, "onion": onion, "port": VPORT, "creds": list(creds)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.tor_bench", "--splice-child", json.dumps(spec)],
+            cwd=rb.REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("splice child did not start")
+        self.port: int = json.loads(line)["port"]
+        self.pid = self.proc.pid
+
+    def cpu(self) -> tuple[float, float]:
+        return rb.proc_cpu(self.pid)
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def splice_child(spec: dict[str, Any]) -> None:
+    import trio
+
+    from bridge.net.socks import ProxyEndpoint, open_socks_stream
+
+    proxy = ProxyEndpoint("127.0.0.1", int(spec["socks"]))
+    creds = (str(spec["creds"][0]), str(spec["creds"][1]))
+
+    async def pump(src: Any, dst: Any) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await dst.send_eof()
+
+    async def handle(down: Any) -> None:
+        async with down:
+            up = await open_socks_stream(proxy, spec["onion"], int(spec["port"]), timeout=60,
+                                         credentials=creds)
+            async with up, trio.open_nursery() as n:
+                n.start_soon(pump, down, up)
+                n.start_soon(pump, up, down)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, handle, listeners)
+            print(json.dumps({"port": port}), flush=True)
+            stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+            while await stdin.receive_some(4096):
+                pass
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def onion_streams(net: Any, target: str) -> dict[str, str]:
+    """Stream id -> circuit id of the client tor's streams to ``target`` (``host:port``)."""
+    with net.client.controller(timeout=10) as ctl:
+        text = ctl.getinfo("stream-status")
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 4 and f[3] == target:
+            out[f[0]] = f[2]
+    return out
+
+
+@dataclass
+class Paired:
+    rnd: int
+    first: str  # which path was measured first in this round
+    bridge: TorTput
+    splice: TorTput
+    bridge_circs: list[str]  # circuit ids of bridge A's streams to onion X during its window
+    splice_circs: list[str]  # circuit ids of the splice's stream(s) during its window
+
+    @property
+    def same(self) -> bool:
+        return bool(self.splice_circs) and set(self.splice_circs) == set(self.bridge_circs)
+
+    @property
+    def ratio(self) -> float:
+        return self.bridge.mb_s / self.splice.mb_s if self.splice.mb_s else float("nan")
+
+
+def run_paired(net: Any, rounds: int, warmup: float, window: float,
+               block_size: int) -> list[Paired]:
+    """Per round: fresh SOCKS credentials C; bridge A (every dial with C) -> onion X -> bridge
+    B -> receiver, and a raw splice (SOCKS5 with C) -> onion X -> bridge B -> receiver: the
+    same destination and isolation key, hence the same Tor circuit. Order alternates."""
+    socks = net.client.socks_port
+    from bridge.rig.emulator import make_block_message
+
+    plain = make_block_message(block_size, seed=1).SerializeToString()
+    wire = len(rb.gzip6(plain))
+    payload = (rb.grpc_frame(rb.gzip6(plain), True), wire,
+               rb.grpc_frame(rb.tx_message(1).SerializeToString(), False))
+    gen = rb.RawGen()
+    b = rb.BridgeProc({"role": "B", "kaspad": ["127.0.0.1", gen.port]})
+    out: list[Paired] = []
+    try:
+        assert b.inbound is not None
+        onion_x = add_onion(net, b.inbound)
+        target = f"{onion_x}:{VPORT}"
+        print(f"tor paired: onion X {onion_x} -> bridge B -> receiver; reachable after "
+              f"{wait_reachable(socks, onion_x):.1f}s", flush=True)
+        for rnd in range(rounds):
+            creds = (secrets.token_hex(8), secrets.token_hex(16))
+            order = ("bridge", "splice") if rnd % 2 == 0 else ("splice", "bridge")
+            # bridge A's pool dials its upstream with C before it reports its ports (no_wait
+            # off): that stream builds the round's circuit, the splice's stream joins it
+            a = rb.BridgeProc({"role": "A", "target": [onion_x, VPORT], "socks": socks,
+                               "pool_size": 1, "socks_creds": list(creds)})
+            sp = SpliceProc(socks, onion_x, creds)
+            res: dict[str, TorTput] = {}
+            circs: dict[str, list[str]] = {}
+            try:
+                print(f"tor paired round {rnd + 1}: bridge A warm: {a.wait_ready()}", flush=True)
+                for path in order:
+                    before = onion_streams(net, target)
+                    seen: dict[str, str] = {}
+
+                    def sample(path: str = path, before: dict[str, str] = before,
+                               seen: dict[str, str] = seen,
+                               circs: dict[str, list[str]] = circs) -> None:
+                        now = onion_streams(net, target)
+                        if path == "splice":  # the stream the splice opened for this link
+                            seen.update({k: v for k, v in now.items() if k not in before})
+                        else:  # bridge A's streams (the splice's are gone or excluded)
+                            seen.update({k: v for k, v in now.items()
+                                         if k not in circs.get("splice_ids", [])})
+
+                    if path == "bridge":
+                        assert a.slot is not None
+                        port, procs = a.slot, [a, b]
+                    else:
+                        port, procs = sp.port, [sp, b]
+                    r = measure_tput("raw", gen, path, port, procs, net, warmup, window,
+                                     payload, hook=sample)
+                    r.rnd = rnd
+                    res[path] = r
+                    circs[path] = sorted(set(seen.values()), key=lambda c: int(c))
+                    if path == "splice":
+                        circs["splice_ids"] = list(seen)
+                    gen.server.prune()
+                    print(f"tor paired round {rnd + 1} {path:6}: {r.mb_s:6.2f} MB/s relay cpu "
+                          f"{(r.relay_cpu or 0) / r.window:.0%} tor cpu "
+                          f"{r.tor_cpu / r.window:.0%}; circuits {circs[path]}", flush=True)
+            finally:
+                a.stop()
+                sp.stop()
+            p = Paired(rnd, order[0], res["bridge"], res["splice"], circs["bridge"],
+                       circs["splice"])
+            out.append(p)
+            print(f"tor paired round {rnd + 1}: same circuit {p.same}, ratio bridge/splice "
+                  f"{p.ratio:.2f}", flush=True)
+    finally:
+        b.stop()
+        gen.stop()
     return out
 
 
@@ -550,7 +743,9 @@ def section(cmd: str, quick: bool, load: list[str], wall: float, settings: dict[
     verdicts: list[str] = []
     L += [] if not tput else [
           "### Throughput: bridge vs raw socat splice over the same Tor path", "",
-          "Paths, interleaved (rotating order), each round on fresh circuits:", "",
+          "Paths, interleaved (rotating order), each round on fresh circuits (each new "
+          "circuit here is slow or fast whatever the path; for bridge vs a raw splice on one "
+          "shared circuit see the `tor-paired` section, `--only paired`):", "",
           "* **bridge**: sender → slot of bridge A (`pool_size` 1) → SOCKS5 with fresh "
           "credentials (own circuit) → client tor ══ onion X ══ onion-host tor → inbound of "
           "bridge B → receiver. Two bridges, as deployed.",
@@ -687,15 +882,85 @@ def section(cmd: str, quick: bool, load: list[str], wall: float, settings: dict[
     return "\n".join(L)
 
 
+def paired_section(cmd: str, quick: bool, load: list[str], wall: float,
+                   settings: dict[str, Any], pairs: list[Paired], tor_start: float) -> str:
+    ratios = [p.ratio for p in pairs]
+    same = sum(p.same for p in pairs)
+    L = ["## Through the private Tor network: bridge vs raw splice on the same circuit", "",
+         "Generated by `bench/tor_bench.py`" + (" (`--quick`)" if quick else "") + ":", "",
+         "```", cmd, "```", "",
+         f"* {report.machine_line()}; {subprocess.run(['tor', '--version'], capture_output=True, text=True).stdout.splitlines()[0].strip()}",  # noqa: E501
+         f"* load average at start: {load[0]}; at end: {load[-1]}; wall {wall:.0f} s "
+         f"(private Tor network start {tor_start:.0f} s); settings: {settings}", "",
+         "Same private network as the `tor` section. In that network each new circuit is "
+         "either slow or fast whatever the path, so comparing medians over fresh circuits per "
+         "path mostly compares the circuits drawn. Here both paths of a round share **one** "
+         "circuit: Tor puts streams with the same SOCKS isolation key (IsolateSOCKSAuth: "
+         "same username/password, same SOCKS port and client address) to the same onion on "
+         "the same circuit. Per round, fresh random SOCKS5 credentials C:", "",
+         "* **bridge**: sender → slot of bridge A (`pool_size` 1; every SOCKS dial uses C, "
+         "bench-only `socks_creds` in the bridge child) → client tor ══ onion X ══ onion-host "
+         "tor → inbound of bridge B → receiver.",
+         "* **splice**: sender → a raw byte splice (own process, trio; SOCKS5 with C through "
+         "the bridge's `open_socks_stream`, then 64 KiB copies both ways) → client tor ══ "
+         "onion X ══ onion-host tor → inbound of bridge B → receiver. Only bridge A is "
+         "replaced; bridge B is the onion endpoint in both.", "",
+         "Bridge A's pool dials its upstream with C at start (it builds the round's circuit); "
+         "the two paths are then measured one after the other, order alternating per round. "
+         "**circuits** = circuit ids of the streams to onion X read from the client tor's "
+         "control port (`GETINFO stream-status`) during each path's window (bridge A: its "
+         "streams, the warm spare included; splice: the stream it opened); **same circuit** = "
+         "both sets are the same. Raw `h2` load generator, "
+         f"{settings['block_size']:,}-byte blocks (gzip'd on the wire), {settings['warmup']} s "
+         f"warm-up, counted over {settings['window']} s; MB/s of gzip'd gRPC payload. "
+         "**relay CPU** = bridge A + bridge B (bridge) or splice + bridge B (splice), CPU s "
+         "per wall s.", "",
+         "| round | first | bridge MB/s | splice MB/s | ratio bridge/splice | circuits bridge "
+         "/ splice | same circuit | relay CPU bridge / splice | idle one-way ms bridge / "
+         "splice |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        L.append(f"| {p.rnd + 1} | {p.first} | {p.bridge.mb_s:.2f} | {p.splice.mb_s:.2f} "
+                 f"| {p.ratio:.2f} | {','.join(p.bridge_circs) or '—'} / "
+                 f"{','.join(p.splice_circs) or '—'} | {'yes' if p.same else '**no**'} "
+                 f"| {(p.bridge.relay_cpu or 0) / p.bridge.window:.0%} / "
+                 f"{(p.splice.relay_cpu or 0) / p.splice.window:.0%} "
+                 f"| {med(p.bridge.probe) * 1e3:.1f} / {med(p.splice.probe) * 1e3:.1f} |")
+    sr = [p.ratio for p in pairs if p.same]
+    L += ["", f"Per-round ratio bridge/splice: median [min-max] {spread(ratios)} over "
+          f"{len(pairs)} rounds ({same} on a verified shared circuit"
+          + (f"; those alone: {spread(sr)}" if sr and same != len(pairs) else "") + "); "
+          f"bridge {spread([p.bridge.mb_s for p in pairs])} MB/s, splice "
+          f"{spread([p.splice.mb_s for p in pairs])} MB/s. Order effect (cancelled by the "
+          "alternation): per-round ratio second-measured/first-measured path "
+          f"{spread([1 / p.ratio if p.first == 'bridge' else p.ratio for p in pairs])}.", "",
+          "**Target (issue E).**", ""]
+    judged = sr if sr else ratios
+    if judged:
+        m = med(judged)
+        L.append(f"* Tor path, bridge adds <= 10 % over a raw splice on the same SOCKS/Tor path "
+                 f"and circuit: median per-round ratio bridge/splice {m:.2f} ({len(judged)} "
+                 f"paired rounds{', same circuit verified' if sr else ', circuit NOT shared'}), "
+                 f"i.e. the bridge path moves {(m - 1) * 100:+.1f} % vs the splice on the "
+                 "same circuit - "
+                 + ("meets" if m >= 0.9 else "**does not meet**") + " the target in this run.")
+    return "\n".join(L)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about 2 minutes)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="write the 'tor' section of this markdown file")
+                    help="write the 'tor' and/or 'tor-paired' sections of this markdown file")
     ap.add_argument("--gens", default=None, help="load generators for (a): raw,emu")
-    ap.add_argument("--only", default="tput,ready,first", help="parts: tput,ready,first")
+    ap.add_argument("--only", default=ALL_PARTS, help=f"parts: {ALL_PARTS}")
     ap.add_argument("--rounds", type=int, default=None, help="throughput rounds")
+    ap.add_argument("--paired-rounds", type=int, default=None, help="paired rounds")
+    ap.add_argument("--splice-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.splice_child:
+        splice_child(json.loads(args.splice_child))
+        return 0
     rb.check_tools(["socat", "tor"])
     t_start = time.monotonic()
     if args.quick:
@@ -703,23 +968,27 @@ def main(argv: list[str] | None = None) -> int:
                                     "block_size": 1_000_000, "attempts": 6, "pool_size": 2,
                                     "gap": 0.3, "hold": 0.3, "zero_attempts": 1, "pairs": 1,
                                     "dead": 7, "linger": 5.0, "window_variant": True,
-                                    "bursts": 1, "burst_size": 8}
+                                    "bursts": 1, "burst_size": 8, "paired_rounds": 2}
         gens = ["raw"]
     else:
         settings = {"rounds": 5, "warmup": 3.0, "window": 6.0, "block_size": 1_000_000,
                     "attempts": 50, "pool_size": 2, "gap": 0.5, "hold": 1.0,
                     "zero_attempts": 3, "pairs": 3, "dead": 7, "linger": 15.0,
-                    "window_variant": True, "bursts": 5, "burst_size": 8}
+                    "window_variant": True, "bursts": 5, "burst_size": 8,
+                    "paired_rounds": 6}
         gens = ["raw", "emu"]
     if args.gens:
         gens = [g for g in args.gens.split(",") if g]
     if args.rounds:
         settings["rounds"] = args.rounds
+    if args.paired_rounds:
+        settings["paired_rounds"] = args.paired_rounds
     parts = set(args.only.split(","))
     cmd = "unshare -rn bash -c 'ip link set lo up; python3 -m bench.tor_bench" + \
         (" --quick" if args.quick else "") + (f" --gens {args.gens}" if args.gens else "") \
-        + (f" --only {args.only}" if args.only != "tput,ready,first" else "") \
+        + (f" --only {args.only}" if args.only != ALL_PARTS else "") \
         + (f" --rounds {args.rounds}" if args.rounds else "") \
+        + (f" --paired-rounds {args.paired_rounds}" if args.paired_rounds else "") \
         + (f" --out {args.out}" if args.out else "") + "'"
     load = [report.loadavg()]
     print(f"load {load[0]}", flush=True)
@@ -732,6 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
     ready: list[Attempt] = []
     ready_stats: dict[str, Any] = {}
     first: list[FirstPeer] = []
+    pairs: list[Paired] = []
     try:
         if "tput" in parts:
             tput = run_tput(net, gens, settings["rounds"], settings["warmup"],
@@ -746,18 +1016,34 @@ def main(argv: list[str] | None = None) -> int:
             load.append(report.loadavg())
         if "first" in parts:
             first = run_first_peer(net, settings["pairs"], settings["dead"], settings["linger"])
+            load.append(report.loadavg())
+        if "paired" in parts:
+            pairs = run_paired(net, settings["paired_rounds"], settings["warmup"],
+                               settings["window"], settings["block_size"])
     finally:
         net.stop()
         if not os.environ.get("KTB_BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
     load.append(report.loadavg())
-    text = section(cmd, args.quick, load, time.monotonic() - t_start, {**settings, "gens": gens},
-                   tput, ready, ready_stats, first, tor_start)
-    print()
-    print(text)
-    if args.out:
-        report.write_section(args.out, "tor", text)
-        print(f"wrote the tor section of {args.out}")
+    wall = time.monotonic() - t_start
+    if parts & {"tput", "ready", "first"}:
+        text = section(cmd, args.quick, load, wall, {**settings, "gens": gens}, tput, ready,
+                       ready_stats, first, tor_start)
+        print()
+        print(text)
+        if args.out:
+            report.write_section(args.out, "tor", text)
+            print(f"wrote the tor section of {args.out}")
+    if pairs:
+        keys = ("paired_rounds", "warmup", "window", "block_size")
+        text = paired_section(cmd, args.quick, load, wall, {k: settings[k] for k in keys},
+                              pairs, tor_start)
+        print()
+        print(text)
+        if args.out:
+            # its own section: a run of only this part leaves the tor section as it is
+            report.write_section(args.out, "tor-paired", text)
+            print(f"wrote the tor-paired section of {args.out}")
     return 0
 
 
