@@ -40,7 +40,7 @@ import trio
 from bridge.daemon import Daemon
 from bridge.demo import bridge_config
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
-from bridge.rig.tornet import TorInstance, TorNetwork, free_ports
+from bridge.rig.tornet import TorInstance, TorNetwork, _tail, free_ports
 from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.errors import OnionKeyError
 from bridge.tor.keys import KEY_FILE_NAME, OnionKey, load_key, save_key
@@ -113,6 +113,28 @@ async def pair(tornet: TorNetwork, tmp_path: Path) -> AsyncIterator[Pair]:
         await _ensure_running(tornet, client, host)
 
 
+
+async def _ensure_tor_started(tornet: TorNetwork, inst: TorInstance) -> int:
+    """The restarted tor must open its control port. If tor itself exits at start (once in a
+    full CI run its control port stayed closed for 90 s), that is not the bridge's doing: log
+    tor's own last lines and start it once more. Returns the number of such retries."""
+    for attempt in range(2):
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            if tornet.pid(inst) is None:
+                break
+            if await trio.to_thread.run_sync(tornet.bootstrap_progress, inst) is not None:
+                return attempt
+            await trio.sleep(0.2)
+        log.warning("tor %s did not come back after its restart (alive: %s); its log:\n%s\n"
+                    "starting it again", inst.name, tornet.pid(inst) is not None,
+                    _tail(inst.log_path))
+        if tornet.pid(inst) is not None:
+            await trio.to_thread.run_sync(partial(tornet.stop_instance, inst, hard=True))
+        await trio.to_thread.run_sync(partial(tornet.start_instance, inst, wait=False))
+    return 1
+
+
 async def _wait_status(sup: TorSupervisor, pred: object, within: float, what: str) -> TorStatus:
     assert callable(pred)
     with trio.move_on_after(within):
@@ -171,6 +193,7 @@ async def test_hosting_tor_killed_and_restarted_20_times_under_traffic(
         nursery.start_soon(traffic.run)
         t_first = await _wait_delivery(traffic, t0, 120.0, n=3)
         log.warning("tor faults: first blocks across after %.1fs", t_first)
+        tor_retries = 0
         for i in range(1, RESTARTS + 1):
             hard = i % 2 == 1
             before = sup_b.status
@@ -178,6 +201,7 @@ async def test_hosting_tor_killed_and_restarted_20_times_under_traffic(
             await trio.to_thread.run_sync(partial(tornet.stop_instance, host, hard=hard))
             await _wait_status(sup_b, lambda s: not s.usable, 15, f"restart {i}: loss noticed")
             await trio.to_thread.run_sync(partial(tornet.start_instance, host, wait=False))
+            tor_retries += await _ensure_tor_started(tornet, host)
             st = await _wait_status(
                 sup_b, lambda s, b=before: s.onion_published and s.reconnects > b.reconnects,
                 REPUBLISH_WITHIN, f"restart {i}: onion re-published")
@@ -233,7 +257,7 @@ async def test_hosting_tor_killed_and_restarted_20_times_under_traffic(
     rp, rr = summary(republish), summary(reachable)
     tornet.timings.update({
         "fault_restart_republish_min": rp[0], "fault_restart_republish_median": rp[1],
-        "fault_restart_republish_max": rp[2],
+        "fault_restart_republish_max": rp[2], "fault_tor_start_retries": tor_retries,
         "fault_restart_traffic_min": rr[0], "fault_restart_traffic_median": rr[1],
         "fault_restart_traffic_max": rr[2],
     })
