@@ -15,7 +15,6 @@ installs) and ``h2 repr`` (hyperframe's original per-frame repr restored, i.e. b
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -23,14 +22,8 @@ from collections.abc import Callable
 from bridge.core import grpc, h2fast, proto
 from bridge.core.policy import ConnectionPolicy, GossipState, PolicySettings
 from bridge.core.relay import Relay, RelaySettings, Side, new_upstream_connection
+from bridge.rig.emulator import make_block_message
 from tests.core import relay_harness as rh
-
-
-def _message(size: int) -> bytes:
-    """A block message whose body is half random, half zeros (gzip halves it)."""
-    half = size // 2
-    inner = proto.make_len_field(1, os.urandom(half) + bytes(size - half)).raw
-    return proto.make_len_field(proto.BLOCK, inner).raw
 
 
 def one_round(megabytes: int, variant: str) -> tuple[float, int]:
@@ -90,7 +83,7 @@ def _run(megabytes: int, settings: RelaySettings) -> tuple[float, int]:
     rh.pump(relay, down, up)
     if relay.closed is not None:
         raise SystemExit(f"relay closed during the handshake: {relay.closed}")
-    msg = _message(1_000_000)
+    msg = make_block_message(1_000_000).SerializeToString()  # relay_bench's block
     framed = grpc.frame(grpc.gzip_compress(msg), compressed=True)
     before = relay.pipes[Side.DOWN].bytes_in
     cpu = 0.0
