@@ -20,10 +20,14 @@ from bridge.errors import BridgeError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run an unmodified rusty-kaspa kaspad over Tor.")
-rig_app = typer.Typer(no_args_is_help=True, help="A private Tor network on loopback (test rig).")
+rig_app = typer.Typer(no_args_is_help=True, help="Test rig: a private Tor network on loopback, "
+                      "optionally with real kaspad nodes behind bridges.")
 app.add_typer(rig_app, name="rig")
 onion_app = typer.Typer(no_args_is_help=True, help="The onion service key: show, back up, import.")
 app.add_typer(onion_app, name="onion")
+kaspad_app = typer.Typer(no_args_is_help=True,
+                         help="A real rusty-kaspa kaspad for the test rig: install, path.")
+app.add_typer(kaspad_app, name="kaspad")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file",
                                                 envvar="KTB_CONFIG")]
@@ -247,17 +251,68 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+def _kaspad_path(kaspad: str) -> Path:
+    from bridge.rig.kaspad import find_kaspad
+
+    found = find_kaspad(kaspad)
+    if found is None:
+        hint = ("run `kaspa-tor-bridge kaspad install` (or scripts/kaspad.sh) first, or pass "
+                "--kaspad /path/to/kaspad" if kaspad == "auto" else "not an executable file")
+        typer.echo(f"kaspad: {kaspad}: {hint}", err=True)
+        raise typer.Exit(2)
+    return found
+
+
+TopologyOpt = Annotated[str, typer.Option(help="which node dials which: ring | mesh | star")]
+KaspadOpt = Annotated[str, typer.Option(
+    "--kaspad", help="kaspad binary, or auto (KTB_KASPAD, the cached build, PATH)")]
+
+
 @rig_app.command("up")
 def rig_up(
     dir: Annotated[Path, typer.Option("--dir", help="state directory")],
     clients: int = 1,
     onion_hosts: int = 1,
+    nodes: Annotated[int, typer.Option(help="real kaspad nodes, each behind a bridge and "
+                                       "reachable only as an onion (0: Tor network only)")] = 0,
+    kaspad: KaspadOpt = "auto",
+    topology: TopologyOpt = "ring",
     detach: Annotated[bool, typer.Option(help="return once up; stop with `rig down`")] = False,
 ) -> None:
-    """Start the private Tor network (foreground until Ctrl-C unless --detach)."""
+    """Start the private Tor network, and with --nodes N also N kaspad nodes behind N bridges
+    (foreground until Ctrl-C unless --detach)."""
     from bridge.rig.__main__ import summary, up
 
     t0 = time.monotonic()
+    if nodes > 0:
+        from bridge.rig.kaspad import KaspadError
+        from bridge.rig.nodes import TOPOLOGIES, KaspadRig
+
+        if topology not in TOPOLOGIES:
+            typer.echo(f"--topology must be one of {', '.join(TOPOLOGIES)}", err=True)
+            raise typer.Exit(2)
+        rig = KaspadRig(dir, nodes=nodes, kaspad=_kaspad_path(kaspad), topology=topology,
+                        die_with_parent=not detach, echo=typer.echo)
+        try:
+            rig.start()
+        except KaspadError as exc:
+            typer.echo(f"rig up failed: {exc}", err=True)
+            rig.stop()
+            raise typer.Exit(1) from None
+        assert rig.tor is not None
+        typer.echo(summary(rig.tor))
+        _print_nodes(rig.status())
+        typer.echo(f"up in {time.monotonic() - t0:.1f}s; state in {rig.state_path}")
+        if detach:
+            return
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            rig.stop()
+        return
     net = up(dir, clients=clients, onion_hosts=onion_hosts, detach=detach)
     typer.echo(summary(net))
     typer.echo(f"up in {time.monotonic() - t0:.1f}s")
@@ -272,26 +327,148 @@ def rig_up(
         net.stop()
 
 
+def _print_nodes(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        peers = row.get("peers")
+        ptxt = (", ".join(f"{p['address']}{' (out)' if p['outbound'] else ' (in)'}"
+                          for p in peers) if peers is not None else row.get("error", "?"))
+        typer.echo(f"  {row['name']:<6} kaspad {row['kaspad']:<4} bridge {row['bridge'] or '-':<4}"
+                   f" blocks {row.get('blocks', '?'):<6} onion {row['onion'] or '-'}")
+        typer.echo(f"         rpc 127.0.0.1:{row['rpc']}  peers: {ptxt or 'none'}")
+
+
+@rig_app.command("mine")
+def rig_mine(
+    dir: Annotated[Path, typer.Option("--dir", help="state directory of `rig up --nodes`")],
+    bps: Annotated[float, typer.Option(help="blocks per second")] = 1.0,
+    seconds: Annotated[float, typer.Option(help="how long to mine")] = 10.0,
+    node: Annotated[list[int] | None, typer.Option(
+        help="node index to mine on (repeat; default: every node in turn)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Make blocks on chosen nodes (GetBlockTemplate → SubmitBlock) and report propagation."""
+    from dataclasses import asdict
+
+    from bridge.rig.kaspad import KaspadError
+    from bridge.rig.nodes import KaspadRig, mine
+
+    if bps <= 0 or seconds <= 0:
+        typer.echo("--bps and --seconds must be positive", err=True)
+        raise typer.Exit(2)
+    try:
+        rig = KaspadRig.attach(dir)
+        rep = mine(rig, bps=bps, seconds=seconds, on_nodes=node or None,
+                   echo=(lambda _m: None) if as_json else typer.echo)
+    except KaspadError as exc:
+        typer.echo(f"rig mine: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(asdict(rep), indent=2))
+    else:
+        typer.echo(f"mined {rep.blocks} blocks ({rep.achieved_bps} blocks/s), delivered "
+                   f"{rep.delivered}/{rep.expected}; propagation ms {rep.propagation_ms}")
+    raise typer.Exit(0 if rep.ok() else 1)
+
+
+@rig_app.command("check")
+def rig_check(
+    nodes: Annotated[int, typer.Option(help="kaspad nodes behind bridges")] = 3,
+    kaspad: KaspadOpt = "auto",
+    blocks: Annotated[int, typer.Option(help="blocks to mine")] = 50,
+    bps: Annotated[float, typer.Option(help="blocks per second")] = 10.0,
+    topology: TopologyOpt = "ring",
+    ibd: Annotated[bool, typer.Option(help="then start a late node and time its sync")] = False,
+    ibd_blocks: Annotated[int, typer.Option(
+        help="chain length the late node syncs (node0's chain is extended to it first; kaspad "
+             "runs IBD only for a peer far enough ahead)")] = 600,
+    dir: Annotated[Path | None, typer.Option("--dir", help="work directory (kept)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """One shot: private Tor network + N kaspad nodes + N bridges, mine, measure, tear down.
+    Exits 0 only when every block reached every node."""
+    from bridge.rig.check import run_check
+    from bridge.rig.nodes import TOPOLOGIES
+
+    if nodes < 2 or blocks < 1 or bps <= 0 or topology not in TOPOLOGIES:
+        typer.echo("need --nodes >= 2, --blocks >= 1, --bps > 0 and --topology one of "
+                   f"{', '.join(TOPOLOGIES)}", err=True)
+        raise typer.Exit(2)
+    binary = _kaspad_path(kaspad)
+    echo = partial(typer.echo, err=True) if as_json else typer.echo
+    report = run_check(nodes=nodes, kaspad=binary, blocks=blocks, bps=bps, topology=topology,
+                       ibd=ibd, ibd_blocks=ibd_blocks, workdir=dir, echo=echo)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo("RESULT: " + ("OK — every block reached every node" if report["ok"]
+                                 else f"FAILED ({report.get('error') or report.get('missing')})"))
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
 @rig_app.command("down")
 def rig_down(dir: Annotated[Path, typer.Option("--dir")]) -> None:
-    """Stop a detached private Tor network."""
+    """Stop a detached rig (its kaspad nodes and bridges, then the Tor network)."""
     from bridge.rig.__main__ import down
 
+    if (dir / "nodes.json").exists():
+        from bridge.rig.nodes import KaspadRig
+
+        KaspadRig.attach(dir).stop()
+        return
     down(dir)
 
 
 @rig_app.command("status")
 def rig_status(dir: Annotated[Path, typer.Option("--dir")],
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show the private Tor network's processes and bootstrap state."""
+    """Show the private Tor network's processes and bootstrap state (and the nodes, if any)."""
     from bridge.rig.__main__ import summary
     from bridge.rig.tornet import TorNetwork
 
+    if (dir / "nodes.json").exists():
+        from bridge.rig.nodes import KaspadRig
+
+        rig = KaspadRig.attach(dir)
+        rows = rig.status()
+        if as_json:
+            typer.echo(json.dumps({"tor": rig.tor.status() if rig.tor else None,
+                                   "nodes": rows}, indent=2))
+        else:
+            if rig.tor is not None:
+                typer.echo(summary(rig.tor))
+            _print_nodes(rows)
+        return
     net = TorNetwork.attach(dir)
     if as_json:
         typer.echo(json.dumps(net.status(), indent=2))
     else:
         typer.echo(summary(net))
+
+
+@kaspad_app.command("install")
+def kaspad_install() -> None:
+    """Build the pinned kaspad from the Rust package registry into the cache (once; ~12-16 min
+    on 2 cores) and print its path. KTB_KASPAD=/path uses that binary instead."""
+    from bridge.rig.kaspad import KaspadError, install_kaspad
+
+    try:
+        path = install_kaspad(echo=partial(typer.echo, err=True))
+    except KaspadError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(path))
+
+
+@kaspad_app.command("path")
+def kaspad_path() -> None:
+    """Print the kaspad binary the rig would use (exit 1 when there is none)."""
+    from bridge.rig.kaspad import find_kaspad
+
+    found = find_kaspad()
+    if found is None:
+        typer.echo("no kaspad: run `kaspa-tor-bridge kaspad install`", err=True)
+        raise typer.Exit(1)
+    typer.echo(str(found))
 
 
 def main() -> None:

@@ -5,6 +5,7 @@
 #   bash scripts/bench.sh                 # relay, memory and Tor benchmarks -> docs/benchmarks.md
 #   bash scripts/bench.sh --quick         # each benchmark's --quick mode, nothing written
 #   bash scripts/bench.sh relay_bench --gens raw    # one benchmark, extra arguments passed on
+#   bash scripts/bench.sh kaspad_bench --out docs/benchmarks.md   # real kaspad (builds it once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -19,7 +20,9 @@ run() {  # run <module> <args...> inside a network namespace with only loopback
 }
 case "${1:-}" in
   relay_bench|memory_bench|tor_bench) run "$@" ;;
+  kaspad_bench) KTB_KASPAD=$(bash scripts/kaspad.sh); export KTB_KASPAD; run "$@" ;;
   --quick) for b in relay_bench memory_bench tor_bench; do run "$b" --quick; done ;;
   "") for b in relay_bench memory_bench tor_bench; do run "$b" --out docs/benchmarks.md; done ;;
-  *) echo "usage: $0 [--quick | relay_bench|memory_bench|tor_bench [args...]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--quick | relay_bench|memory_bench|tor_bench|kaspad_bench [args...]]" >&2
+     exit 2 ;;
 esac

@@ -1,10 +1,12 @@
 """Project-wide fixtures.
 
-``tornet`` (session scope): ONE private Tor network (3 authorities, 3 relays, 1 client, 1 onion
-host; clients/onion hosts also accept the password :data:`TORNET_CONTROL_PASSWORD`), started the
-first time a test requests it and stopped at session end. Mark such tests ``@pytest.mark.tor``
-(tests requesting ``tornet`` get the marker automatically, so ``-m "not tor"`` deselects them).
-Without a ``tor`` binary they are skipped, unless ``CI`` is set: then they fail.
+``tornet`` (session scope): ONE private Tor network (3 authorities, 3 relays, 1 client, 3 onion
+hosts; clients/onion hosts also accept the password :data:`TORNET_CONTROL_PASSWORD`), started the
+first time a test requests it and stopped at session end. ``tornet.onion_host`` (the first) serves
+the emulator tests; the real-kaspad tier (``tests/kaspad``) gives each node its own of the others.
+Mark such tests ``@pytest.mark.tor`` (tests requesting ``tornet`` get the marker automatically,
+so ``-m "not tor"`` deselects them). Without a ``tor`` binary they are skipped, unless ``CI`` is
+set: then they fail.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def tornet(request: pytest.FixtureRequest,
             pytest.fail(f"{msg}; CI is set, so this is an error, not a skip", pytrace=False)
         pytest.skip(msg)
     workdir = tmp_path_factory.mktemp("tornet")
-    net = TorNetwork(workdir, control_password=TORNET_CONTROL_PASSWORD)
+    net = TorNetwork(workdir, onion_hosts=3, control_password=TORNET_CONTROL_PASSWORD)
     request.config.stash[_TORNET_KEY] = net
     try:
         net.start(timeout=float(os.environ.get("KTB_TORNET_TIMEOUT", "90")))
