@@ -64,6 +64,22 @@ class SelfConnection(PolicyViolation):
     action = "connection closed; peer marked as self and never dialed again"
 
 
+class DuplicatePeer(BridgeError):
+    """The remote's node id is already connected to kaspad through another relay of this bridge.
+
+    kaspad would complete the handshake and then drop this newer connection at once (its
+    duplicate check is on node id and remote IP, and every bridged peer is 127.0.0.1). Not the
+    remote's fault: it is never penalised, only kept aside while the other connection lasts."""
+
+    fault = Fault.REMOTE
+    action = "not handed to kaspad; not penalised"
+
+    def __init__(self, message: str, *, node_id: bytes = b"", holder: str = "") -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.holder = holder
+
+
 class ConfigError(BridgeError):
     """Bad configuration: names the file and key."""
 

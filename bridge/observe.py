@@ -250,7 +250,9 @@ class DaemonCollector(Collector):
             pool = bridge.pool
             yield gauge("ktb_pool_size", "Warm pool target size", pool.size)
             yield gauge("ktb_pool_ready", "Warm upstream connections ready", pool.ready_count)
-            ev = CounterMetricFamily("ktb_pool_events", "Warm pool events", labels=["event"])
+            ev = CounterMetricFamily("ktb_pool_events", "Warm pool events (duplicates: "
+                                     "upstreams not handed to kaspad, their node is "
+                                     "connected already)", labels=["event"])
             for k, v in pool.stats.items():
                 ev.add_metric([k], v)
             yield ev
@@ -271,7 +273,8 @@ class DaemonCollector(Collector):
             yield closed
             inb = CounterMetricFamily("ktb_inbound_events", "Inbound (onion) connections: "
                                       "accepted, evicted while idle (max_pending), refused "
-                                      "(max_connections)", labels=["event"])
+                                      "(max_connections), refused because the node is "
+                                      "connected to kaspad already", labels=["event"])
             for k, v in bridge.inbound_stats.items():
                 inb.add_metric([k], v)
             yield inb

@@ -355,7 +355,8 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
     cands = snap.get("candidates", {})
     tor_t.add_row("warm pool", f"{pool.get('ready', 0)}/{pool.get('size', 0)} ready  "
                   f"(dialed {ps.get('dialed', 0)}, failed {ps.get('failed', 0)}, "
-                  f"taken {ps.get('taken', 0)}, dropped {ps.get('dropped', 0)})  candidates "
+                  f"taken {ps.get('taken', 0)}, dropped {ps.get('dropped', 0)}, "
+                  f"duplicates {ps.get('duplicates', 0)})  candidates "
                   f"{cands.get('total', 0)} ({cands.get('backing_off', 0)} backing off)")
     fails = snap.get("dial", {}).get("failures", {})
     tor_t.add_row("dial failures", ", ".join(f"{k.lower()} {v}" for k, v in sorted(fails.items()))
@@ -366,7 +367,8 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
     if ib:
         tor_t.add_row("inbound", f"{ib.get('active', 0)}/{ib.get('max_active', 0)} relayed  "
                       f"(accepted {ib.get('accepted', 0)}, evicted idle {ib.get('evicted', 0)}, "
-                      f"refused full {ib.get('refused_full', 0)})")
+                      f"refused full {ib.get('refused_full', 0)}, "
+                      f"refused duplicate {ib.get('refused_duplicate', 0)})")
     book = snap.get("book")
     if book and book.get("failing"):
         tor_t.add_row("address book", Text(f"writes failing ({book.get('errors', 0)} errors): "

@@ -1,7 +1,10 @@
 """Upstream candidate selection (sans-IO: the caller passes ``now``).
 
 Rules: one connection per remote at a time (pooled or relaying), never our own onion or a
-remote found to be our own kaspad, exponential backoff after failures, round robin otherwise.
+remote found to be our own kaspad, never a target the caller excludes (``pick(now, exclude)``:
+the warm pool passes the targets whose node id is connected to kaspad already, see
+:mod:`bridge.core.nodes`; the same onion on another port counts as excluded), exponential backoff
+after failures, round robin otherwise.
 Issue C replaces the static candidate list by a persistent address book; the rules stay here.
 """
 
@@ -48,7 +51,7 @@ class Selector(Protocol):
     own_onion: OnionAddress | None
 
     def add(self, target: Target) -> None: ...
-    def pick(self, now: float) -> Target | None: ...
+    def pick(self, now: float, exclude: Collection[Target] = ()) -> Target | None: ...
     def next_retry(self, now: float) -> float | None: ...
     def release(self, t: Target) -> None: ...
     def success(self, t: Target, now: float | None = None, *,
@@ -97,11 +100,15 @@ class PeerSelector:
             return False
         return not (self.own_onion is not None and t.host.lower() == self.own_onion.host)
 
-    def pick(self, now: float) -> Target | None:
-        """Reserve the next eligible candidate (mark it in use), or ``None``."""
+    def pick(self, now: float, exclude: Collection[Target] = ()) -> Target | None:
+        """Reserve the next eligible candidate not in ``exclude`` (mark it in use), or
+        ``None``."""
         n = len(self.candidates)
+        onions = {t.host.lower() for t in exclude if t.is_onion}
         for i in range(n):
             t = self.candidates[(self._next + i) % n]
+            if t in exclude or (onions and t.host.lower() in onions):
+                continue
             if self._eligible(t, now):
                 self._next = (self._next + i + 1) % n
                 self._state[t].in_use = True

@@ -7,6 +7,13 @@ Addresses are ever rewritten. The only message the bridge sends of its own is Re
 an ADDRv2 remote after the handshake; its reply is kept, never forwarded to kaspad.
 
 Directions: ``TO_REMOTE`` is kaspad → Tor peer, ``TO_KASPAD`` is Tor peer → kaspad.
+
+Duplicate connections (:mod:`bridge.core.nodes`): when a remote's Version passes, its node id is
+claimed in the bridge-wide :class:`~bridge.core.nodes.NodeRegistry` (``GossipState.nodes``) for
+this connection. If another relay already has that id connected to kaspad, the Version is not
+let through: :class:`~bridge.errors.DuplicatePeer` is raised instead, and the relay (a slot:
+drop that upstream and take another; an inbound relay: close it politely) and the shell decide
+what to do. The claim is released by the shell when the relay ends (``nodes.release(policy)``).
 """
 
 from __future__ import annotations
@@ -19,8 +26,17 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from bridge.core import proto
+from bridge.core.nodes import NodeRegistry
 from bridge.core.onion import OnionAddress
-from bridge.errors import DecodeError, Fault, OnionAddressError, PolicyViolation, SelfConnection
+from bridge.core.peers import Target
+from bridge.errors import (
+    DecodeError,
+    DuplicatePeer,
+    Fault,
+    OnionAddressError,
+    PolicyViolation,
+    SelfConnection,
+)
 
 MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (facts §4.1)
 MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this
@@ -56,6 +72,8 @@ class GossipState:
     on_learn: Callable[[OnionPeer, str], None] | None = None
     #: called with ([(ip, port)], source) for the IP entries of every Addresses seen
     on_learn_ips: Callable[[list[tuple[str, int]], str], None] | None = None
+    #: node ids connected to kaspad through this bridge (duplicate-connection check)
+    nodes: NodeRegistry = field(default_factory=NodeRegistry)
 
     def learn(self, peer: OnionPeer, source: str) -> bool:
         if self.own_onion is not None and peer.address == self.own_onion.address:
@@ -116,12 +134,16 @@ class ConnectionPolicy:
     """Per-connection policy state machine (one instance per kaspad⇄remote stream)."""
 
     def __init__(self, shared: GossipState, settings: PolicySettings,
-                 remote_label: str = "remote") -> None:
+                 remote_label: str = "remote", *, conn_label: str = "") -> None:
         self.shared = shared
         self.settings = settings
         self.remote_label = remote_label
+        #: the connection's own log label ("slot:16200#3", "inbound#7"), for duplicate reports
+        self.conn_label = conn_label
         #: the remote's own onion when we dialed it by onion: never gossiped back to it
         self.remote_onion: OnionAddress | None = None
+        #: the target we dialed (slots); None for an inbound peer
+        self.remote_target: Target | None = None
         self.kaspad = PeerInfo()
         self.remote = PeerInfo()
         self._stage = {Direction.TO_REMOTE: _Handshake.START, Direction.TO_KASPAD: _Handshake.START}
@@ -179,6 +201,15 @@ class ConnectionPolicy:
         if tag == proto.REQUEST_ADDRESSES and not from_remote:
             self._asked.append("kaspad")
         return Action.PASS
+
+    def reset_remote(self) -> None:
+        """The remote was replaced before its Version reached kaspad (a slot dropped a duplicate
+        upstream and takes another): forget what the old remote said. kaspad's side is kept
+        (its Version, if sent, goes to the new remote)."""
+        self.remote = PeerInfo()
+        self._stage[Direction.TO_KASPAD] = _Handshake.START
+        self.remote_onion = None
+        self.remote_target = None
 
     @property
     def handshake_done(self) -> bool:
@@ -253,6 +284,7 @@ class ConnectionPolicy:
             raise DecodeError(f"Version.id is {len(info.node_id)} bytes, kaspad requires 16")
         self._check_self()
         addr = v.address
+        self._claim(info.node_id, addr)
         if addr is not None and not addr.kaspad_accepts():
             onion = addr.onion
             if onion is not None and info.addrv2:
@@ -260,6 +292,20 @@ class ConnectionPolicy:
             v.address = None
             self.counters["invalid_removed" if onion is None else "onions_removed"] += 1
         return v.encode()
+
+    def _claim(self, node_id: bytes, addr: proto.NetAddress | None) -> None:
+        """Register the remote's node id as connected to kaspad through this connection, or
+        raise :class:`DuplicatePeer` when another relay has it connected already."""
+        target = self.remote_target
+        if target is None and addr is not None:
+            target = _advertised_target(addr)  # an inbound peer: where it says it listens
+        holder = self.shared.nodes.claim(self, node_id, label=self.conn_label or self.remote_label,
+                                         target=target)
+        if holder is not None:
+            raise DuplicatePeer(
+                f"{self.remote_label} is node {node_id.hex()}, already connected to kaspad "
+                f"through {holder}; kaspad would drop this newer connection",
+                node_id=node_id, holder=str(holder))
 
     def _check_self(self) -> None:
         own = self.shared.kaspad_node_id
@@ -328,3 +374,24 @@ class ConnectionPolicy:
         out = list(entries) + [proto.NetAddress.from_onion(p.address.host, p.port) for p in onions]
         self.counters["onions_added"] += len(onions)
         return proto.encode_addresses(out)
+
+
+def _advertised_target(addr: proto.NetAddress) -> Target | None:
+    """The endpoint a Version.address names (onion or IP literal), if it is a valid one."""
+    if not 0 < addr.port <= 0xFFFF:
+        return None
+    onion = addr.onion
+    if onion is not None:
+        try:
+            return Target(OnionAddress.parse(onion).host, addr.port)
+        except OnionAddressError:
+            return None
+    ip = addr.ip
+    if ip is None or len(ip) not in (4, 16):
+        return None
+    parsed = ipaddress.ip_address(ip)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    if parsed.is_unspecified or parsed.is_multicast:
+        return None
+    return Target(str(parsed), addr.port)

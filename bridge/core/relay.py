@@ -11,6 +11,21 @@ Flow control is end to end: bytes received on one side are acknowledged to h2 (w
 the sender's window) only once their output has been handed to the other side's h2 connection,
 which itself only accepts what the receiver's window allows. A slow receiver therefore throttles
 the sender; buffered data is bounded by the windows we advertise, never by message sizes.
+
+Screening the remote (``screen=True``: the bridge's slot relays, ``kaspad_side=DOWN``): the
+remote's response HEADERS are held back from kaspad, and kaspad's bytes from the remote, until the
+remote's Version has arrived and the policy accepted it (not our own kaspad, not a node id already
+connected to kaspad, see :mod:`bridge.core.nodes`). kaspad sends nothing before the response
+HEADERS and a kaspad remote sends its Version right after them without waiting for ours (facts
+§1.7, §3.1), so this costs no round trip; the warm pool's upstreams only have the HTTP/2 preface
+done, and the Version is the first place the remote's node id can be seen. Until then kaspad has
+seen nothing of this remote, so when the Version shows a duplicate
+(:class:`~bridge.errors.DuplicatePeer`) the relay *drops that upstream* instead of closing: it
+cancels the stream, queues a GOAWAY(NO_ERROR) in :attr:`Relay.dropped` for the shell to deliver,
+and waits for :meth:`Relay.attach_upstream` with another one, on which it opens the same request.
+kaspad only ever sees the upstream that passed (or, when the shell has none in time, an
+UNAVAILABLE answer). The response deadline therefore covers the remote's Version, not just its
+HEADERS.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from bridge.core.policy import Action, ConnectionPolicy, Direction
 from bridge.errors import (
     BridgeError,
     DecodeError,
+    DuplicatePeer,
     Fault,
     FramingError,
     PolicyViolation,
@@ -178,6 +194,15 @@ class Closed:
 
 
 @dataclass(slots=True)
+class Dropped:
+    """An upstream the relay let go before kaspad saw it (its node id was connected already).
+    ``goodbye`` are the last bytes for that upstream's socket (RST_STREAM CANCEL, GOAWAY)."""
+
+    error: BridgeError
+    goodbye: bytes
+
+
+@dataclass(slots=True)
 class _Out:
     data: memoryview
     credit: int = 0  # bytes of the source to acknowledge once ``data`` is sent
@@ -303,6 +328,8 @@ class _Pipe:
         src_sid = relay.stream_id(self.src)
         if sid is None or not relay.headers_sent(self.dst):
             return
+        if relay.screening and self.dst is not relay.kaspad_side:
+            return  # nothing of kaspad's reaches a remote before its Version passed
         acked = 0
         while self.out:
             item = self.out[0]
@@ -337,7 +364,7 @@ class Relay:
 
     def __init__(self, policy: ConnectionPolicy, *, kaspad_side: Side,
                  upstream_authority: bytes, settings: RelaySettings | None = None,
-                 upstream: Endpoint | None = None) -> None:
+                 upstream: Endpoint | None = None, screen: bool = False) -> None:
         self.policy = policy
         self.settings = settings or RelaySettings()
         self.kaspad_side = kaspad_side
@@ -362,6 +389,15 @@ class Relay:
         self.response_started = False
         #: HTTP/2 error code for the GOAWAY to a peer that broke the protocol
         self._culprit_code: int | None = None
+        #: hold the remote back from kaspad until its Version passed (the bridge's slot relays;
+        #: only with ``kaspad_side=DOWN``), see the module docstring
+        self.screen = screen and kaspad_side is Side.DOWN
+        self.screening = self.screen
+        self._held_response: list[tuple[bytes, bytes]] | None = None
+        #: set when the upstream was dropped as a duplicate: the shell delivers ``goodbye`` to
+        #: the old socket and attaches another upstream (or refuses); see :meth:`take_dropped`
+        self.dropped: Dropped | None = None
+        self.upstreams_dropped = 0
 
     # -- accessors --------------------------------------------------------------------------
 
@@ -383,6 +419,11 @@ class Relay:
     def who(self, side: Side) -> str:
         return "kaspad" if side is self.kaspad_side else self.policy.remote_label
 
+    @property
+    def has_upstream(self) -> bool:
+        """An UP connection is attached (not yet, or not since one was dropped)."""
+        return self._ends[Side.UP] is not None
+
     # -- shell interface --------------------------------------------------------------------
 
     def attach_upstream(self, end: Endpoint, authority: bytes | None = None) -> None:
@@ -391,6 +432,7 @@ class Relay:
             return
         if authority is not None:
             self.upstream_authority = authority
+        self.dropped = None
         self._ends[Side.UP] = end
         if self._request_headers is not None:
             try:
@@ -403,9 +445,10 @@ class Relay:
         """Bytes from ``side``'s socket. Errors close the relay (see :attr:`closed`)."""
         if self.closed is not None:
             return
+        end = self._ends[side]
+        if end is None:
+            return  # bytes of an upstream already dropped
         try:
-            end = self._ends[side]
-            assert end is not None
             events = end.receive_data(data)
             for ev in events:
                 self._event(side, ev)
@@ -417,6 +460,14 @@ class Relay:
             self._culprit_code = int(exc.error_code)
             self._fail(ProtocolError(f"{self.who(side)} broke HTTP/2: {exc}",
                                      fault=self.fault_of(side)), culprit=side)
+        except DuplicatePeer as exc:
+            if side is not self.kaspad_side and self._can_drop_upstream():
+                self._drop_upstream(exc)
+            else:
+                # Nobody misbehaved: both sides get a polite close (kaspad UNAVAILABLE). The
+                # remote is not told which connection of ours holds its id.
+                self._close_both(str(exc), culprit=None, error=exc,
+                                 message="duplicate connection: this node is connected already")
         except BridgeError as exc:
             if isinstance(exc, ProtocolError) and not isinstance(exc, PolicyViolation):
                 # Framing/decoding errors are the fault of whoever sent the bytes.
@@ -429,6 +480,8 @@ class Relay:
         return e.conn.data_to_send() if e is not None else b""
 
     def connection_lost(self, side: Side) -> None:
+        if self._ends[side] is None:
+            return  # an upstream already dropped
         if self.closed is None:
             self._close_both(f"{self.who(side)} closed the connection", culprit=side)
 
@@ -450,6 +503,12 @@ class Relay:
         if self.closed is not None:
             return
         self._close_both(message, culprit=None, status=GRPC_UNAVAILABLE)
+
+    def take_dropped(self) -> Dropped | None:
+        """The upstream dropped since the last call (the shell closes its socket after sending
+        ``goodbye``, then attaches another upstream or refuses), or ``None``."""
+        d, self.dropped = self.dropped, None
+        return d
 
     @property
     def finished(self) -> bool:
@@ -479,6 +538,9 @@ class Relay:
             if ev.stream_id != self._sid[side]:
                 return
             self.pipes[side].feed(ev.data or b"", ev.flow_controlled_length or 0)
+            if (self.screening and side is not self.kaspad_side
+                    and self.policy.remote.node_id):
+                self._screened()  # the remote's Version passed
         elif isinstance(ev, h2.events.TrailersReceived):
             if side is Side.UP:
                 self.pipes[side].trailers = _pick(ev.headers or [], _TRAILER_COPY)
@@ -488,6 +550,8 @@ class Relay:
                 if not pipe.reader.at_boundary:
                     raise FramingError("stream ended in the middle of a gRPC message")
                 pipe.end_pending = True
+                if self.screening and side is not self.kaspad_side:
+                    self._screened()  # ended without a Version: kaspad gets what it sent
         elif isinstance(ev, h2.events.StreamReset):
             if ev.stream_id == self._sid[side]:
                 self._close_both(
@@ -552,6 +616,9 @@ class Relay:
         down_sid = self._sid[Side.DOWN]
         assert down_sid is not None
         out = [(b":status", b"200"), *_pick(headers, _RESPONSE_COPY)]
+        if b"grpc-status" not in h and self.screening:
+            self._held_response = out  # sent once the remote's Version passed
+            return
         if b"grpc-status" in h:  # trailers-only response
             out += _pick(headers, _TRAILER_COPY)
             self.conn(Side.DOWN).send_headers(down_sid, out, end_stream=True)
@@ -563,6 +630,40 @@ class Relay:
         self.conn(Side.DOWN).send_headers(down_sid, out)
         self._headers_sent[Side.DOWN] = True
         self.response_started = True
+
+    def _screened(self) -> None:
+        """The remote passed (or ended its call): stop holding it back from kaspad."""
+        self.screening = False
+        held, self._held_response = self._held_response, None
+        sid = self._sid[Side.DOWN]
+        if held is not None and sid is not None:
+            self.conn(Side.DOWN).send_headers(sid, held)
+            self._headers_sent[Side.DOWN] = True
+            self.response_started = True
+
+    def _can_drop_upstream(self) -> bool:
+        """kaspad has seen nothing of the current upstream: it can be replaced unnoticed."""
+        return (self.screening and self.kaspad_side is Side.DOWN
+                and not self._headers_sent[Side.DOWN] and self._ends[Side.UP] is not None)
+
+    def _drop_upstream(self, error: BridgeError) -> None:
+        """Let the upstream go (its node id is connected already) and wait for another."""
+        end = self._ends[Side.UP]
+        assert end is not None
+        conn, sid = end.conn, self._sid[Side.UP]
+        if sid is not None:
+            _safe(lambda s=sid: conn.reset_stream(s, h2.errors.ErrorCodes.CANCEL))
+        _safe(lambda: conn.close_connection(h2.errors.ErrorCodes.NO_ERROR))
+        self.dropped = Dropped(error, conn.data_to_send())
+        self.upstreams_dropped += 1
+        self._ends[Side.UP] = None
+        self._sid[Side.UP] = None
+        self._headers_sent[Side.UP] = False
+        self._held_response = None
+        old = self.pipes[Side.UP]
+        self.pipes[Side.UP] = _Pipe(self, Side.UP, Side.DOWN, old.direction,
+                                    grpc.MessageReader(self.settings.max_message_bytes))
+        self.policy.reset_remote()
 
     def _flush(self) -> None:
         for pipe in self.pipes.values():
@@ -582,11 +683,15 @@ class Relay:
         self._close_both(str(error), culprit=culprit, error=error)
 
     def _close_both(self, reason: str, *, culprit: Side | None, error: BridgeError | None = None,
-                    status: int = GRPC_UNAVAILABLE, quiet: bool = False) -> None:
+                    status: int = GRPC_UNAVAILABLE, quiet: bool = False,
+                    message: str | None = None) -> None:
+        """``message``: the grpc-message for the DOWN client when it must not read ``reason``
+        (an inbound remote)."""
         if self.closed is not None:
             return
         self.closed = Closed(reason, error if not quiet else None)
-        message = reason.encode("utf-8", "replace")[:200]
+        text = reason if message is None or self.kaspad_side is Side.DOWN else message
+        encoded = text.encode("utf-8", "replace")[:200]
         for side in (Side.DOWN, Side.UP):
             end = self._ends[side]
             conn = end.conn if end is not None else None
@@ -602,7 +707,7 @@ class Relay:
                 continue
             if side is Side.DOWN and sid is not None:
                 # Tell the HTTP/2 client a proper gRPC status so it logs a reason.
-                trailers = [(b"grpc-status", str(status).encode()), (b"grpc-message", message)]
+                trailers = [(b"grpc-status", str(status).encode()), (b"grpc-message", encoded)]
                 if not self._headers_sent[Side.DOWN]:
                     trailers = [(b":status", b"200"), (b"content-type", b"application/grpc"),
                                 *trailers]
@@ -644,4 +749,5 @@ def _safe(fn: object) -> None:
         pass
 
 
-__all__ = ["Closed", "Endpoint", "Relay", "RelaySettings", "Side", "new_upstream_connection"]
+__all__ = ["Closed", "Dropped", "Endpoint", "Relay", "RelaySettings", "Side",
+           "new_upstream_connection"]

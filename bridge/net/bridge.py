@@ -4,6 +4,17 @@
   connection is relayed to one upstream peer taken from the warm pool.
 * The **inbound** listener is the target of the onion service: each Tor connection is relayed to
   kaspad's P2P listener.
+
+No duplicate connections: kaspad keeps one connection per (node id, remote IP) and drops a newer
+one right after its handshake; every bridged peer is 127.0.0.1 to kaspad. The bridge keeps the
+node ids connected through it (``gossip.nodes``, :mod:`bridge.core.nodes`): a slot whose upstream
+shows, in its Version, an id already connected (through another slot or the onion inbound) drops
+that upstream before kaspad sees anything of it and takes another from the pool while
+``refill_margin`` seconds remain before the response deadline (else kaspad is answered
+UNAVAILABLE, as when no upstream is ready); the target is put aside, not penalised, and the pool
+does not pick it while that node stays connected. An inbound peer whose id is connected already
+is closed politely. Each is logged ("... already connected to kaspad through ...") and counted
+(``pool.stats["duplicates"]`` for slots, ``inbound_stats["refused_duplicate"]``).
 """
 
 from __future__ import annotations
@@ -23,9 +34,16 @@ from bridge.book import AddressBook
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Selector, Target, filter_kinds
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
-from bridge.core.relay import Endpoint, Relay, RelaySettings, Side, new_upstream_connection
+from bridge.core.relay import (
+    Dropped,
+    Endpoint,
+    Relay,
+    RelaySettings,
+    Side,
+    new_upstream_connection,
+)
 from bridge.core.selection import BookSelector, SelectionPolicy
-from bridge.errors import BridgeError, Fault, SelfConnection
+from bridge.errors import BridgeError, DuplicatePeer, Fault, SelfConnection
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.probe import harvest
 from bridge.net.runner import RelayRunner, StallPolicy
@@ -58,8 +76,13 @@ class BridgeOptions:
     max_pending: int = 64
     #: seconds an inbound connection has to send its HTTP/2 preface
     inbound_handshake_timeout: float = 10.0
-    #: kaspad's 10 s response-HEADERS deadline, with a margin (facts §1.4)
+    #: kaspad's 10 s response-HEADERS deadline, with a margin (facts §1.4). A slot's remote must
+    #: have answered *and* sent its Version by then (the bridge checks it before kaspad sees it)
     response_deadline: float = KASPAD_RESPONSE_DEADLINE
+    #: a slot whose upstream was dropped as a duplicate (node id connected already) takes
+    #: another only while this many seconds remain before ``response_deadline`` (time for the
+    #: new remote to answer); None: never, kaspad is answered UNAVAILABLE and retries
+    refill_margin: float | None = 3.0
     #: a started message from a remote peer must keep flowing (None: never checked)
     stall: StallPolicy | None = field(default_factory=StallPolicy)
     relay: RelaySettings = field(default_factory=RelaySettings)
@@ -141,14 +164,16 @@ class Bridge:
         self.dialer = dialer or Dialer(options.dial)
         self.pool = WarmPool(self.selector, self.dialer, size=options.pool_size,
                              relay_settings=options.relay,
-                             handshake_timeout=options.h2_handshake_timeout)
+                             handshake_timeout=options.h2_handshake_timeout,
+                             busy=self.gossip.nodes.busy_targets)
         self.slot_ports: list[int] = []
         self.inbound_port: int | None = None
         self.relays: dict[int, RelayInfo] = {}
         #: inbound connections waiting for their stream, oldest first
         self._pending: dict[int, RelayRunner] = {}
         self.inbound_active = 0  # inbound relays holding a kaspad connection
-        self.inbound_stats = {"accepted": 0, "evicted": 0, "refused_full": 0}
+        self.inbound_stats = {"accepted": 0, "evicted": 0, "refused_full": 0,
+                              "refused_duplicate": 0}
         self._ids = itertools.count(1)
         self.closed_count = {"ok": 0, "error": 0, "refused": 0}
         self.started = trio.Event()
@@ -215,8 +240,9 @@ class Bridge:
                  len(res.ips), len(res.onions), added, res.elapsed)
         self.pool.poke()
 
-    def _policy(self, label: str) -> ConnectionPolicy:
-        return ConnectionPolicy(self.gossip, self.options.policy, remote_label=label)
+    def _policy(self, label: str, conn_label: str) -> ConnectionPolicy:
+        return ConnectionPolicy(self.gossip, self.options.policy, remote_label=label,
+                                conn_label=conn_label)
 
     # -- slots ------------------------------------------------------------------------------
 
@@ -224,8 +250,8 @@ class Bridge:
         local_port = stream.socket.getsockname()[1]
         rid = next(self._ids)
         label = f"slot:{local_port}#{rid}"
-        policy = self._policy("remote")
-        taken: list[Target] = []
+        policy = self._policy("remote", label)
+        taken: list[Target] = []  # the upstream's target (one at a time)
 
         async def get_upstream() -> tuple[trio.abc.Stream, Endpoint] | None:
             up = await self.pool.take(self.options.slot_wait)
@@ -235,27 +261,38 @@ class Bridge:
                 return None
             taken.append(up.target)
             policy.remote_label = f"peer {up.target}"
+            policy.remote_target = up.target
             if up.target.is_onion:
                 policy.remote_onion = OnionAddress.parse(up.target.host)
             info.target = up.target
             relay.upstream_authority = up.target.authority
-            log.info("%s: kaspad connected, relaying to %s", label, up.target)
+            log.info("%s: kaspad connected, relaying to %s%s", label, up.target,
+                     " (instead)" if relay.upstreams_dropped else "")
             return up.stream, up.conn
 
+        def on_drop(_dropped: Dropped) -> None:
+            """The relay let the upstream go before kaspad saw it: its node id is connected
+            already. Not the remote's fault; it is put aside while that connection lasts."""
+            if taken:
+                self.pool.duplicate(taken.pop())
+            info.target = None
+
         relay = Relay(policy, kaspad_side=Side.DOWN, upstream_authority=b"",
-                      settings=self.options.relay)
+                      settings=self.options.relay, screen=True)
         info = RelayInfo(rid, "slot", local_port, None, relay, trio.current_time())
         self.relays[rid] = info
         runner = RelayRunner(relay, stream, label)
+        runner.on_drop = on_drop
         try:
             await self._guarded(runner.run(get_upstream,
                                            response_timeout=self.options.response_deadline,
                                            refresh_interval=self.options.refresh_interval,
-                                           stall=self.options.stall),
+                                           stall=self.options.stall,
+                                           refill_margin=self.options.refill_margin),
                                 label)
         finally:
             del self.relays[rid]
-            self._finish(runner, policy, taken[0] if taken else None)
+            self._finish(runner, policy, taken[-1] if taken else None)
 
     @staticmethod
     async def _guarded(coro: Coroutine[Any, Any, None], label: str) -> None:
@@ -267,9 +304,19 @@ class Bridge:
 
     def _finish(self, runner: RelayRunner, policy: ConnectionPolicy, target: Target | None) -> None:
         runner.log_close()
+        if self.gossip.nodes.release(policy) is not None:
+            self.pool.poke()  # that node may be dialed again
         closed = runner.relay.closed
         err = closed.error if closed is not None else None
         err = err or runner.fault
+        if isinstance(err, DuplicatePeer):
+            # kaspad has that node connected already: nobody's fault
+            self.closed_count["refused"] += 1
+            if target is not None:
+                self.pool.duplicate(target)
+            else:
+                self.inbound_stats["refused_duplicate"] += 1
+            return
         handshake_ok = bool(policy.remote.node_id) and err is None
         if err is None and runner.relay.response_started:
             self.closed_count["ok"] += 1
@@ -298,7 +345,7 @@ class Bridge:
         rid = next(self._ids)
         label = f"inbound#{rid}"
         host, port = self.options.kaspad_p2p
-        policy = self._policy(f"inbound peer #{rid}")
+        policy = self._policy(f"inbound peer #{rid}", label)
         relay = Relay(policy, kaspad_side=Side.UP,
                       upstream_authority=f"{host}:{port}".encode(), settings=self.options.relay)
         info = RelayInfo(rid, "inbound", self.inbound_port or 0, None, relay, trio.current_time())

@@ -4,13 +4,20 @@ kaspad gives a slot 10 s for response HEADERS and then 4 s for the peer's Versio
 A Tor circuit to an onion service can take longer than that to build, so the bridge keeps
 ``size`` upstream connections *warm*: SOCKS done and the HTTP/2 preface exchanged (the server's
 SETTINGS received). A kaspad slot connection takes one and only has to open a stream on it.
+
+Duplicates: the remote's node id only shows in its Version, once a slot opened its stream (the
+relay checks it there, see :mod:`bridge.core.relay`), so the pool cannot see it while warming.
+What it does: it never picks, and never hands a slot, a target whose node id as last seen is
+connected to kaspad now (``busy``: :meth:`bridge.core.nodes.NodeRegistry.busy_targets`); a warm
+upstream that became such a target meanwhile is closed and put aside without penalty
+(:meth:`WarmPool.duplicate`), as is an upstream a slot's relay dropped for that reason.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import h2.events
@@ -26,6 +33,9 @@ log = logging.getLogger("bridge.pool")
 
 #: Retry delay after a dial failed because of our own Tor/proxy (the peer is not penalised).
 TOR_FAULT_RETRY = 2.0
+#: A target whose node id turned out to be connected already rests this long (no failure is
+#: counted); while that connection lasts it is not picked anyway (``busy``).
+DUPLICATE_DEFER = 30.0
 #: After our Tor comes back (restart, reconnect), it may still be fetching descriptors and
 #: building its first circuits: dial failures this soon are not held against the peer (short
 #: retries instead of the 2..60 s exponential backoff, which once delayed recovery by ~110 s).
@@ -152,8 +162,11 @@ class WarmPool:
     """Keeps ``size`` ready upstream connections; slots :meth:`take` them."""
 
     def __init__(self, selector: Selector, dialer: Dialer, *, size: int,
-                 relay_settings: RelaySettings, handshake_timeout: float = 30.0) -> None:
+                 relay_settings: RelaySettings, handshake_timeout: float = 30.0,
+                 busy: Callable[[], Collection[Target]] | None = None) -> None:
         self.selector = selector
+        #: targets not to dial or hand out now (their node id is connected to kaspad already)
+        self.busy = busy
         self.dialer = dialer
         self.size = size
         self.relay_settings = relay_settings
@@ -162,7 +175,10 @@ class WarmPool:
         self._dialing = 0
         self._changed = trio.Event()
         self._ready_changed = trio.Event()
-        self.stats = {"dialed": 0, "ready": 0, "failed": 0, "taken": 0, "dropped": 0}
+        #: ``duplicates``: upstreams not handed to kaspad (or dropped by a slot before kaspad saw
+        #: them) because their node id was connected to kaspad already
+        self.stats = {"dialed": 0, "ready": 0, "failed": 0, "taken": 0, "dropped": 0,
+                      "duplicates": 0}
         #: trio time our Tor last recovered (see :meth:`forgive_all`)
         self._tor_recovered_at: float | None = None
         #: slots waiting in :meth:`take` with nothing ready: each gets a dial of its own on top
@@ -199,8 +215,9 @@ class WarmPool:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             while True:
+                busy = self.busy() if self.busy is not None else ()
                 while len(self._ready) + self._dialing < self.size + self._waiting:
-                    target = self.selector.pick(trio.current_time())
+                    target = self.selector.pick(trio.current_time(), exclude=busy)
                     if target is None:
                         break
                     self._dialing += 1
@@ -304,12 +321,38 @@ class WarmPool:
                 entry.scope.cancel()
                 # The idle task may be finishing a shielded write: the stream is ours once it
                 # exits; it may also have found the connection dead meanwhile.
-                await entry.exited.wait()
+                try:
+                    await entry.exited.wait()
+                except trio.Cancelled:
+                    # Cancelled before the upstream was ours: nobody gets it; free its target.
+                    if not entry.dead:
+                        self.selector.release(entry.up.target)
+                        with trio.CancelScope(shield=True), trio.move_on_after(1):
+                            await entry.up.stream.aclose()
+                    self._notify()
+                    raise
                 self._notify()
-                if not entry.dead:
-                    self.stats["taken"] += 1
-                    return entry.up
+                if entry.dead:
+                    continue
+                if self.busy is not None and entry.up.target in self.busy():
+                    log.info("warm upstream %s not used: its node is connected to kaspad "
+                             "already", entry.up.target)
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await entry.up.stream.aclose()
+                    self.duplicate(entry.up.target)
+                    continue
+                self.stats["taken"] += 1
+                return entry.up
         return None
+
+    def duplicate(self, target: Target, delay: float = DUPLICATE_DEFER) -> None:
+        """``target``'s node id is connected to kaspad already (seen in its Version, or known
+        before it was handed out): put it aside for ``delay`` seconds without a failure, and
+        free it."""
+        self.stats["duplicates"] += 1
+        self.selector.defer(target, trio.current_time(), delay)
+        self.selector.release(target)
+        self._notify()
 
     def done_with(self, target: Target, *, ok: bool, is_self: bool = False,
                   addrv2: bool | None = None) -> None:

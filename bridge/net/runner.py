@@ -3,6 +3,12 @@
 Each socket has a reader task (socket → relay) and a writer task (relay → socket). Readers never
 block on writes, so neither peer can deadlock the other; memory stays bounded because the relay
 only produces what the HTTP/2 windows allow.
+
+When the relay drops its upstream before kaspad saw it (the remote's Version showed a node id
+already connected to kaspad, see :mod:`bridge.core.relay`), the runner delivers the goodbye to
+that socket, closes it, reports it (``on_drop``) and asks ``get_upstream`` for another one, as
+long as ``refill_margin`` seconds remain before the response deadline; otherwise kaspad is
+answered UNAVAILABLE, as when no upstream is ready.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 
 import trio
 
-from bridge.core.relay import Endpoint, Relay, Side
+from bridge.core.relay import Dropped, Endpoint, Relay, Side
 from bridge.errors import BridgeError, Fault
 
 log = logging.getLogger("bridge.relay")
@@ -68,6 +74,10 @@ class RelayRunner:
         self.bytes_read = {Side.DOWN: 0, Side.UP: 0}
         self._progress = trio.Event()  # DOWN sent bytes / a request / the relay ended
         self._read_error: dict[Side, str] = {}
+        #: called with each upstream the relay dropped (a duplicate node id), before a refill
+        self.on_drop: Callable[[Dropped], None] | None = None
+        #: trio time by which kaspad must have the response (None: no deadline)
+        self.response_deadline: float | None = None
 
     @property
     def request_seen(self) -> bool:
@@ -115,18 +125,23 @@ class RelayRunner:
                   refuse_message: str = "no upstream peer available",
                   refresh_interval: float | None = None,
                   lazy: bool = False, preface_timeout: float | None = None,
-                  stall: StallPolicy | None = None) -> None:
+                  stall: StallPolicy | None = None,
+                  refill_margin: float | None = None) -> None:
         """Relay until either side ends. ``get_upstream`` supplies the UP stream and its h2
         connection (or ``None``: the DOWN client is refused with UNAVAILABLE).
 
         ``lazy``: ask for the upstream only once the DOWN client has opened its MessageStream
         (it may keep an idle HTTP/2 connection as long as it likes, e.g. a remote bridge's warm
         pool); ``preface_timeout`` bounds the wait for its HTTP/2 preface. ``stall``: watch the
-        remote side for a stalled or trickling message."""
+        remote side for a stalled or trickling message. ``refill_margin``: after the relay
+        dropped an upstream, another is taken only while this many seconds remain before the
+        response deadline (None: never; kaspad is answered UNAVAILABLE)."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, Side.DOWN)
-                nursery.start_soon(self._writer, Side.DOWN)
+                down = self.streams[Side.DOWN]
+                assert down is not None
+                nursery.start_soon(self._reader, Side.DOWN, down)
+                nursery.start_soon(self._writer, Side.DOWN, down)
                 if lazy:
                     await self._wait_request(preface_timeout)
                 up = None if self.relay.finished else await get_upstream()
@@ -141,9 +156,10 @@ class RelayRunner:
                     up_stream, conn = up
                     self.streams[Side.UP] = up_stream
                     self.relay.attach_upstream(conn)
-                    nursery.start_soon(self._reader, Side.UP)
-                    nursery.start_soon(self._writer, Side.UP)
+                    nursery.start_soon(self._upstreams, up_stream, get_upstream,
+                                       refuse_message, refill_margin)
                     if response_timeout is not None:
+                        self.response_deadline = trio.current_time() + response_timeout
                         nursery.start_soon(self._response_watchdog, response_timeout)
                     if refresh_interval:
                         nursery.start_soon(self._refresh, refresh_interval)
@@ -161,6 +177,61 @@ class RelayRunner:
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
                         await stream.aclose()
 
+    async def _upstreams(self, stream: trio.abc.Stream, get_upstream: UpstreamGetter,
+                         refuse_message: str, refill_margin: float | None) -> None:
+        """Serve the UP socket; when the relay drops it (duplicate node id), replace it."""
+        current: trio.abc.Stream | None = stream
+        while current is not None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, Side.UP, current)
+                nursery.start_soon(self._writer, Side.UP, current)
+            dropped = self.relay.take_dropped()
+            if dropped is None:
+                return  # the relay is over (the writer marked itself done)
+            current = await self._replace_upstream(current, dropped, get_upstream,
+                                                   refuse_message, refill_margin)
+
+    async def _replace_upstream(self, old: trio.abc.Stream, dropped: Dropped,
+                                get_upstream: UpstreamGetter, refuse_message: str,
+                                refill_margin: float | None) -> trio.abc.Stream | None:
+        log.info("%s: upstream dropped: %s", self.label, dropped.error.describe())
+        if self.on_drop is not None:
+            self.on_drop(dropped)
+        with trio.move_on_after(1):
+            try:
+                await old.send_all(dropped.goodbye)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        self.streams[Side.UP] = None
+        self._read_error.pop(Side.UP, None)
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await old.aclose()
+        budget = (None if self.response_deadline is None
+                  else self.response_deadline - trio.current_time() - (refill_margin or 0.0))
+        up = None
+        if refill_margin is not None and (budget is None or budget > 0) \
+                and not self.relay.finished:
+            with trio.move_on_after(budget if budget is not None else float("inf")):
+                up = await get_upstream()
+        if self.relay.finished:
+            if up is not None:
+                await up[0].aclose()
+            self._writers_done[Side.UP].set()
+            return None
+        if up is None:
+            why = ("no other upstream within kaspad's response deadline"
+                   if refill_margin is not None else refuse_message)
+            log.info("%s: %s; kaspad is answered UNAVAILABLE", self.label, why)
+            self.relay.refuse(f"{refuse_message} (the one tried is connected already)")
+            self._writers_done[Side.UP].set()
+            self._kick_all()
+            return None
+        new, conn = up
+        self.streams[Side.UP] = new
+        self.relay.attach_upstream(conn)
+        self._kick_all()
+        return new
+
     async def _wait_request(self, preface_timeout: float | None) -> None:
         """Until the DOWN client opens its stream (or the relay ends); the preface must come
         within ``preface_timeout``."""
@@ -177,7 +248,8 @@ class RelayRunner:
     async def _response_watchdog(self, timeout: float) -> None:
         await trio.sleep(timeout)
         if not self.relay.response_started and not self.relay.finished:
-            up = Side.UP is self.remote_side
+            # no upstream attached (one was dropped, its replacement not in yet): not its fault
+            up = Side.UP is self.remote_side and self.relay.has_upstream
             message = f"upstream did not answer within {timeout:.1f}s"
             if up:
                 self.blame(f"{self.relay.who(Side.UP)} did not answer within {timeout:.1f}s")
@@ -194,6 +266,8 @@ class RelayRunner:
         while not self.relay.finished:
             await trio.sleep(tick)
             now = trio.current_time()
+            if self.relay.pipes[side] is not pipe:  # a dropped upstream was replaced
+                pipe, since = self.relay.pipes[side], None
             # Only while a message is in progress and the relay is not itself holding the
             # sender back (bytes queued for a receiver whose window is closed).
             if pipe.reader.at_boundary or pipe.queued > 0:
@@ -222,9 +296,7 @@ class RelayRunner:
                 log.debug("%s: asked the remote for addresses", self.label)
                 self._kick_all()
 
-    async def _reader(self, side: Side) -> None:
-        stream = self.streams[side]
-        assert stream is not None
+    async def _reader(self, side: Side, stream: trio.abc.Stream) -> None:
         while not self.relay.finished:
             try:
                 data = await stream.receive_some(READ_SIZE)
@@ -237,14 +309,14 @@ class RelayRunner:
                 self.bytes_read[side] += len(data)
                 self.relay.receive(side, bytes(data))
             self._kick_all()
-            if not data:
-                return
+            if not data or (side is Side.UP and self.relay.dropped is not None):
+                return  # EOF, or this upstream was dropped (see _upstreams)
 
     def _lost(self, side: Side) -> None:
         """``side``'s connection ended. A remote whose connection breaks in the middle of a
         message (or with an error such as a TCP reset) is to blame."""
-        if self.relay.finished:
-            return
+        if self.relay.finished or (side is Side.UP and not self.relay.has_upstream):
+            return  # (an upstream the relay dropped: its end is not a fault)
         mid = not self.relay.pipes[side].reader.at_boundary
         err = self._read_error.get(side)
         self.relay.connection_lost(side)
@@ -253,9 +325,8 @@ class RelayRunner:
             where = " in the middle of a message" if mid else ""
             self.fault = BridgeError(f"{self.relay.who(side)} {how}{where}", fault=Fault.REMOTE)
 
-    async def _writer(self, side: Side) -> None:
-        stream = self.streams[side]
-        assert stream is not None
+    async def _writer(self, side: Side, stream: trio.abc.Stream) -> None:
+        dropped = False
         try:
             while True:
                 data = self.relay.data_to_send(side)
@@ -270,9 +341,13 @@ class RelayRunner:
                     continue
                 if self.relay.finished:
                     return
+                if side is Side.UP and self.relay.dropped is not None:
+                    dropped = True  # the relay let this upstream go; _upstreams takes over
+                    return
                 await self._kick[side].wait()
         finally:
-            self._writers_done[side].set()
+            if not dropped:
+                self._writers_done[side].set()
 
     def log_close(self) -> None:
         closed = self.relay.closed
