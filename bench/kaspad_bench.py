@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"- kaspad log lines blaming a bridge: {len(res['violations'])}",
                 ]))
             return 0 if not res["reconnects"] and not res["missing"] else 1
-        ibd = ns.ibd_blocks or (300 if ns.quick else 2000)
+        ibd = ns.ibd_blocks or (600 if ns.quick else 2000)
         res = run(kaspad, work, quick=ns.quick, ibd_blocks=ibd)
         print(json.dumps(res, indent=2))
         if ns.json is not None:

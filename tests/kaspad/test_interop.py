@@ -149,6 +149,34 @@ def test_ibd_of_a_late_node_through_bridge_and_tor(kaspad_rig: KaspadRig) -> Non
         kaspad_rig.nodes.remove(late)
 
 
+def test_no_duplicate_connection_churn(kaspad_rig: KaspadRig) -> None:
+    """node1's bridge learns node0's onion by gossip while node0 is already connected to kaspad1
+    (inbound); its spare slot must not dial node0 again and again (kaspad would drop each
+    duplicate right after the handshake): the bridge recognises node0's node id and keeps it
+    out. Each kaspad sees the other exactly once, and the churn signature (kaspad cancelling a
+    fresh slot stream) does not repeat."""
+    n0, n1 = kaspad_rig.nodes[:2]
+    deadline = time.monotonic() + 60.0
+    while _status(n1)["known_onions"] < 1 and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert _status(n1)["known_onions"] >= 1, "node1's bridge never learned node0's onion"
+    time.sleep(40.0)  # more than kaspad's ~30 s retry of its --addpeer slot
+    for a, b in ((n0, n1), (n1, n0)):
+        with b.kaspad.rpc(timeout=10.0) as rb:
+            idb = rb.info().p2pId
+        with a.kaspad.rpc(timeout=10.0) as ra:
+            same = [p for p in ra.peers() if p.id == idb]
+        assert len(same) == 1, f"{a.name} sees {b.name} {len(same)} times"
+    assert n1.bridge is not None
+    churn = n1.bridge.log_text().count("kaspad reset the stream (CANCEL)")
+    assert churn <= 1, f"duplicate-connection churn on node1's slot ({churn} cancels)"
+    st = _status(n1)
+    MEASURED["node1 bridge: duplicates kept from kaspad (pool/inbound)"] = \
+        f"{st['pool']['stats'].get('duplicates', 0)}/" \
+        f"{st['inbound_stats'].get('refused_duplicate', 0)}"
+    assert_no_violations(kaspad_rig)
+
+
 # -- hostile remotes in front of a real kaspad ----------------------------------------------
 
 def _socks_connect(socks_port: int, host: str, port: int, timeout: float = 60.0) -> socket.socket:
