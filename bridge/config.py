@@ -624,9 +624,17 @@ def _parse_env_value(key: str, text: str, source: str) -> object:
     return items
 
 
+#: The project's own ``KTB_*`` variables that are not configuration keys (the test script, the
+#: kaspad install script and rig, the caches): never taken for a misspelt key.
+NON_CONFIG_ENV = frozenset({
+    "KTB_IN_NETNS", "KTB_KASPAD", "KTB_KASPAD_VERSION", "KTB_KASPAD_PROFILE",
+    "KTB_KASPAD_PROTO_DIR", "KTB_KASPAD_LOG", "KTB_SKIP_KASPAD", "KTB_CACHE_DIR",
+})
+
+
 def _from_env(env: Mapping[str, str]) -> _Raw:
     raw: _Raw = {}
-    names = sorted(n for n in env if n.startswith(ENV_PREFIX))
+    names = sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in NON_CONFIG_ENV)
     if _PASSWORD_ENV_ALIAS in env and env_var_name("tor.control_password") in env:
         raise ConfigError(
             f"set only one of {_PASSWORD_ENV_ALIAS} and {env_var_name('tor.control_password')}",

@@ -492,6 +492,17 @@ def test_override_errors() -> None:
 # --- environment parsing ------------------------------------------------------------------------
 
 
+def test_project_variables_are_not_misspelt_keys() -> None:
+    """KTB_KASPAD (the rig's kaspad binary, exported by scripts/test.sh) is one edit away from
+    KTB_KASPAD__P2P: a bridge started in that environment must still start, while a real
+    near-miss stays an error."""
+    env = {**ENV, "KTB_KASPAD": "/x/kaspad", "KTB_KASPAD_VERSION": "2.1.0",
+           "KTB_KASPAD_PROTO_DIR": "/x", "KTB_CACHE_DIR": "/c", "KTB_IN_NETNS": "1"}
+    assert load_config(None, env=env).kaspad.p2p.port == 16111
+    with pytest.raises(ConfigError, match="did you mean KTB_KASPAD__P2P"):
+        load_config(None, env={**ENV, "KTB_KASPAD_P2P": "127.0.0.1:1"})
+
+
 def test_env_var_name() -> None:
     assert env_var_name("slots.count") == "KTB_SLOTS__COUNT"
     assert env_var_name("tor.socks") == "KTB_TOR__SOCKS"
