@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -303,28 +304,25 @@ def rig_up(
         typer.echo(summary(rig.tor))
         _print_nodes(rig.status())
         typer.echo(f"up in {time.monotonic() - t0:.1f}s; state in {rig.state_path}")
-        if detach:
-            return
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            rig.stop()
+        if not detach:
+            _until_ctrl_c(rig.stop)
         return
     net = up(dir, clients=clients, onion_hosts=onion_hosts, detach=detach)
     typer.echo(summary(net))
     typer.echo(f"up in {time.monotonic() - t0:.1f}s")
-    if detach:
-        return
+    if not detach:
+        _until_ctrl_c(net.stop)
+
+
+def _until_ctrl_c(stop: Callable[[], None]) -> None:
+    """Stay in the foreground until Ctrl-C, then ``stop()`` (also on any other exit)."""
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        net.stop()
+        stop()
 
 
 def _print_nodes(rows: list[dict[str, Any]]) -> None:

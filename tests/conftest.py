@@ -12,11 +12,12 @@ set: then they fail.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from bridge.rig import RigError, TorNetwork, find_tor
+from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 
 TORNET_CONTROL_PASSWORD = "kaspa-tor-bridge-rig"
 _TORNET_KEY = pytest.StashKey[TorNetwork]()
@@ -35,6 +36,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
         terminalreporter.write_sep("-", "private Tor network timings (s)")
         terminalreporter.write_line(
             ", ".join(f"{k}={v:.2f}" for k, v in net.timings.items()) + f"  [{net.workdir}]")
+
+
+@pytest.fixture
+def emulators() -> Iterator[Callable[..., KaspadEmulator]]:
+    """``make(**EmulatorConfig fields)`` -> a grpcio kaspad emulator, stopped after the test."""
+    made: list[KaspadEmulator] = []
+
+    def make(**kw: object) -> KaspadEmulator:
+        emu = KaspadEmulator(EmulatorConfig(**kw))  # type: ignore[arg-type]
+        made.append(emu)
+        return emu
+
+    yield make
+    for emu in made:
+        emu.stop()
 
 
 @pytest.fixture(scope="session")

@@ -377,8 +377,72 @@ VIOLATION_RE = re.compile(
     r"Network mismatch|version mismatch|timeout expired", re.IGNORECASE)
 
 
+class LoggedChild:
+    """A rig child process with a log file: start (appending to the log), alive, stop.
+
+    Subclasses (dataclasses) provide ``proc``, ``pid``, ``log_path``, ``die_with_parent`` and
+    ``starts``; ``marker`` must appear in ``/proc/<pid>/cmdline`` of a process recorded only by
+    pid (a detached rig attached from another process), guarding against pid reuse.
+    """
+
+    marker: bytes = b""
+    proc: subprocess.Popen[bytes] | None
+    pid: int | None
+    log_path: Path
+    die_with_parent: bool
+    starts: int
+
+    def _spawn(self, argv: list[str], header: str, env: dict[str, str] | None = None) -> None:
+        log = open(self.log_path, "ab")
+        try:
+            log.write(f"--- start {self.starts + 1}{header}\n".encode())
+            log.flush()
+            self.proc = spawn(argv, die_with_parent=self.die_with_parent,
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                              env=env)
+        finally:
+            log.close()
+        self.pid = self.proc.pid
+        self.starts += 1
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            return self.marker in Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    def stop(self, *, hard: bool = False, timeout: float = 20.0) -> None:
+        """SIGTERM (SIGKILL if ``hard``), SIGKILL after ``timeout``; reaps our child."""
+        pid = self.proc.pid if self.proc is not None else self.pid
+        if pid is None or not self.alive():
+            if self.proc is not None:
+                self.proc.poll()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
 @dataclass
-class KaspadNode:
+class KaspadNode(LoggedChild):
     """One simnet kaspad process: ``--simnet --appdir --rpclisten --enable-unsynced-mining
     --unsaferpc --nologfiles --yes`` plus ``flags`` (e.g. what ``kaspad-flags`` prints)."""
 
@@ -407,32 +471,14 @@ class KaspadNode:
                 f"--rpclisten=127.0.0.1:{self.rpc_port}", "--enable-unsynced-mining",
                 "--unsaferpc", "--nologfiles", "--yes", *flags]
 
+    marker = b"kaspad"
+
     def start(self, *, wait: float = 60.0) -> None:
         self.appdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        try:
-            log.write(f"--- start {self.starts + 1}: {' '.join(self.argv())}\n".encode())
-            log.flush()
-            self.proc = spawn(self.argv(), die_with_parent=self.die_with_parent,
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "RUST_LOG": os.environ.get(
-                                  "KTB_KASPAD_LOG", "info")})
-        finally:
-            log.close()
-        self.pid = self.proc.pid
-        self.starts += 1
+        self._spawn(self.argv(), f": {' '.join(self.argv())}",
+                    env={**os.environ, "RUST_LOG": os.environ.get("KTB_KASPAD_LOG", "info")})
         if wait:
             self.wait_rpc(wait)
-
-    def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        if self.pid is None:
-            return False
-        try:
-            return b"kaspad" in Path(f"/proc/{self.pid}/cmdline").read_bytes()
-        except OSError:
-            return False
 
     def wait_rpc(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -454,32 +500,6 @@ class KaspadNode:
 
     def rpc(self, **kw: Any) -> KaspadRpc:
         return KaspadRpc("127.0.0.1", self.rpc_port, binary=self.binary, **kw)
-
-    def stop(self, *, hard: bool = False, timeout: float = 20.0) -> None:
-        if not self.alive():
-            if self.proc is not None:
-                self.proc.poll()
-            return
-        pid = self.proc.pid if self.proc is not None else self.pid
-        assert pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            if self.proc is not None:
-                self.proc.wait(10)
-        elif self.proc is not None:
-            self.proc.wait(1)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,8 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.proc import spawn
-from bridge.rig.kaspad import BlockAdded, KaspadError, KaspadNode, KaspadRpc, RpcError
+from bridge.rig.kaspad import (
+    BlockAdded,
+    KaspadError,
+    KaspadNode,
+    KaspadRpc,
+    LoggedChild,
+    RpcError,
+)
 from bridge.rig.tornet import TorInstance, TorNetwork, free_ports
 from bridge.tor.keys import OnionKey, save_key
 
@@ -73,7 +77,7 @@ class RigNodesError(KaspadError):
 
 
 @dataclass
-class BridgeProc:
+class BridgeProc(LoggedChild):
     """A bridge daemon child process (the real CLI) with its config file and log."""
 
     config_path: Path
@@ -82,52 +86,10 @@ class BridgeProc:
     proc: subprocess.Popen[bytes] | None = None
     pid: int | None = None
     starts: int = 0
+    marker = b"bridge"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        try:
-            log.write(f"--- start {self.starts + 1}\n".encode())
-            log.flush()
-            self.proc = spawn([sys.executable, "-m", "bridge", "run", "-c",
-                               str(self.config_path)],
-                              die_with_parent=self.die_with_parent, stdin=subprocess.DEVNULL,
-                              stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
-        self.pid = self.proc.pid
-        self.starts += 1
-
-    def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        if self.pid is None:
-            return False
-        try:
-            return b"bridge" in Path(f"/proc/{self.pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-
-    def stop(self, *, hard: bool = False, timeout: float = 20.0) -> None:
-        pid = self.proc.pid if self.proc is not None else self.pid
-        if pid is None or not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if self.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        self._spawn([sys.executable, "-m", "bridge", "run", "-c", str(self.config_path)], "")
 
 
 @dataclass

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import trio
 
 from bridge.core.peers import Target
-from bridge.rig.emulator import EmulatorConfig, KaspadEmulator, PeerSession
+from bridge.rig.emulator import KaspadEmulator, PeerSession
 from tests.faults.rig import (
     ONION_G1,
     ONION_G2,
@@ -30,20 +30,6 @@ from tests.faults.rig import (
 )
 
 SAME = b"\x5a" * 16  # the node id two remotes share (one node reachable at two addresses)
-
-
-@pytest.fixture
-def emulators() -> Iterator[Callable[..., KaspadEmulator]]:
-    made: list[KaspadEmulator] = []
-
-    def make(**kw: object) -> KaspadEmulator:
-        emu = KaspadEmulator(EmulatorConfig(**kw))  # type: ignore[arg-type]
-        made.append(emu)
-        return emu
-
-    yield make
-    for emu in made:
-        emu.stop()
 
 
 async def thread(fn: Callable[[], object]) -> object:

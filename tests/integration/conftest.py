@@ -11,7 +11,7 @@ records every CONNECT (address type, host, port, credentials).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,7 +24,7 @@ from bridge.core.relay import RelaySettings
 from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import DialPolicy
 from bridge.net.socks import ProxyEndpoint
-from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
+from bridge.rig.emulator import KaspadEmulator
 from tests.peers.socks_server import ScriptedSocks5Server
 
 ONION_B = OnionAddress.from_pubkey(bytes(range(32)))
@@ -39,20 +39,6 @@ class Rig:
     emu_a: KaspadEmulator
     emu_b: KaspadEmulator
     routes: dict[str, int] = field(default_factory=dict)
-
-
-@pytest.fixture
-def emulators() -> Iterator[Callable[..., KaspadEmulator]]:
-    made: list[KaspadEmulator] = []
-
-    def make(**kw: object) -> KaspadEmulator:
-        emu = KaspadEmulator(EmulatorConfig(**kw))  # type: ignore[arg-type]
-        made.append(emu)
-        return emu
-
-    yield make
-    for emu in made:
-        emu.stop()
 
 
 async def start_rig(nursery: trio.Nursery, emu_a: KaspadEmulator, emu_b: KaspadEmulator, *,
