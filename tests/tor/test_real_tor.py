@@ -221,7 +221,11 @@ async def test_onion_publish_reach_and_heal_after_restarts(
             t_usable = trio.current_time() - t_down
             assert sup.status.onion_address == addr  # the SAME onion
             assert sup.status.restarts_seen == before.restarts_seen + 1
-            reach = await _reach(proxy, addr, 16511, within=60)
+            # The client tor may have fetched the onion's old descriptor (intro points of the
+            # tor that was just stopped) before the new one was uploaded; tor then remembers
+            # those intro points as failed for up to 2 minutes (its client intro-failure cache)
+            # before it fetches again. On a loaded 2-core CI box that took > 60 s once.
+            reach = await _reach(proxy, addr, 16511, within=150)
             timings[f"{label}_to_onion_republished_s"] = t_usable
             timings[f"{label}_to_onion_reachable_s"] = t_usable + reach
             timings[f"{label}_supervisor_recovery_s"] = sup.status.last_recovery_seconds or 0
