@@ -43,6 +43,7 @@ import h2.exceptions
 import h2.settings
 
 from bridge.core import grpc, h2fast, proto
+from bridge.core.budget import ENHANCE_YOUR_CALM, BudgetSettings, Flood, FrameBudget
 from bridge.core.policy import Action, ConnectionPolicy, Direction
 from bridge.errors import (
     BridgeError,
@@ -86,6 +87,8 @@ class RelaySettings:
     #: window + remote_window.
     remote_window: int = 2 * 1024 * 1024
     max_frame: int = 16384
+    #: what each HTTP/2 connection may cost (control frames, unread replies, header blocks)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
 
 
 def _h2(client: bool, settings: RelaySettings, window: int) -> h2.connection.H2Connection:
@@ -152,29 +155,65 @@ class FrameScanner:
                 self.stopped = True
 
 
-def frame_guard(*, skip_preface: bool, max_frame: int) -> FrameScanner:
-    """Rejects an oversized frame from its 9-byte header.
+def frame_guard(*, skip_preface: bool, max_frame: int,
+                budget: FrameBudget | None = None) -> FrameScanner:
+    """Rejects an oversized frame from its 9-byte header, and charges every frame to
+    ``budget`` (:mod:`bridge.core.budget`), before h2 has spent anything on it.
 
     h2 buffers a whole frame before it validates the frame's length, so a peer announcing a
     16 MiB frame would make us hold 16 MiB.
     """
-    def check(length: int, _type: int, _flags: int) -> None:
+    def check(length: int, ftype: int, flags: int) -> None:
         if length > max_frame:
             raise h2.exceptions.FrameTooLargeError(
                 f"frame length {length} exceeds the maximum {max_frame}")
+        if budget is not None:
+            budget.frame(length, ftype, flags)
 
     return FrameScanner(check, skip=len(_PREFACE) if skip_preface else 0)
 
 
 class Endpoint:
-    """An h2 connection plus its frame-length guard: feed it bytes with :meth:`receive_data`."""
+    """An h2 connection plus its frame guard and budget (:mod:`bridge.core.budget`): feed it
+    bytes with :meth:`receive_data`. :class:`~bridge.core.budget.Flood` is raised when the peer
+    goes over its budget."""
 
     def __init__(self, client: bool, settings: RelaySettings, *, remote: bool = False) -> None:
         self.conn = _h2(client, settings,
                         settings.remote_window if remote else settings.window)
-        self.guard = frame_guard(skip_preface=not client, max_frame=settings.max_frame)
+        self.budget = FrameBudget(settings.budget)
+        self.guard = frame_guard(skip_preface=not client, max_frame=settings.max_frame,
+                                 budget=self.budget)
+        #: bytes the shell took from h2 and has not written to the socket yet
+        self.unwritten = 0
+        #: bytes the shell has written to the socket (it reports them, see :meth:`wrote`)
+        self.written = 0
+        self._written_seen = 0
+
+    @property
+    def queued(self) -> int:
+        """Bytes in h2's own outbound queue (ACKs, WINDOW_UPDATEs, DATA, GOAWAY, ...)."""
+        return len(self.conn._data_to_send)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes produced for this peer and not yet written to its socket."""
+        return self.queued + self.unwritten
+
+    def writing(self, n: int) -> None:
+        """The shell took ``n`` bytes of :meth:`data_to_send` and is writing them."""
+        self.unwritten += n
+
+    def wrote(self, n: int) -> None:
+        """The shell wrote ``n`` bytes to the socket."""
+        self.unwritten = max(0, self.unwritten - n)
+        self.written += n
 
     def receive_data(self, data: bytes) -> list[h2.events.Event]:
+        if self.unsent == 0 or self.written != self._written_seen:
+            # the peer reads what we send it: the replies it asks for do not pile up
+            self._written_seen = self.written
+            self.budget.output_progressed()
         self.guard.feed(data)
         return self.conn.receive_data(data)
 
@@ -250,6 +289,9 @@ class _Pipe:
 
     def feed(self, data: bytes, credit: int) -> None:
         self.bytes_in += len(data)
+        src = self.relay._ends[self.src]
+        if src is not None:
+            src.budget.earn(len(data))
         for ev in self.reader.feed(data):
             if isinstance(ev, grpc.MessageStart):
                 self._start(ev)
@@ -326,7 +368,8 @@ class _Pipe:
         sid = relay.stream_id(self.dst)
         src = relay.conn(self.src)
         src_sid = relay.stream_id(self.src)
-        if sid is None or not relay.headers_sent(self.dst):
+        dst_end = relay._ends[self.dst]
+        if sid is None or not relay.headers_sent(self.dst) or dst_end is None:
             return
         if relay.screening and self.dst is not relay.kaspad_side:
             return  # nothing of kaspad's reaches a remote before its Version passed
@@ -339,6 +382,7 @@ class _Pipe:
                 if n <= 0:
                     break
                 dst.send_data(sid, item.data[:n].tobytes())
+                dst_end.budget.earn(n)
                 item.data = item.data[n:]
                 self.queued -= n
             if item.data:
@@ -460,6 +504,8 @@ class Relay:
             self._culprit_code = int(exc.error_code)
             self._fail(ProtocolError(f"{self.who(side)} broke HTTP/2: {exc}",
                                      fault=self.fault_of(side)), culprit=side)
+        except Flood as exc:
+            self._flood(side, exc)
         except DuplicatePeer as exc:
             if side is not self.kaspad_side and self._can_drop_upstream():
                 self._drop_upstream(exc)
@@ -478,6 +524,40 @@ class Relay:
     def data_to_send(self, side: Side) -> bytes:
         e = self._ends[side]
         return e.conn.data_to_send() if e is not None else b""
+
+    def unsent(self, side: Side) -> int:
+        """Bytes produced for ``side`` and not yet written: h2's outbound queue (including the
+        ACKs h2 sends on its own) plus what the shell reported as being written. The shell stops
+        reading ``side`` while this is over ``settings.budget.max_unsent``."""
+        e = self._ends[side]
+        return e.unsent if e is not None else 0
+
+    def writing(self, side: Side, n: int) -> None:
+        """The shell took ``n`` bytes from :meth:`data_to_send` and is writing them."""
+        e = self._ends[side]
+        if e is not None:
+            e.writing(n)
+
+    def wrote(self, side: Side, n: int) -> None:
+        """The shell wrote ``n`` bytes to ``side``'s socket."""
+        e = self._ends[side]
+        if e is not None:
+            e.wrote(n)
+
+    def tick(self, now: float) -> None:
+        """The shell's clock (monotonic seconds), passed in about once a second: refills the
+        connections' budgets and closes one whose header block stayed unfinished too long."""
+        if self.closed is not None:
+            return
+        for side in (Side.DOWN, Side.UP):
+            end = self._ends[side]
+            if end is None:
+                continue
+            try:
+                end.budget.tick(now)
+            except Flood as exc:
+                self._flood(side, exc)
+                return
 
     def connection_lost(self, side: Side) -> None:
         if self._ends[side] is None:
@@ -523,8 +603,10 @@ class Relay:
             "messages_from_kaspad": self.pipes[k].messages,
             "messages_from_remote": self.pipes[r].messages,
             # bytes held by the relay itself: queued for the other side + a message being
-            # sniffed or collected for rewriting
-            "buffered": sum(p.queued + len(p.held) for p in self.pipes.values()),
+            # sniffed or collected for rewriting + produced for a socket and not yet written
+            # (h2's own outbound queue, ACKs included)
+            "buffered": sum(p.queued + len(p.held) for p in self.pipes.values())
+            + self.unsent(Side.DOWN) + self.unsent(Side.UP),
         }
 
     # -- events -----------------------------------------------------------------------------
@@ -678,6 +760,14 @@ class Relay:
             self._goaway_all(h2.errors.ErrorCodes.NO_ERROR)
 
     # -- closing ----------------------------------------------------------------------------
+
+    def _flood(self, side: Side, exc: Flood) -> None:
+        """``side`` went over its budget: GOAWAY ENHANCE_YOUR_CALM to it, the other side is
+        closed politely."""
+        exc.fault = self.fault_of(side)
+        exc.args = (f"{self.who(side)} {exc}",)
+        self._culprit_code = ENHANCE_YOUR_CALM
+        self._fail(exc, culprit=side)
 
     def _fail(self, error: BridgeError, culprit: Side | None) -> None:
         self._close_both(str(error), culprit=culprit, error=error)

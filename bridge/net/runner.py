@@ -4,6 +4,11 @@ Each socket has a reader task (socket → relay) and a writer task (relay → so
 block on writes, so neither peer can deadlock the other; memory stays bounded because the relay
 only produces what the HTTP/2 windows allow.
 
+Each side's budget (:mod:`bridge.core.budget`) is enforced here too: a reader does not read
+while more than ``budget.max_unsent`` bytes wait to be written to its side (a peer that does not
+read what it asks for, e.g. PING ACKs, stops being read), writers report what they wrote, and a
+clock task passes time to the relay (token refill, unfinished header blocks).
+
 When the relay drops its upstream before kaspad saw it (the remote's Version showed a node id
 already connected to kaspad, see :mod:`bridge.core.relay`), the runner delivers the goodbye to
 that socket, closes it, reports it (``on_drop``) and asks ``get_upstream`` for another one, as
@@ -27,6 +32,8 @@ log = logging.getLogger("bridge.relay")
 READ_SIZE = 64 * 1024
 #: After the relay decided to close: time allowed to deliver the last frames (trailers, GOAWAY).
 CLOSE_FLUSH_TIMEOUT = 3.0
+#: Seconds between two :meth:`Relay.tick` calls (budget refill, header-block deadline).
+CLOCK_TICK = 0.5
 #: Client preface (24 bytes) plus one frame header: the HTTP/2 client has started talking.
 _PREFACE_SEEN = 24 + 9
 
@@ -64,6 +71,9 @@ class RelayRunner:
         self.label = label
         self.streams: dict[Side, trio.abc.Stream | None] = {Side.DOWN: down, Side.UP: None}
         self._kick = {Side.DOWN: _Signal(), Side.UP: _Signal()}
+        self._drained = {Side.DOWN: _Signal(), Side.UP: _Signal()}  # a writer wrote something
+        #: how often a reader waited for its side's backlog to drain (status, tests)
+        self.read_pauses = {Side.DOWN: 0, Side.UP: 0}
         self._done = trio.Event()
         self._writers_done = {Side.DOWN: trio.Event(), Side.UP: trio.Event()}
         #: the side that is not kaspad
@@ -114,7 +124,7 @@ class RelayRunner:
 
     def _kick_all(self) -> None:
         self._drain_notes()
-        for s in self._kick.values():
+        for s in (*self._kick.values(), *self._drained.values()):
             s.set()
         self._progress.set()
         self._progress = trio.Event()
@@ -142,6 +152,7 @@ class RelayRunner:
                 assert down is not None
                 nursery.start_soon(self._reader, Side.DOWN, down)
                 nursery.start_soon(self._writer, Side.DOWN, down)
+                nursery.start_soon(self._clock)
                 if lazy:
                     await self._wait_request(preface_timeout)
                 up = None if self.relay.finished else await get_upstream()
@@ -296,8 +307,30 @@ class RelayRunner:
                 log.debug("%s: asked the remote for addresses", self.label)
                 self._kick_all()
 
+    async def _clock(self) -> None:
+        """Pass time to the relay's budgets (the sans-IO core has no clock)."""
+        while not self.relay.finished:
+            self.relay.tick(trio.current_time())
+            if self.relay.finished:
+                self._kick_all()
+                return
+            await trio.sleep(CLOCK_TICK)
+
+    async def _room(self, side: Side) -> None:
+        """Wait while more than ``max_unsent`` bytes wait to be written to ``side``: a peer that
+        does not read what it is sent (PING/SETTINGS ACKs included) is not read either."""
+        limit = self.relay.settings.budget.max_unsent
+        if self.relay.unsent(side) <= limit:
+            return
+        self.read_pauses[side] += 1
+        while self.relay.unsent(side) > limit and not self.relay.finished:
+            await self._drained[side].wait()
+
     async def _reader(self, side: Side, stream: trio.abc.Stream) -> None:
         while not self.relay.finished:
+            await self._room(side)
+            if self.relay.finished:
+                return
             try:
                 data = await stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -331,6 +364,7 @@ class RelayRunner:
             while True:
                 data = self.relay.data_to_send(side)
                 if data:
+                    self.relay.writing(side, len(data))
                     try:
                         await stream.send_all(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -338,6 +372,8 @@ class RelayRunner:
                         self._lost(side)
                         self._kick_all()
                         return
+                    self.relay.wrote(side, len(data))
+                    self._drained[side].set()
                     continue
                 if self.relay.finished:
                     return

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +34,7 @@ from tests.core.relay_harness import (
     pump,
     version,
 )
+from tests.costs import MemoryUse, python_memory
 
 OWN = OnionPeer(OnionAddress.from_pubkey(bytes(range(32))), 16111)
 OTHER = OnionPeer(OnionAddress.from_pubkey(bytes(range(1, 33))), 16111)
@@ -31,11 +42,13 @@ OTHER = OnionPeer(OnionAddress.from_pubkey(bytes(range(1, 33))), 16111)
 
 def make(kaspad_side: Side = Side.DOWN, *, window: int = 512 * 1024,
          gossip: GossipState | None = None, max_message: int = 1 << 30,
-         ) -> tuple[Relay, Peer, Peer, Peer, Peer]:
+         budget: object = None) -> tuple[Relay, Peer, Peer, Peer, Peer]:
     gossip = gossip or GossipState(own_onion=OWN)
     policy = ConnectionPolicy(gossip, PolicySettings(), remote_label="peer x")
+    extra = {} if budget is None else {"budget": budget}
     relay = Relay(policy, kaspad_side=kaspad_side, upstream_authority=b"x.onion:16111",
-                  settings=RelaySettings(window=window, max_message_bytes=max_message))
+                  settings=RelaySettings(window=window, max_message_bytes=max_message,
+                                         **extra))  # type: ignore[arg-type]
     relay.attach_upstream(new_upstream_connection(relay.settings))
     down, up = Peer(client=True), Peer(client=False)
     down.open()
@@ -363,3 +376,247 @@ def test_oversized_frame_gets_goaway_frame_size_error() -> None:
     relay.receive(Side.DOWN, down.conn.data_to_send())
     assert relay.closed is not None and "exceeds the maximum" in relay.closed.reason
     assert _goaways(relay.data_to_send(Side.DOWN)) == [6]  # FRAME_SIZE_ERROR
+
+
+# -- the per-connection budget (issue 10: control-frame floods, CONTINUATION) -------------------
+#
+# Each flood below comes from one side as fast as it can, and that side never reads what the
+# relay sends it (nothing is taken from ``relay.data_to_send``). On be2d1a4 every reply (PING
+# and SETTINGS ACKs) piled up in h2's outbound queue, one byte per byte received, and nothing
+# ever closed the connection.
+
+ENHANCE_YOUR_CALM = 0xB
+_FLOOD_BYTES = 2 * 1024 * 1024  # sent by the hostile side in each flood test
+_READ = 64 * 1024  # what the shell reads at a time
+
+
+def _frames(one: bytes, size: int) -> bytes:
+    return one * (size // len(one))
+
+
+#: one frame of each flood kind, for the stream id given
+FLOODS: dict[str, Callable[[int], bytes]] = {
+    "ping": lambda sid: PingFrame(0, b"12345678").serialize(),
+    "settings": lambda sid: SettingsFrame(0).serialize(),
+    "empty-data": lambda sid: DataFrame(sid, b"").serialize(),
+    "priority": lambda sid: PriorityFrame(sid, depends_on=0, stream_weight=15).serialize(),
+    "window-update": lambda sid: WindowUpdateFrame(0, window_increment=1).serialize(),
+    "padded-data": lambda sid: DataFrame(sid, b"", flags=["PADDED"], pad_length=0).serialize(),
+}
+
+
+def _flood(relay: Relay, side: Side, chunk: bytes, total: int) -> MemoryUse:
+    """Feed ``total`` bytes of ``chunk`` repeated, ``_READ`` bytes at a time; the relay's output
+    to ``side`` is never read (the peer does not read). Returns the Python memory it cost."""
+    with python_memory() as mem:
+        sent = 0
+        while sent < total and not relay.finished:
+            relay.receive(side, chunk[:_READ])
+            sent += _READ
+    return mem
+
+
+@pytest.mark.parametrize("kind", sorted(FLOODS))
+@pytest.mark.parametrize("kaspad_side", [Side.DOWN, Side.UP])
+def test_control_frame_flood_from_remote_is_closed_with_bounded_memory(
+        kind: str, kaspad_side: Side) -> None:
+    relay, down, up, kaspad, remote = make(kaspad_side)
+    handshake(relay, kaspad, remote, down, up)
+    side = Side.UP if kaspad_side is Side.DOWN else Side.DOWN
+    chunk = _frames(FLOODS[kind](relay.stream_id(side) or 1), _READ)
+    mem = _flood(relay, side, chunk, _FLOOD_BYTES)
+    assert relay.closed is not None, f"{kind} flood of {_FLOOD_BYTES} bytes was not stopped"
+    err = relay.closed.error
+    assert err is not None and err.fault is Fault.REMOTE, relay.closed
+    assert "without payload" in str(err)
+    assert _goaways(relay.data_to_send(side))[-1:] == [ENHANCE_YOUR_CALM]
+    # kaspad is told politely (UNAVAILABLE trailers or a GOAWAY NO_ERROR), never blamed
+    assert ENHANCE_YOUR_CALM not in _goaways(relay.data_to_send(kaspad_side))
+    assert mem.peak < 256 * 1024, f"{kind} flood cost {mem.peak} bytes"
+
+
+def test_ping_flood_from_kaspad_blames_kaspad() -> None:
+    relay, down, up, kaspad, remote = make()
+    handshake(relay, kaspad, remote, down, up)
+    mem = _flood(relay, Side.DOWN, _frames(FLOODS["ping"](0), _READ), _FLOOD_BYTES)
+    assert relay.closed is not None and relay.closed.error is not None
+    assert relay.closed.error.fault is Fault.KASPAD
+    assert _goaways(relay.data_to_send(Side.DOWN))[-1:] == [ENHANCE_YOUR_CALM]
+    assert mem.peak < 256 * 1024
+
+
+def _idle_inbound() -> Relay:
+    """An onion inbound connection before its request: only the Tor peer's side exists."""
+    policy = ConnectionPolicy(GossipState(own_onion=OWN), PolicySettings(),
+                              remote_label="inbound peer #1")
+    relay = Relay(policy, kaspad_side=Side.UP, upstream_authority=b"127.0.0.1:16111")
+    client = Peer(client=True)
+    relay.receive(Side.DOWN, client.conn.data_to_send())  # preface + SETTINGS, nothing else
+    assert not relay.finished
+    return relay
+
+
+@pytest.mark.parametrize("kind", ["ping", "settings", "window-update"])
+def test_flood_on_idle_inbound_before_its_request(kind: str) -> None:
+    relay = _idle_inbound()
+    mem = _flood(relay, Side.DOWN, _frames(FLOODS[kind](0), _READ), _FLOOD_BYTES)
+    assert relay.closed is not None and relay.closed.error is not None
+    assert relay.closed.error.fault is Fault.REMOTE
+    assert _goaways(relay.data_to_send(Side.DOWN))[-1:] == [ENHANCE_YOUR_CALM]
+    assert mem.peak < 256 * 1024
+
+
+def test_h2_outbound_queue_counts_as_buffered() -> None:
+    """The status "buffered" figure includes h2's own queue (here: PING ACKs nobody read)."""
+    relay, down, up, kaspad, remote = make()
+    handshake(relay, kaspad, remote, down, up)
+    pings = _frames(FLOODS["ping"](0), 100 * 17)
+    relay.receive(Side.UP, pings)
+    assert not relay.finished  # 100 PINGs: within the budget
+    assert relay.unsent(Side.UP) >= len(pings)  # 100 ACKs, the same size, wait for the remote
+    assert relay.stats()["buffered"] >= len(pings)
+    relay.data_to_send(Side.UP)
+    assert relay.stats()["buffered"] == 0
+
+
+def test_budget_refills_with_relayed_payload_and_time() -> None:
+    """Honest use never runs out: PINGs paid for by payload relayed, and by time passing."""
+    from bridge.core.budget import BudgetSettings
+
+    budget = BudgetSettings(burst=50, earn_bytes=1024, per_second=10.0)
+    relay, down, up, kaspad, remote = make(budget=budget)
+    handshake(relay, kaspad, remote, down, up)
+    ping_frame = PingFrame(0, b"12345678").serialize()
+    relay.tick(0.0)
+    for i in range(40):  # 40 x (30 PINGs + 32 KiB relayed): 1200 PINGs, 32 tokens earned each
+        remote.send(block(32 * 1024, request_id=i + 1), compressed=False)
+        pump(relay, down, up)
+        relay.receive(Side.UP, ping_frame * 30)
+        relay.data_to_send(Side.UP)  # the remote reads its ACKs
+    assert not relay.finished, relay.closed
+    for t in range(1, 200):  # 200 s, 5 PINGs a second: the time refill (10/s) covers them
+        relay.tick(float(t))
+        relay.receive(Side.UP, ping_frame * 5)
+        relay.data_to_send(Side.UP)
+    assert not relay.finished, relay.closed
+    relay.receive(Side.UP, ping_frame * 60)  # more than the whole bucket at once
+    assert relay.closed is not None and relay.closed.error is not None
+
+
+def test_replies_the_peer_never_reads_close_it() -> None:
+    """Within the token budget (raised here), a peer that keeps asking for PING ACKs while
+    none of our output to it gets written is closed (nghttp2's retained-ACK limit)."""
+    from bridge.core.budget import BudgetSettings
+
+    relay, down, up, kaspad, remote = make(budget=BudgetSettings(burst=100_000))
+    handshake(relay, kaspad, remote, down, up)
+    ping_frame = PingFrame(0, b"12345678").serialize()
+    stuck = relay.data_to_send(Side.UP)
+    relay.writing(Side.UP, len(stuck) or 1)  # the shell's write to the remote is blocked
+    for _ in range(20):  # 1200 PINGs
+        relay.receive(Side.UP, ping_frame * 60)
+        relay.writing(Side.UP, len(relay.data_to_send(Side.UP)))
+    assert relay.closed is not None and relay.closed.error is not None
+    assert "does not read" in str(relay.closed.error)
+    assert relay.closed.error.fault is Fault.REMOTE
+    # ... but a peer that reads what it asked for is not closed for the same PINGs
+    relay2, down2, up2, kaspad2, remote2 = make(budget=BudgetSettings(burst=100_000))
+    handshake(relay2, kaspad2, remote2, down2, up2)
+    for _ in range(50):
+        relay2.receive(Side.UP, ping_frame * 60)
+        out = relay2.data_to_send(Side.UP)
+        relay2.writing(Side.UP, len(out))
+        relay2.wrote(Side.UP, len(out))
+    assert not relay2.finished, relay2.closed
+
+
+def _open_block(relay: Relay, side: Side) -> tuple[bytes, int]:
+    """A HEADERS frame without END_HEADERS from ``side``: the idle inbound's request, or a
+    slot remote's trailers."""
+    sid = relay.stream_id(side) or 1
+    frame = HeadersFrame(sid, b"\x83\x86")  # :method POST, :scheme http: HPACK indexed
+    return frame.serialize(), sid
+
+
+def _continuation(sid: int, size: int) -> bytes:
+    return ContinuationFrame(sid, b"\x00" * size).serialize()
+
+
+@pytest.mark.parametrize("where", ["idle-inbound", "slot-remote"])
+def test_continuation_flood_is_bounded_far_below_h2s_backlog(where: str) -> None:
+    """h2 keeps up to 64 CONTINUATIONs (about 2 MiB with its copies) of an unfinished block;
+    the relay allows 16 KiB and 8 CONTINUATIONs."""
+    if where == "idle-inbound":
+        relay, side = _idle_inbound(), Side.DOWN
+    else:
+        relay, *_ = make()
+        side = Side.UP
+    head, sid = _open_block(relay, side)
+    with python_memory() as mem:
+        relay.receive(side, head)
+        for _ in range(60):  # 60 x 16 KiB: stays under h2's own limit of 64 frames
+            relay.receive(side, _continuation(sid, 16_000))
+            if relay.finished:
+                break
+    assert relay.closed is not None, "an endless header block was buffered"
+    assert relay.closed.error is not None and relay.closed.error.fault is Fault.REMOTE
+    assert "header block" in str(relay.closed.error)
+    assert _goaways(relay.data_to_send(side))[-1:] == [ENHANCE_YOUR_CALM]
+    assert mem.peak < 128 * 1024, f"the unfinished header block pinned {mem.peak} bytes"
+
+
+def test_empty_continuation_flood_is_closed_after_eight() -> None:
+    relay = _idle_inbound()
+    head, sid = _open_block(relay, Side.DOWN)
+    relay.receive(Side.DOWN, head + _continuation(sid, 0) * 8)
+    assert not relay.finished
+    relay.receive(Side.DOWN, _continuation(sid, 0))
+    assert relay.closed is not None and "CONTINUATION" in str(relay.closed.error)
+    assert _goaways(relay.data_to_send(Side.DOWN))[-1:] == [ENHANCE_YOUR_CALM]
+
+
+@pytest.mark.parametrize("where", ["idle-inbound", "slot-remote"])
+def test_header_block_left_unfinished_is_closed_by_the_shells_clock(where: str) -> None:
+    if where == "idle-inbound":
+        relay, side = _idle_inbound(), Side.DOWN
+    else:
+        relay, *_ = make()
+        side = Side.UP
+    head, sid = _open_block(relay, side)
+    relay.tick(100.0)
+    relay.receive(side, head + _continuation(sid, 10))
+    for t in (100.5, 101.0, 105.0, 110.0):  # seen unfinished at 100.5: 9.5 s so far
+        relay.tick(t)
+        assert not relay.finished, t
+    relay.tick(111.0)
+    assert relay.closed is not None and relay.closed.error is not None
+    assert "unfinished" in str(relay.closed.error)
+    assert relay.closed.error.fault is Fault.REMOTE
+    assert _goaways(relay.data_to_send(side))[-1:] == [ENHANCE_YOUR_CALM]
+
+
+def test_finished_header_blocks_are_not_timed() -> None:
+    """An honest request in HEADERS + CONTINUATION, then a long idle connection."""
+    client = Peer(client=True)
+    relay = _idle_inbound()
+    client.conn.data_to_send()
+    client.open()
+    frames = client.conn.data_to_send()  # one HEADERS frame with END_HEADERS
+    n = int.from_bytes(frames[:3], "big")
+    block = frames[9:9 + n]
+    head = HeadersFrame(1, block[:10]).serialize()  # the same block split in two
+    cont = ContinuationFrame(1, block[10:], flags=["END_HEADERS"]).serialize()
+    relay.tick(0.0)
+    relay.receive(Side.DOWN, head + cont)
+    assert relay.stream_id(Side.DOWN) == 1 and not relay.finished, relay.closed
+    for t in range(1, 600, 7):
+        relay.tick(float(t))
+    assert not relay.finished, relay.closed
+
+
+def test_settings_with_too_many_entries() -> None:
+    relay = _idle_inbound()
+    frame = SettingsFrame(0)
+    frame.settings = {0x100 + i: 1 for i in range(33)}  # unknown settings are allowed...
+    relay.receive(Side.DOWN, frame.serialize())
+    assert relay.closed is not None and "entries" in str(relay.closed.error)
