@@ -6,8 +6,17 @@ do not line up with DATA frames (facts §1.2). :class:`MessageReader` turns arbi
 whole message, so large pass-through messages can be streamed.
 
 :class:`PayloadSniffer` learns the KaspadMessage payload type from the first bytes of a message,
-inflating only as much of a gzip message as needed (a 1 MB block is never inflated to learn it
-is a block).
+and then follows the rest of it (:class:`~bridge.core.proto.EnvelopeScanner`) so that a message
+with a second payload field is refused before its last bytes are let through (issue 10, defect
+6). A gzip message is inflated for that as it streams, piece by piece, into nothing: the
+inflated bytes are scanned and dropped, never held. What a sender can make the bridge inflate is
+bounded by an :class:`InflateBudget` (issue 10, defect 2): a token bucket that allows
+:data:`INFLATE_RATIO` inflated bytes per compressed byte received, with a burst of
+:data:`INFLATE_BURST`. Real kaspad messages are hashes, keys and signatures that deflate cannot
+shrink more than a few times; only a block carrying a large all-zero transaction payload comes
+near the ratio, and a whole block (under 1 MiB) fits in the burst. A gzip bomb (1032:1) runs out
+of tokens after a few MiB and closes that connection, and no single call inflates more than the
+burst plus what its own input earns.
 """
 
 from __future__ import annotations
@@ -23,6 +32,14 @@ PREFIX_LEN = 5
 SNIFF_LIMIT = 64
 #: Compressed bytes fed to the sniffer before we give up on a message ever revealing its type.
 SNIFF_INPUT_LIMIT = 64 * 1024
+#: Inflated bytes allowed per compressed byte received, in the long run (module docstring).
+INFLATE_RATIO = 64
+#: ... and the bucket's size: what may be inflated ahead of that ratio.
+INFLATE_BURST = 4 * 1024 * 1024
+#: Largest piece inflated (and scanned, then dropped) at a time.
+INFLATE_PIECE = 256 * 1024
+#: kaspad's own limit on a decoded message (1 GiB, as tonic is configured, facts §1.2).
+MAX_INFLATED = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,40 @@ def frame(payload: bytes, *, compressed: bool = False) -> bytes:
 def gzip_compress(payload: bytes) -> bytes:
     c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return c.compress(payload) + c.flush()
+
+
+def gzip_bound(plain: int) -> int:
+    """The largest gzip encoding of ``plain`` bytes an honest encoder writes (zlib's
+    ``compressBound`` plus the gzip header and trailer, with room for a file name)."""
+    return plain + (plain >> 12) + (plain >> 14) + (plain >> 25) + 13 + 18 + 64
+
+
+@dataclass(slots=True)
+class InflateBudget:
+    """What one sender may still make the bridge inflate: a token bucket that starts full at
+    ``burst`` and earns ``ratio`` tokens per compressed byte received (module docstring). One per
+    direction of a relay, shared by all the messages on it."""
+
+    burst: int = INFLATE_BURST
+    ratio: int = INFLATE_RATIO
+    tokens: int = -1  # -1: start full
+    #: inflated bytes so far (for the status page and tests)
+    inflated: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def earn(self, compressed: int) -> None:
+        self.tokens = min(self.burst, self.tokens + self.ratio * compressed)
+
+    def spend(self, inflated: int) -> None:
+        self.inflated += inflated
+        self.tokens -= inflated
+        if self.tokens < 0:
+            raise DecodeError(
+                f"gzip data inflates more than {self.ratio}:1 beyond a burst of {self.burst} "
+                "bytes (a compression bomb)")
 
 
 def gzip_decompress(data: bytes, limit: int) -> bytes:
@@ -124,31 +175,64 @@ class MessageReader:
 
 
 class PayloadSniffer:
-    """Finds the payload field number of one message from its first bytes."""
+    """Finds the payload field number of one message from its first bytes, and follows the
+    rest of the message to refuse a second payload (module docstring).
 
-    def __init__(self, compressed: bool) -> None:
+    Feed it every byte of the message, in order, *before* passing them on: :meth:`feed` raises
+    :class:`DecodeError` on a chunk that holds something the bridge must not forward. A gzip
+    message is inflated within ``budget`` (a fresh :class:`InflateBudget` if none is given; a
+    relay passes the one of its direction) and at most ``max_inflated`` bytes in all."""
+
+    def __init__(self, compressed: bool, budget: InflateBudget | None = None, *,
+                 max_inflated: int = MAX_INFLATED) -> None:
         self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if compressed else None
-        self._plain = bytearray()
+        self.budget = budget if budget is not None else InflateBudget()
+        self.max_inflated = max_inflated
+        self.scanner = proto.EnvelopeScanner()
         self._fed = 0
-        self.tag: int | None = None
+
+    @property
+    def tag(self) -> int | None:
+        return self.scanner.tag
 
     def feed(self, data: bytes) -> int | None:
         """Feed more payload bytes; returns the tag once known."""
-        if self.tag is not None:
-            return self.tag
         self._fed += len(data)
         if self._inflater is None:
-            self._plain += data[: SNIFF_LIMIT - len(self._plain)]
-        else:
-            want = SNIFF_LIMIT - len(self._plain)
-            if want > 0:
-                try:
-                    self._plain += self._inflater.decompress(
-                        self._inflater.unconsumed_tail + data, want
-                    )
-                except zlib.error as exc:
-                    raise DecodeError(f"bad gzip data: {exc}") from exc
-        self.tag = proto.peek_payload_tag(bytes(self._plain))
-        if self.tag is None and (len(self._plain) >= SNIFF_LIMIT or self._fed > SNIFF_INPUT_LIMIT):
+            self.scanner.feed(data)
+        elif data:
+            self._inflate(data)
+        if self.scanner.tag is None and (
+                self.scanner.consumed >= SNIFF_LIMIT or self._fed > SNIFF_INPUT_LIMIT):
             raise DecodeError("no KaspadMessage payload found at the start of the message")
-        return self.tag
+        return self.scanner.tag
+
+    def _inflate(self, data: bytes) -> None:
+        inflater = self._inflater
+        assert inflater is not None
+        if inflater.eof:
+            raise DecodeError("trailing bytes after gzip data")
+        budget = self.budget
+        budget.earn(len(data))
+        pending = data
+        while True:
+            # one byte over what the budget allows, to learn whether there is more
+            want = min(INFLATE_PIECE, max(budget.tokens, 0) + 1)
+            try:
+                out = inflater.decompress(pending, want)
+            except zlib.error as exc:
+                raise DecodeError(f"bad gzip data: {exc}") from exc
+            pending = inflater.unconsumed_tail
+            if out:
+                budget.spend(len(out))
+                if self.scanner.consumed + len(out) > self.max_inflated:
+                    raise DecodeError(f"message inflates to more than {self.max_inflated} bytes")
+                self.scanner.feed(out)
+                if self.scanner.tag is None and self.scanner.consumed >= SNIFF_LIMIT:
+                    return  # feed() reports it
+            if inflater.eof:
+                if inflater.unused_data:
+                    raise DecodeError("trailing bytes after gzip data")
+                return
+            if not pending and len(out) < want:
+                return

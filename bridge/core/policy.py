@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from bridge.core import proto
+from bridge.core import grpc, proto
 from bridge.core.nodes import NodeRegistry
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
@@ -39,7 +39,12 @@ from bridge.errors import (
 )
 
 MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (facts §4.1)
-MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this
+MAX_ADDRESSES_RECEIVE = proto.MAX_ADDRESSES  # kaspad disconnects above this
+#: The largest inflated KaspadMessage of each rewritten type the bridge decodes, sized to real
+#: messages (a Version is under 1 KiB; an Addresses is at most 2500 entries of about 100 bytes):
+#: a bigger one is refused before it is inflated further (issue 10, defect 2).
+REWRITE_LIMITS: dict[int, int] = {proto.VERSION: proto.MAX_VERSION_BYTES,
+                                  proto.ADDRESSES: proto.MAX_ADDRESSES_BYTES}
 
 
 class Direction(enum.Enum):
@@ -101,6 +106,8 @@ class PolicySettings:
     advertise_address: bool = False
     #: The connection goes through Tor (always true for the onion inbound and tor-only slots).
     via_tor: bool = True
+    #: Upper bound on a message the bridge decodes; the per-type caps of ``REWRITE_LIMITS``
+    #: (64 KiB for a Version, ~320 KiB for an Addresses) apply below it.
     max_rewrite_bytes: int = 4 * 1024 * 1024
 
 
@@ -158,6 +165,18 @@ class ConnectionPolicy:
         }
         self.notes: list[str] = []  # human-readable log lines for the shell to emit (info)
         self.warnings: list[str] = []  # ... at warning level
+        #: what each sender may make the bridge inflate (see bridge.core.grpc.InflateBudget)
+        self.inflate_budgets = {d: grpc.InflateBudget() for d in Direction}
+
+    def rewrite_limit(self, tag: int) -> int:
+        """The largest inflated message of type ``tag`` the bridge decodes for a rewrite."""
+        return min(REWRITE_LIMITS.get(tag, self.settings.max_rewrite_bytes),
+                   self.settings.max_rewrite_bytes)
+
+    def rewrite_wire_limit(self, tag: int, compressed: bool) -> int:
+        """... and the largest such message on the wire (gzip may add a few bytes)."""
+        limit = self.rewrite_limit(tag)
+        return grpc.gzip_bound(limit) if compressed else limit
 
     # -- classification --------------------------------------------------------------------
 
@@ -210,6 +229,7 @@ class ConnectionPolicy:
         self._stage[Direction.TO_KASPAD] = _Handshake.START
         self.remote_onion = None
         self.remote_target = None
+        self.inflate_budgets[Direction.TO_KASPAD] = grpc.InflateBudget()
 
     @property
     def handshake_done(self) -> bool:
@@ -236,7 +256,10 @@ class ConnectionPolicy:
     def rewrite(self, direction: Direction, message: bytes) -> bytes | None:
         """Rewrite one whole, decompressed KaspadMessage. ``None`` means drop it."""
         try:
-            env = proto.Envelope.decode(message)
+            env = proto.Envelope.decode(message)  # bounded: a few fields at most
+            if len(message) > self.rewrite_limit(env.tag):
+                raise DecodeError(f"{proto.payload_name(env.tag)} of {len(message)} bytes (the "
+                                  f"limit is {self.rewrite_limit(env.tag)})")
             if env.tag == proto.VERSION:
                 env.payload = self._rewrite_version(direction, env.payload)
             elif env.tag == proto.ADDRESSES:
@@ -246,6 +269,11 @@ class ConnectionPolicy:
                     return None
             else:  # pragma: no cover - classify() only asks for these two
                 return message
+        except proto.TooManyAddresses as exc:
+            if direction is Direction.TO_KASPAD:
+                raise PolicyViolation(f"{self.remote_label} sent {exc}", fault=Fault.REMOTE) \
+                    from exc
+            raise PolicyViolation(f"kaspad sent {exc}", fault=Fault.KASPAD) from exc
         except DecodeError as exc:
             if direction is Direction.TO_KASPAD:
                 raise PolicyViolation(f"{self.remote_label} sent an undecodable message: {exc}",
@@ -324,39 +352,49 @@ class ConnectionPolicy:
         return self.shared.learn(peer, source)
 
     def _learn_ips(self, entries: list[proto.NetAddress], direction: Direction) -> None:
-        """Passive harvest of IP entries (both directions) for the address book."""
+        """Passive harvest of IP entries (both directions) for the address book; each
+        endpoint once per message."""
         if self.shared.on_learn_ips is None:
             return
-        ips: list[tuple[str, int]] = []
+        ips: dict[tuple[str, int], None] = {}
         for e in entries:
             ip = e.ip
-            if e.kaspad_accepts() and ip is not None and 0 < e.port <= 0xFFFF:
-                ips.append((str(ipaddress.ip_address(ip)), e.port))
+            port = e.port
+            if ip is not None and 0 < port <= 0xFFFF and e.kaspad_accepts():
+                text = (f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}" if len(ip) == 4
+                        else str(ipaddress.IPv6Address(ip)))
+                ips[text, port] = None
         if ips:
             who = "kaspad" if direction is Direction.TO_REMOTE else self.remote_label
-            self.shared.on_learn_ips(ips, f"gossip:{who}")
+            self.shared.on_learn_ips(list(ips), f"gossip:{who}")
 
     def _rewrite_addresses(self, direction: Direction, payload: bytes) -> bytes:
-        entries = proto.decode_addresses(payload)
-        self._learn_ips(entries, direction)
+        # The entries are counted from their tags before any is decoded (more than kaspad's
+        # 2500 raises TooManyAddresses), and all are decoded and checked before anything is
+        # learned: nothing of a refused message reaches GossipState or the address book
+        # (issue 10, defect 3).
+        entries = proto.decode_addresses(payload, MAX_ADDRESSES_RECEIVE)
         if direction is Direction.TO_KASPAD:
-            if len(entries) > MAX_ADDRESSES_RECEIVE:
-                raise PolicyViolation(
-                    f"{self.remote_label} sent {len(entries)} addresses (kaspad's limit is "
-                    f"{MAX_ADDRESSES_RECEIVE})", fault=Fault.REMOTE)
             kept = []
+            gossiped: list[tuple[str, int]] = []
+            invalid = 0
             for e in entries:
                 if e.kaspad_accepts():
                     kept.append(e)
                     continue
                 onion = e.onion
                 if onion is not None:
-                    self.counters["onions_removed"] += 1
-                    if self.remote.addrv2:
-                        self._learn(onion, e.port, f"gossip:{self.remote_label}")
+                    gossiped.append((onion, e.port))
                 else:
-                    self.counters["invalid_removed"] += 1
+                    invalid += 1
+            self._learn_ips(kept, direction)
+            self.counters["onions_removed"] += len(gossiped)
+            self.counters["invalid_removed"] += invalid
+            if self.remote.addrv2:
+                for host, port in dict.fromkeys(gossiped):
+                    self._learn(host, port, f"gossip:{self.remote_label}")
             return proto.encode_addresses(kept)
+        self._learn_ips(entries, direction)
         # kaspad -> remote
         if not self.remote.addrv2:
             kept = [e for e in entries if e.onion is None]

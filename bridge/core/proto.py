@@ -3,12 +3,26 @@
 Messages are kept as a list of :class:`Field` values that remember their original bytes, so a
 message that is decoded and re-encoded without changes comes out identical, unknown fields
 included. Only the fields the rewrite policy touches are interpreted (facts §2).
+
+Bounded decoding (issue 10, defects 2, 3 and 6; docs/fuzzing.md, "Costs"). Whatever a peer sends,
+the work done here is bounded by the shape of real messages, not by the size of the input: an
+envelope has at most :data:`MAX_ENVELOPE_FIELDS` fields, a Version :data:`MAX_VERSION_FIELDS`, a
+NetAddress :data:`MAX_NET_ADDRESS_FIELDS`, and :func:`decode_addresses` counts the entries by their
+tags before it builds any (:class:`TooManyAddresses`). A message made of millions of tiny fields
+(a gzip bomb inflates to that) fails after a few dozen of them instead of building millions of
+objects. The byte caps for what the bridge inflates are :data:`MAX_VERSION_BYTES` and
+:data:`MAX_ADDRESSES_BYTES`.
+
+Repeated fields follow protobuf: the last occurrence of a scalar wins (:func:`first`), and two
+occurrences of an embedded message merge (``Version.address`` is decoded from all of them
+concatenated), so what the bridge checks is what kaspad decodes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bridge.errors import DecodeError
 
@@ -49,6 +63,24 @@ SERVICE_ADDRV2 = 1 << 23
 
 MAX_VARINT_BYTES = 10
 
+# -- bounds sized to real messages (module docstring) -----------------------------------------
+#: A KaspadMessage has one payload plus ``response_id``/``request_id``: 3 fields.
+MAX_ENVELOPE_FIELDS = 8
+#: A real Version has 8 to 10 fields.
+MAX_VERSION_FIELDS = 64
+#: A real NetAddress has 2 to 4 (timestamp, ip or onion, port).
+MAX_NET_ADDRESS_FIELDS = 8
+#: A whole Version KaspadMessage, inflated. Real ones are under 1 KiB.
+MAX_VERSION_BYTES = 64 * 1024
+#: The largest NetAddress an honest node sends: timestamp (11 bytes), a 16-byte IP (18) or a
+#: v3 onion (64), port (6), with room for one more varint; about 100 bytes.
+MAX_NET_ADDRESS_BYTES = 128
+#: kaspad disconnects on an Addresses message with more entries (facts §4.1).
+MAX_ADDRESSES = 2500
+#: A whole Addresses KaspadMessage, inflated: 2500 maximal entries (each with its 3-byte tag and
+#: length) plus the envelope.
+MAX_ADDRESSES_BYTES = MAX_ADDRESSES * (MAX_NET_ADDRESS_BYTES + 3) + 64
+
 
 def payload_name(tag: int) -> str:
     return PAYLOAD_NAMES.get(tag, f"payload#{tag}")
@@ -72,6 +104,22 @@ class Truncated(DecodeError):
     """The buffer ends inside a field (only an error once the whole message is there)."""
 
 
+class TooManyFields(DecodeError):
+    """More fields than any real message of that type has (the module docstring's bounds)."""
+
+
+class TooManyAddresses(DecodeError):
+    """An Addresses message with more entries than kaspad accepts, found by counting tags
+    before any entry was decoded. ``count`` is exact up to four times the limit."""
+
+    def __init__(self, count: int, limit: int, *, exact: bool = True) -> None:
+        what = f"{count}" if exact else f"more than {count}"
+        super().__init__(f"{what} addresses (kaspad's limit is {limit})")
+        self.count = count
+        self.limit = limit
+        self.exact = exact
+
+
 def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """Decode a varint at ``pos``; returns ``(value, new_pos)``."""
     result = 0
@@ -90,8 +138,10 @@ def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     raise DecodeError("varint longer than 10 bytes")
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
+class Field(NamedTuple):
+    """One field as on the wire. A named tuple: decoding builds thousands of them, and a tuple
+    is several times cheaper to create than a frozen dataclass."""
+
     number: int
     wire_type: int
     value: int | bytes
@@ -112,13 +162,20 @@ class Field:
 
 def _read_field(buf: bytes, pos: int) -> tuple[Field, int]:
     start = pos
-    key, pos = decode_varint(buf, pos)
+    end = len(buf)
+    if pos < end and buf[pos] < 0x80:  # one-byte key: every field the bridge reads
+        key, pos = buf[pos], pos + 1
+    else:
+        key, pos = decode_varint(buf, pos)
     number, wire_type = key >> 3, key & 7
     if number == 0:
         raise DecodeError("field number 0")
     value: int | bytes
     if wire_type == VARINT:
-        value, pos = decode_varint(buf, pos)
+        if pos < end and buf[pos] < 0x80:
+            value, pos = buf[pos], pos + 1
+        else:
+            value, pos = decode_varint(buf, pos)
     elif wire_type == I64:
         if pos + 8 > len(buf):
             raise Truncated("fixed64 runs past the end of the message")
@@ -128,8 +185,11 @@ def _read_field(buf: bytes, pos: int) -> tuple[Field, int]:
             raise Truncated("fixed32 runs past the end of the message")
         value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
     elif wire_type == LEN:
-        length, pos = decode_varint(buf, pos)
-        if pos + length > len(buf):
+        if pos < end and buf[pos] < 0x80:
+            length, pos = buf[pos], pos + 1
+        else:
+            length, pos = decode_varint(buf, pos)
+        if pos + length > end:
             raise Truncated(f"field {number} length {length} runs past the end of the message")
         value, pos = bytes(buf[pos:pos + length]), pos + length
     else:
@@ -137,15 +197,22 @@ def _read_field(buf: bytes, pos: int) -> tuple[Field, int]:
     return Field(number, wire_type, value, bytes(buf[start:pos])), pos
 
 
-def iter_fields(buf: bytes) -> Iterator[Field]:
+def iter_fields(buf: bytes, max_fields: int | None = None, what: str = "message"
+                ) -> Iterator[Field]:
+    """The fields of ``buf`` in wire order; :class:`TooManyFields` after ``max_fields``."""
     pos = 0
-    while pos < len(buf):
+    count = 0
+    end = len(buf)
+    while pos < end:
+        count += 1
+        if max_fields is not None and count > max_fields:
+            raise TooManyFields(f"{what} has more than {max_fields} fields")
         field, pos = _read_field(buf, pos)
         yield field
 
 
-def parse(buf: bytes) -> list[Field]:
-    return list(iter_fields(buf))
+def parse(buf: bytes, max_fields: int | None = None, what: str = "message") -> list[Field]:
+    return list(iter_fields(buf, max_fields, what))
 
 
 def encode_fields(fields: Iterable[Field]) -> bytes:
@@ -230,6 +297,105 @@ def peek_payload_tag(prefix: bytes) -> int | None:
         return number
 
 
+class EnvelopeScanner:
+    """Follows the top-level fields of one KaspadMessage as its bytes arrive, in any chunking,
+    without holding them: payload values are skipped by their length, never copied.
+
+    :attr:`tag` is the payload number as soon as its key is complete (as
+    :func:`peek_payload_tag` would say). Every later byte is still followed, so that a second
+    payload field anywhere in the message raises :class:`DecodeError` before the bytes holding
+    it are let through (issue 10, defect 6: protobuf keeps the *last* member of the ``payload``
+    oneof, so a message classified by its first payload could reach kaspad as another type; no
+    honest encoder writes two, so the bridge refuses them rather than guess). The ids must be
+    varints, any other field after the payload counts against :data:`MAX_ENVELOPE_FIELDS`, and
+    the work per call is bounded by the number of fields, not bytes.
+    """
+
+    __slots__ = ("_carry", "_skip", "_tag_pending", "consumed", "fields", "tag")
+
+    #: key (≤ 10 bytes) plus a length or varint value (≤ 10 bytes)
+    _MAX_HEADER = 2 * MAX_VARINT_BYTES
+
+    def __init__(self) -> None:
+        self.tag: int | None = None
+        self.fields = 0
+        self.consumed = 0  # bytes fed so far
+        self._carry = b""  # the start of a field header cut by a chunk boundary
+        self._skip = 0  # bytes of the current field's value still to skip
+        self._tag_pending = False  # the carried header is the payload's (tag already set)
+
+    @property
+    def at_boundary(self) -> bool:
+        """Between fields: the bytes fed so far end exactly after a whole field."""
+        return not self._carry and not self._skip
+
+    def feed(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        self.consumed += n
+        pos = 0
+        while True:
+            if self._skip:
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                if self._skip:
+                    return
+            if pos >= n:
+                return
+            head = self._carry + bytes(data[pos:pos + self._MAX_HEADER])
+            try:
+                used = self._header(head)
+            except Truncated:
+                if len(head) > self._MAX_HEADER:  # pragma: no cover - varints raise first
+                    raise
+                self._carry = head
+                return
+            pos += used - len(self._carry)
+            self._carry = b""
+
+    def _header(self, head: bytes) -> int:
+        """Parse one field header at the start of ``head``; returns its length. Sets
+        :attr:`_skip` to the value bytes that follow it."""
+        key, pos = decode_varint(head, 0)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise DecodeError("field number 0")
+        if wire_type == LEN and number not in (RESPONSE_ID, REQUEST_ID):
+            if self.tag is None:
+                self.tag = number  # known from the key alone, like peek_payload_tag
+                self._tag_pending = True
+            elif not self._tag_pending:
+                raise DecodeError(
+                    f"KaspadMessage has two payloads ({payload_name(self.tag)} and "
+                    f"{payload_name(number)}): protobuf would keep the last one")
+            length, pos = decode_varint(head, pos)
+            self._tag_pending = False
+            self._count()
+            self._skip = length
+            return pos
+        if number in (RESPONSE_ID, REQUEST_ID):
+            if wire_type != VARINT:
+                raise DecodeError(f"KaspadMessage field {number} has wire type {wire_type}")
+        elif self.tag is None:
+            raise DecodeError(
+                f"KaspadMessage field {number} has wire type {wire_type}, expected a message")
+        if wire_type == VARINT:
+            _, pos = decode_varint(head, pos)
+        elif wire_type == I64:
+            self._skip = 8
+        elif wire_type == I32:
+            self._skip = 4
+        else:
+            raise DecodeError(f"unsupported wire type {wire_type} for field {number}")
+        self._count()
+        return pos
+
+    def _count(self) -> None:
+        self.fields += 1
+        if self.fields > MAX_ENVELOPE_FIELDS:
+            raise TooManyFields(f"KaspadMessage has more than {MAX_ENVELOPE_FIELDS} fields")
+
+
 def payload_tag(message: bytes) -> int | None:
     """Payload number of a complete KaspadMessage, ``None`` if it has no payload."""
     tag = peek_payload_tag(message)
@@ -253,7 +419,7 @@ class Envelope:
         tag: int | None = None
         payload = b""
         others: list[Field] = []
-        for f in iter_fields(message):
+        for f in iter_fields(message, MAX_ENVELOPE_FIELDS, "KaspadMessage"):
             if f.number in (RESPONSE_ID, REQUEST_ID) or f.wire_type != LEN:
                 others.append(f)
             elif tag is None:
@@ -279,13 +445,50 @@ NA_PORT = 4
 NA_ONION = 5
 
 
-@dataclass(slots=True)
 class NetAddress:
-    fields: list[Field]
+    """One NetAddress, kept byte-exact (its fields, or the bytes it was decoded from).
+
+    :meth:`decode` reads a canonical entry (timestamp, ip, port, onion, each once at most,
+    with their declared wire types: what every real node sends) in one pass without building
+    :class:`Field` values, which are made only if :attr:`fields` is asked for. Anything else
+    is decoded field by field, as before."""
+
+    __slots__ = ("_fields", "_ip", "_onion", "_port", "_raw")
+
+    def __init__(self, fields: list[Field]) -> None:
+        self._fields: list[Field] | None = fields
+        self._raw: bytes | None = None
+        self._ip: bytes | None = None
+        self._port = 0
+        self._onion: bytes | None = None
+
+    @property
+    def fields(self) -> list[Field]:
+        if self._fields is None:
+            assert self._raw is not None
+            self._fields = parse(self._raw)
+        return self._fields
+
+    @fields.setter
+    def fields(self, value: list[Field]) -> None:
+        self._fields, self._raw = value, None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NetAddress):
+            return NotImplemented
+        return self.encode() == other.encode()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return f"NetAddress({self.encode().hex()})"
 
     @classmethod
     def decode(cls, buf: bytes) -> NetAddress:
-        return cls(parse(buf))
+        fast = _decode_canonical(buf)
+        if fast is not None:
+            return fast
+        return cls(parse(buf, MAX_NET_ADDRESS_FIELDS, "NetAddress"))
 
     @classmethod
     def from_ip(cls, ip: bytes, port: int) -> NetAddress:
@@ -297,25 +500,35 @@ class NetAddress:
         return cls([make_varint_field(NA_PORT, port), make_len_field(NA_ONION, host.encode())])
 
     def encode(self) -> bytes:
+        if self._raw is not None:
+            return self._raw
         return encode_fields(self.fields)
 
     @property
     def ip(self) -> bytes | None:
+        if self._raw is not None:
+            return self._ip
         f = first(self.fields, NA_IP)
         return f.as_bytes if f is not None else None
 
     @property
     def onion(self) -> str | None:
-        f = first(self.fields, NA_ONION)
-        if f is None:
+        if self._raw is not None:
+            raw = self._onion
+        else:
+            f = first(self.fields, NA_ONION)
+            raw = f.as_bytes if f is not None else None
+        if raw is None:
             return None
         try:
-            return f.as_bytes.decode("ascii")
+            return raw.decode("ascii")
         except UnicodeDecodeError as exc:
             raise DecodeError("NetAddress.onion is not ASCII") from exc
 
     @property
     def port(self) -> int:
+        if self._raw is not None:
+            return self._port
         f = first(self.fields, NA_PORT)
         return f.as_int if f is not None else 0
 
@@ -323,6 +536,10 @@ class NetAddress:
         """Would upstream kaspad convert this entry (facts §2.4)? ip 4/16 bytes, port ≤ 65535,
         and every known field with its declared wire type (prost rejects the whole message
         otherwise)."""
+        if self._raw is not None:  # canonical: wire types were checked while decoding
+            ip = self._ip
+            return (self._onion is None and ip is not None and len(ip) in (4, 16)
+                    and self._port <= 0xFFFF)
         if first(self.fields, NA_ONION) is not None:
             return False
         for f in self.fields:
@@ -333,19 +550,153 @@ class NetAddress:
         return ip is not None and len(ip) in (4, 16) and self.port <= 0xFFFF
 
 
+def _decode_canonical(buf: bytes) -> NetAddress | None:
+    """The one-pass reading of a canonical NetAddress (see :class:`NetAddress`), or ``None``
+    when ``buf`` is anything else (then it is decoded field by field)."""
+    pos = 0
+    end = len(buf)
+    seen = 0
+    ip: bytes | None = None
+    onion: bytes | None = None
+    port = 0
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        bit = 1 << (key >> 3)
+        if seen & bit or key & 0x80:
+            return None  # a repeated field or a long key: not canonical
+        seen |= bit
+        if key in (0x08, 0x20):  # timestamp, port: varint
+            value = 0
+            shift = 0
+            while True:
+                if pos >= end or shift > 63:
+                    return None
+                b = buf[pos]
+                pos += 1
+                value |= (b & 0x7F) << shift
+                if not b & 0x80:
+                    break
+                shift += 7
+            if value >> 64:
+                return None
+            if key == 0x20:
+                port = value
+        elif key in (0x1A, 0x2A):  # ip, onion: length-delimited
+            if pos >= end:
+                return None
+            length = buf[pos]
+            pos += 1
+            if length & 0x80 or pos + length > end:
+                return None
+            value_bytes = buf[pos:pos + length]
+            pos += length
+            if key == 0x1A:
+                ip = value_bytes
+            else:
+                onion = value_bytes
+        else:
+            return None
+    na = NetAddress.__new__(NetAddress)
+    na._fields = None
+    na._raw = bytes(buf)
+    na._ip, na._port, na._onion = ip, port, onion
+    return na
+
+
 _NA_WIRE = {NA_TIMESTAMP: VARINT, NA_IP: LEN, NA_PORT: VARINT, NA_ONION: LEN}
 
 
-def decode_addresses(payload: bytes) -> list[NetAddress]:
-    out = []
-    for f in iter_fields(payload):
-        if f.number == 1:
-            out.append(NetAddress.decode(f.as_bytes))
+def _skip_field(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int]:
+    """Read one field's key and skip its value without copying it: returns
+    ``(number, wire_type, value_start, next_pos)``."""
+    if pos < end and buf[pos] < 0x80:
+        key, pos = buf[pos], pos + 1
+    else:
+        key, pos = decode_varint(buf, pos)
+    number, wire_type = key >> 3, key & 7
+    if number == 0:
+        raise DecodeError("field number 0")
+    start = pos
+    if wire_type == LEN:
+        if pos < end and buf[pos] < 0x80:
+            length, pos = buf[pos], pos + 1
+        else:
+            length, pos = decode_varint(buf, pos)
+        start = pos
+        pos += length
+    elif wire_type == VARINT:
+        _, pos = decode_varint(buf, pos)
+    elif wire_type == I64:
+        pos += 8
+    elif wire_type == I32:
+        pos += 4
+    else:
+        raise DecodeError(f"unsupported wire type {wire_type} for field {number}")
+    if pos > end:
+        raise Truncated(f"field {number} runs past the end of the message")
+    return number, wire_type, start, pos
+
+
+def count_addresses(payload: bytes, limit: int = MAX_ADDRESSES) -> list[tuple[int, int]]:
+    """Where the entries of an AddressesMessage are (``(start, end)`` of each NetAddress), found
+    from the tags alone, without copying or decoding any entry.
+
+    Raises :class:`TooManyAddresses` when there are more than ``limit``; the count goes on (cheap)
+    up to four times the limit, so the error says how many. Other fields count too, so a payload
+    of tiny unknown fields costs no more than one of entries."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    end = len(payload)
+    scanned = 0
+    stop = 4 * limit
+    count = 0
+    while pos < end:
+        scanned += 1
+        if scanned > stop:
+            raise TooManyAddresses(stop, limit, exact=False) if count > limit else \
+                TooManyFields(f"AddressesMessage has more than {stop} fields")
+        number, wire_type, start, pos = _skip_field(payload, pos, end)
+        if number != 1:
+            continue
+        if wire_type != LEN:
+            raise DecodeError("field 1 is not length-delimited")
+        count += 1
+        if count <= limit:
+            spans.append((start, pos))
+    if count > limit:
+        raise TooManyAddresses(count, limit)
+    return spans
+
+
+def decode_addresses(payload: bytes, max_entries: int = MAX_ADDRESSES) -> list[NetAddress]:
+    """The entries of an AddressesMessage, in order.
+
+    The entries are counted first (:func:`count_addresses`): more than ``max_entries`` raises
+    :class:`TooManyAddresses` before any is decoded. Identical entries are decoded once and
+    share one :class:`NetAddress` (do not mutate the entries of a decoded message), so
+    thousands of copies of one entry (what a small gzip message inflates to) cost a dict lookup
+    each."""
+    spans = count_addresses(payload, max_entries)
+    out: list[NetAddress] = []
+    seen: dict[bytes, NetAddress] = {}
+    for start, stop in spans:
+        raw = payload[start:stop]
+        na = seen.get(raw)
+        if na is None:
+            na = seen[raw] = NetAddress.decode(raw)
+        out.append(na)
     return out
 
 
 def encode_addresses(entries: Iterable[NetAddress]) -> bytes:
-    return b"".join(make_len_field(1, e.encode()).raw for e in entries)
+    out = []
+    for e in entries:
+        raw = e.encode()
+        n = len(raw)
+        out.append(bytes((0x0A, n)) if n < 0x80 else b"\x0a" + encode_varint(n))
+        out.append(raw)
+    return b"".join(out)
 
 
 V_PROTOCOL = 1
@@ -365,7 +716,7 @@ class Version:
 
     @classmethod
     def decode(cls, payload: bytes) -> Version:
-        v = cls(parse(payload))
+        v = cls(parse(payload, MAX_VERSION_FIELDS, "Version"))
         # Type-check every known field (prost rejects a known field with a wrong wire type), so
         # a bad Version fails here, as the remote's fault, and never reaches kaspad.
         for f in v.fields:
@@ -373,9 +724,7 @@ class Version:
             if want is not None and f.wire_type != want:
                 raise DecodeError(f"Version field {f.number} has wire type {f.wire_type}, "
                                   f"expected {want}")
-        addr = first(v.fields, V_ADDRESS)
-        if addr is not None:
-            NetAddress.decode(addr.as_bytes)
+        v.address  # noqa: B018 - decodes it (all occurrences merged), raising if it cannot
         return v
 
     def encode(self) -> bytes:
@@ -422,8 +771,12 @@ class Version:
 
     @property
     def address(self) -> NetAddress | None:
-        f = first(self.fields, V_ADDRESS)
-        return NetAddress.decode(f.as_bytes) if f is not None else None
+        """The address kaspad decodes: protobuf merges repeated occurrences of an embedded
+        message, which is decoding them concatenated (the setter replaces them all)."""
+        parts = [f.as_bytes for f in self.fields if f.number == V_ADDRESS]
+        if not parts:
+            return None
+        return NetAddress.decode(parts[0] if len(parts) == 1 else b"".join(parts))
 
     @address.setter
     def address(self, value: NetAddress | None) -> None:

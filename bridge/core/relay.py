@@ -308,7 +308,8 @@ class _Pipe:
         self.compressed = ev.compressed
         self.prefix = ev.prefix
         self.held.clear()
-        self.sniffer = grpc.PayloadSniffer(ev.compressed)
+        self.sniffer = grpc.PayloadSniffer(ev.compressed,
+                                           self.relay.policy.inflate_budgets[self.direction])
 
     def _chunk(self, data: bytes) -> None:
         if self.action is None:
@@ -320,10 +321,13 @@ class _Pipe:
             self._decide(tag)
             return
         if self.action is Action.PASS:
+            if self.sniffer is not None:  # follows the whole message: no 2nd payload passes
+                self.sniffer.feed(data)
             self._emit(data)
         elif self.action is Action.REWRITE:
             self.held += data
-            if len(self.held) > self.relay.policy.settings.max_rewrite_bytes:
+            tag = self.sniffer.tag if self.sniffer is not None else None
+            if len(self.held) > self.relay.policy.rewrite_wire_limit(tag or 0, self.compressed):
                 raise DecodeError("message too large to rewrite")
 
     def _decide(self, tag: int) -> None:
@@ -332,7 +336,7 @@ class _Pipe:
             self._emit(self.prefix + bytes(self.held))
             self.held.clear()
         else:  # REWRITE: collected whole (bounded), then handed to the policy
-            limit = self.relay.policy.settings.max_rewrite_bytes
+            limit = self.relay.policy.rewrite_wire_limit(tag, self.compressed)
             if int.from_bytes(self.prefix[1:5], "big") > limit:
                 raise DecodeError(f"{proto.payload_name(tag)} larger than {limit} bytes")
 
@@ -342,7 +346,8 @@ class _Pipe:
             raise DecodeError("message with an empty payload")
         if self.action is Action.REWRITE:
             raw = bytes(self.held)
-            limit = self.relay.policy.settings.max_rewrite_bytes
+            tag = self.sniffer.tag if self.sniffer is not None else None
+            limit = self.relay.policy.rewrite_limit(tag or 0)  # never inflated past it
             plain = grpc.gzip_decompress(raw, limit) if self.compressed else raw
             new = self.relay.policy.rewrite(self.direction, plain)
             if new is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import time
 import tracemalloc
 import zlib
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from bridge.core import grpc, proto
 from bridge.errors import DecodeError, FramingError
+from tests.costs import python_memory
 
 MAX = 1 << 20
 
@@ -273,8 +275,13 @@ def test_sniffer_one_byte_at_a_time(msg: bytes, tag: int, compressed: bool) -> N
         key_end = msg.index(proto.make_len_field(tag, b"").raw[:-1]) + len(
             proto.encode_varint(tag << 3 | proto.LEN))
         assert fed == key_end  # known exactly when the payload key is complete
-    # Once known, further feeding is free and stable.
-    assert s.feed(b"\xff\xff\xff") == tag
+    if compressed:  # nothing may follow the gzip data
+        for i in range(fed, len(data)):
+            assert s.feed(data[i:i + 1]) == tag
+        with pytest.raises(DecodeError, match="trailing bytes"):
+            s.feed(b"\xff")
+    else:  # the start of another field: stable
+        assert s.feed(b"\xff\xff\xff") == tag
 
 
 @given(
@@ -316,19 +323,45 @@ def test_sniffer_large_gzip_block_needs_only_a_prefix() -> None:
     assert fed < 512, f"needed {fed} compressed bytes to learn the payload type"
 
 
-def test_sniffer_does_not_inflate_when_fed_everything_at_once() -> None:
-    msg = _kaspad(proto.BLOCK, bytes(64 * MAX))  # 64 MiB of zeros, ~64 KB gzip'd
+def test_sniffer_refuses_a_gzip_bomb_with_bounded_memory_and_cpu() -> None:
+    """A pass-through message is inflated to be scanned (defect 6), so a bomb must not cost
+    what it inflates to: 64 MiB of zeros (65 KB gzip'd, 1000:1) fed at once is refused once
+    the budget's burst is spent, inflating about INFLATE_BURST, never holding more than a piece."""
+    msg = _kaspad(proto.BLOCK, bytes(64 * MAX))
     data = grpc.gzip_compress(msg)
     assert len(data) < MAX
-    tracemalloc.start()
-    try:
-        s = grpc.PayloadSniffer(True)
-        tag = s.feed(data)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert tag == proto.BLOCK
-    assert peak < 4 * MAX, f"peak {peak} bytes: the sniffer inflated the message"
+    s = grpc.PayloadSniffer(True)
+    t0 = time.process_time()
+    with python_memory() as mem, pytest.raises(DecodeError, match="compression bomb"):
+        s.feed(data)
+    cpu = time.process_time() - t0
+    assert s.tag == proto.BLOCK
+    assert s.budget.inflated <= grpc.INFLATE_BURST + grpc.INFLATE_RATIO * len(data) + 1
+    assert mem.peak < 2 * MAX, f"peak {mem.peak} bytes: the sniffer held what it inflated"
+    assert cpu < 0.5, f"{cpu * 1000:.0f} ms of CPU for one message"
+
+
+def test_sniffer_inflates_a_whole_honest_message_within_the_budget() -> None:
+    """A large message with a long run of zeros (a block with an all-zero transaction payload:
+    3 MiB from 3 KB) still passes: the run fits in the burst."""
+    rng = random.Random(3)
+    msg = _kaspad(proto.BLOCK, rng.randbytes(MAX) + bytes(3 * MAX))
+    data = grpc.gzip_compress(msg)
+    s = grpc.PayloadSniffer(True)
+    for i in range(0, len(data), 16384):
+        assert s.feed(data[i:i + 16384]) == proto.BLOCK
+    assert s.budget.inflated == len(msg)
+    assert s.scanner.at_boundary
+
+
+def test_inflate_budget_is_shared_across_messages() -> None:
+    """One budget per direction: a stream of small bombs (each under the burst) runs it dry."""
+    budget = grpc.InflateBudget()
+    bomb = grpc.gzip_compress(_kaspad(proto.PING, bytes(MAX // 2)))  # 512 KiB from ~600 B
+    with pytest.raises(DecodeError, match="compression bomb"):
+        for _ in range(64):
+            grpc.PayloadSniffer(True, budget).feed(bomb)
+    assert budget.inflated < 2 * grpc.INFLATE_BURST
 
 
 def test_sniffer_garbage_gzip() -> None:
@@ -350,9 +383,9 @@ def test_sniffer_plain_garbage() -> None:
     s = grpc.PayloadSniffer(False)
     with pytest.raises(DecodeError):
         s.feed(b"\x08\x01")  # payload field as a varint
-    # 64 bytes of id fields and still no payload: give up.
+    # 64 bytes of id fields and still no payload: give up (the field cap comes first).
     s = grpc.PayloadSniffer(False)
-    with pytest.raises(DecodeError, match="no KaspadMessage payload"):
+    with pytest.raises(DecodeError, match=r"no KaspadMessage payload|more than 8 fields"):
         s.feed(bytes.fromhex("a80605") * 30)
 
 
