@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shlex
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import trio
 import typer
@@ -58,6 +59,53 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("stem").setLevel(logging.WARNING)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: Exit status of a command interrupted by Ctrl-C (SIGINT) before it could finish: the shell's
+#: convention (128 + SIGINT), so scripts can tell "interrupted" from "failed" (1, 2) and "done"
+#: (0). ``run`` exits 0 instead when it stopped cleanly on a signal it handled (like tor).
+EXIT_INTERRUPTED = 130
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _collapse(exc: BaseException) -> BaseException:
+    """What ``exc`` means to the user. Trio wraps whatever escapes a nursery in an exception
+    group, so a Ctrl-C or a startup error arrives as a ``BaseExceptionGroup``: a
+    ``KeyboardInterrupt`` anywhere in it means "interrupted"; a group holding a single error
+    (besides cancellations) is that error; anything else stays as it is."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    return errors[0] if len(errors) == 1 else exc
+
+
+def _interruptible(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A command that Ctrl-C ends with one line and :data:`EXIT_INTERRUPTED`, never a
+    traceback (also when trio delivers the interrupt inside an exception group)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(_collapse(exc), KeyboardInterrupt):
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            raise
+
+    return wrapper
+
+
 def _load(config: Path | None, overrides: dict[str, Any]) -> Config:
     try:
         return load_config(config, overrides=overrides)
@@ -75,8 +123,12 @@ def _run_epilog() -> str:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              epilog=_run_epilog())
+@_interruptible
 def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
-    """Run the bridge daemon."""
+    """Run the bridge daemon.
+
+    SIGTERM and SIGINT (Ctrl-C) stop it in order, also during startup (exit status 0); SIGHUP
+    is logged and ignored (the bridge does not reload its configuration)."""
     try:
         overrides = parse_flags(ctx.args)
     except ConfigError as exc:
@@ -88,11 +140,12 @@ def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
 
     try:
         trio.run(Daemon(cfg).run)
-    except BridgeError as exc:
-        logging.getLogger("bridge").error("%s", exc.describe())
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        pass
+    except BaseException as exc:
+        error = _collapse(exc)
+        if isinstance(error, BridgeError):
+            logging.getLogger("bridge").error("%s", error.describe())
+            raise typer.Exit(1) from exc
+        raise
 
 
 @app.command("kaspad-flags")
@@ -154,6 +207,7 @@ def status(
 
 
 @app.command()
+@_interruptible
 def doctor(
     config: ConfigOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds per network check")] = 10.0,
@@ -180,6 +234,7 @@ KeyFileOpt = Annotated[Path | None, typer.Option(
 
 
 @onion_app.command("show")
+@_interruptible
 def onion_show(config: ConfigOpt = None, key_file: KeyFileOpt = None) -> None:
     """Print the onion address of the key file (never the key)."""
     from bridge.onion_cmd import show
@@ -193,6 +248,7 @@ def onion_show(config: ConfigOpt = None, key_file: KeyFileOpt = None) -> None:
 
 
 @onion_app.command("backup")
+@_interruptible
 def onion_backup(
     to: Annotated[Path, typer.Option("--to", help="backup file to create (mode 0600)")],
     config: ConfigOpt = None, key_file: KeyFileOpt = None,
@@ -211,6 +267,7 @@ def onion_backup(
 
 
 @onion_app.command("import")
+@_interruptible
 def onion_import(
     source: Annotated[Path, typer.Argument(help="key file: ED25519-V3 blob or Tor's "
                                            "hs_ed25519_secret_key")],
@@ -235,6 +292,7 @@ def onion_import(
 
 
 @app.command()
+@_interruptible
 def demo(
     duration: Annotated[float, typer.Option(help="seconds to keep the peers talking")] = 10.0,
     workdir: Annotated[Path | None, typer.Option(help="where Tor keeps its files")] = None,
@@ -246,9 +304,12 @@ def demo(
 
     try:
         ok = run_demo(duration=duration, workdir=workdir, echo=typer.echo)
-    except BridgeError as exc:
-        typer.echo(f"demo failed: {exc.describe()}", err=True)
-        raise typer.Exit(1) from exc
+    except BaseException as exc:
+        error = _collapse(exc)
+        if isinstance(error, BridgeError):
+            typer.echo(f"demo failed: {error.describe()}", err=True)
+            raise typer.Exit(1) from exc
+        raise
     raise typer.Exit(0 if ok else 1)
 
 
@@ -270,6 +331,7 @@ KaspadOpt = Annotated[str, typer.Option(
 
 
 @rig_app.command("up")
+@_interruptible
 def rig_up(
     dir: Annotated[Path, typer.Option("--dir", help="state directory")],
     clients: int = 1,
@@ -300,6 +362,9 @@ def rig_up(
             typer.echo(f"rig up failed: {exc}", err=True)
             rig.stop()
             raise typer.Exit(1) from None
+        except BaseException:  # Ctrl-C: stop what was started, detached or not
+            rig.stop()
+            raise
         assert rig.tor is not None
         typer.echo(summary(rig.tor))
         _print_nodes(rig.status())
@@ -336,6 +401,7 @@ def _print_nodes(rows: list[dict[str, Any]]) -> None:
 
 
 @rig_app.command("mine")
+@_interruptible
 def rig_mine(
     dir: Annotated[Path, typer.Option("--dir", help="state directory of `rig up --nodes`")],
     bps: Annotated[float, typer.Option(help="blocks per second")] = 1.0,
@@ -369,6 +435,7 @@ def rig_mine(
 
 
 @rig_app.command("check")
+@_interruptible
 def rig_check(
     nodes: Annotated[int, typer.Option(help="kaspad nodes behind bridges")] = 3,
     kaspad: KaspadOpt = "auto",
@@ -404,6 +471,7 @@ def rig_check(
 
 
 @rig_app.command("down")
+@_interruptible
 def rig_down(dir: Annotated[Path, typer.Option("--dir")]) -> None:
     """Stop a detached rig (its kaspad nodes and bridges, then the Tor network)."""
     from bridge.rig.__main__ import down
@@ -417,6 +485,7 @@ def rig_down(dir: Annotated[Path, typer.Option("--dir")]) -> None:
 
 
 @rig_app.command("status")
+@_interruptible
 def rig_status(dir: Annotated[Path, typer.Option("--dir")],
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show the private Tor network's processes and bootstrap state (and the nodes, if any)."""
@@ -444,6 +513,7 @@ def rig_status(dir: Annotated[Path, typer.Option("--dir")],
 
 
 @kaspad_app.command("install")
+@_interruptible
 def kaspad_install() -> None:
     """Build the pinned kaspad from the Rust package registry into the cache (once; ~12-16 min
     on 2 cores) and print its path. KTB_KASPAD=/path uses that binary instead."""

@@ -49,6 +49,7 @@ __all__ = [
     "as_dict",
     "defaults",
     "env_var_name",
+    "is_secret_key",
     "load_config",
     "network_p2p_port",
     "parse_hostport",
@@ -365,8 +366,28 @@ class _Spec:
     hi: float | None = None  # inclusive unless hi_open
     lo_open: bool = False
     hi_open: bool = False
+    #: 0 is also allowed, meaning "off", below ``lo`` (e.g. ``peers.refresh_interval = 0``)
+    zero_off: bool = False
 
 
+# Bounds. A key that sets how often the bridge does something, or how long it waits, has a lower
+# bound that keeps a typo or a unit mistake (0.001 meant as "1 ms"?) from turning into a flood or
+# a busy loop, and sizes have upper bounds that keep the cost of one message bounded:
+# - peers.refresh_interval >= 60 s (or 0, off): kaspad itself sends RequestAddresses once per
+#   connection (rusty-kaspa protocol/flows v5 address.rs, ReceiveAddressesFlow) and answers
+#   every request, so 0.001 was 1000 requests/s to a remote and as many Addresses decoded
+#   here; a peer's address book changes over minutes, not seconds.
+# - relay.stall_timeout >= 5 s (or 0, off): the watchdog wakes every timeout/8 per relay, and a
+#   Tor circuit pauses for seconds; below that honest peers would be dropped as stalled.
+# - relay.min_message_rate <= 1 MiB/s: a floor above what a Tor circuit carries would drop every
+#   honest peer (the default is 1 KiB/s).
+# - relay.max_rewrite_bytes <= 16 MiB: the bridge holds and decodes such messages (Version,
+#   Addresses) on the event loop; real ones are under 64 KiB.
+# - pool.dial_timeout >= 5 s: a Tor circuit to an onion takes seconds; less fails every dial and
+#   backs off every peer. pool.slot_wait >= 1 s: less refuses kaspad before any upstream could be
+#   handed over. inbound.handshake_timeout >= 1 s: a preface over Tor takes a round trip.
+# - tor.bootstrap_timeout >= 1 s: the supervisor logs a warning at every expiry while tor
+#   bootstraps (0.001 was a warning flood).
 _SCHEMA: Final[Mapping[str, _Spec]] = {
     "network": _Spec("str", "kaspa-mainnet", choices=tuple(NETWORK_P2P_PORTS)),
     "mode": _Spec("str", "tor-only", choices=MODES),
@@ -382,7 +403,7 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "inbound.allow_non_loopback": _Spec("bool", False),
     "inbound.max_connections": _Spec("int", 64, lo=1, hi=4096),
     "inbound.max_pending": _Spec("int", 64, lo=1, hi=4096),
-    "inbound.handshake_timeout": _Spec("float", 10.0, lo=0, lo_open=True, hi=3600),
+    "inbound.handshake_timeout": _Spec("float", 10.0, lo=1, hi=3600),
     "tor.socks": _Spec("str", "127.0.0.1:9050"),
     "tor.onion_socks": _Spec("str", ""),
     "tor.control": _Spec("str", "127.0.0.1:9051"),
@@ -392,24 +413,24 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "tor.listen_onion": _Spec("bool", True),
     "tor.onion_virtual_port": _Spec("int", 0, lo=0, hi=65535),
     "tor.onion_key_file": _Spec("path", ""),
-    "tor.bootstrap_timeout": _Spec("float", 120.0, lo=0, lo_open=True, hi=86400),
+    "tor.bootstrap_timeout": _Spec("float", 120.0, lo=1, hi=86400),
     "tor.managed": _Spec("bool", False),
     "tor.extra_torrc": _Spec("list", ()),
     "peers.connect": _Spec("list", ()),
     "peers.allow_direct": _Spec("bool", False),
     "peers.onlynet": _Spec("list", ()),  # () = by mode: tor-only all three, hybrid onion
-    "peers.refresh_interval": _Spec("float", 600.0, lo=0, hi=86400),
+    "peers.refresh_interval": _Spec("float", 600.0, lo=60, hi=86400, zero_off=True),
     "peers.dns_seed": _Spec("bool", True),
     "peers.seeders": _Spec("list", ()),  # () = the network's DNS seeders
     "relay.max_message_bytes": _Spec("int", 1 << 30, lo=16384, hi=1 << 30),
-    "relay.max_rewrite_bytes": _Spec("int", 4 << 20, lo=1024, hi=1 << 30),
+    "relay.max_rewrite_bytes": _Spec("int", 4 << 20, lo=1024, hi=16 << 20),
     "relay.advertise_address": _Spec("bool", False),
     "relay.own_onion": _Spec("str", ""),
-    "relay.stall_timeout": _Spec("float", 60.0, lo=0, hi=3600),
-    "relay.min_message_rate": _Spec("float", 1024.0, lo=0, hi=1 << 30),
+    "relay.stall_timeout": _Spec("float", 60.0, lo=5, hi=3600, zero_off=True),
+    "relay.min_message_rate": _Spec("float", 1024.0, lo=0, hi=1 << 20),
     "pool.size": _Spec("int", 2, lo=0, hi=32),
-    "pool.slot_wait": _Spec("float", 6.0, lo=0, lo_open=True, hi=10, hi_open=True),
-    "pool.dial_timeout": _Spec("float", 60.0, lo=0, lo_open=True, hi=3600),
+    "pool.slot_wait": _Spec("float", 6.0, lo=1, hi=10, hi_open=True),
+    "pool.dial_timeout": _Spec("float", 60.0, lo=5, hi=3600),
     "metrics.listen": _Spec("str", ""),
 }
 
@@ -459,7 +480,27 @@ def _describe_allowed(spec: _Spec) -> str:
         lo = "" if spec.lo is None else f"{_fmt_num(spec.lo)} {'<' if spec.lo_open else '<='} "
         hi = "" if spec.hi is None else f" {'<' if spec.hi_open else '<='} {_fmt_num(spec.hi)}"
         kind += f" with {lo}value{hi}"
+        if spec.zero_off:
+            kind += ", or 0 (off)"
     return kind
+
+
+#: Words that make a key's value a secret (its leaf name contains one): never echoed in an error,
+#: a warning or ``--help``, whatever its source (file, environment, command line). A ``*_file``
+#: key holds a path to a secret, which is not itself secret (it is named in errors).
+_SECRET_WORDS: Final = ("password", "passwd", "passphrase", "secret", "token", "key")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether ``key``'s value must never be shown (``tor.control_password``; a future
+    ``*secret*``/``*token*``/``*key*`` value), see :data:`_SECRET_WORDS`."""
+    leaf = key.rsplit(".", 1)[-1].lower()
+    return not leaf.endswith("_file") and any(w in leaf for w in _SECRET_WORDS)
+
+
+def _shown(key: str, value: object) -> str:
+    """``repr(value)`` for an error message, or a placeholder for a secret key's value."""
+    return "<the value, not shown: it is secret>" if is_secret_key(key) else repr(value)
 
 
 def _fmt_num(x: float) -> str:
@@ -509,7 +550,7 @@ def _check_type(key: str, value: object, source: str) -> object:
     spec = _SCHEMA[key]
 
     def bad() -> ConfigError:
-        got = f"{type(value).__name__} {value!r}"
+        got = f"{type(value).__name__} {_shown(key, value)}"
         return ConfigError(f"expected {_describe_allowed(spec)}, got {got}", source=source, key=key)
 
     if spec.kind == "str":
@@ -590,7 +631,7 @@ def _parse_env_value(key: str, text: str, source: str) -> object:
 
     def bad(why: str = "") -> ConfigError:
         return ConfigError(
-            f"cannot parse {text!r}{why}: expected {_describe_allowed(spec)}",
+            f"cannot parse {_shown(key, text)}{why}: expected {_describe_allowed(spec)}",
             source=source,
             key=key,
         )
@@ -669,7 +710,7 @@ def flag_help() -> list[tuple[str, str]]:
     """``(flag, what it takes)`` for every key, for the CLI's help text (not the control
     password: never on the command line)."""
     return [(_flag_name(k), _describe_allowed(s)) for k, s in _SCHEMA.items()
-            if k != "tor.control_password"]
+            if not is_secret_key(k)]
 
 
 def parse_flags(args: Sequence[str]) -> dict[str, object]:
@@ -690,7 +731,7 @@ def parse_flags(args: Sequence[str]) -> dict[str, object]:
             close = difflib.get_close_matches(name, list(FLAG_TO_KEY), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"unknown option {name}{hint}", source="command line")
-        if key == "tor.control_password":
+        if is_secret_key(key):
             raise ConfigError(
                 "a password on the command line is visible to every user (ps); use the "
                 f"{_PASSWORD_ENV_ALIAS} environment variable or tor.control_password_file",
@@ -702,7 +743,9 @@ def parse_flags(args: Sequence[str]) -> dict[str, object]:
         if negated:
             raise ConfigError(f"{name} takes no value", source="command line", key=key)
         if not eq:
-            if i >= len(args):
+            # The next token is the value, unless it is another option (never parsed as this
+            # one's value: "--slots-count --tor-control-password=x" must not echo the password)
+            if i >= len(args) or args[i].startswith("--"):
                 raise ConfigError(f"{name} needs a value: {_describe_allowed(spec)}",
                                   source="command line", key=key)
             value = args[i]
@@ -789,15 +832,19 @@ class _Builder:
         if v not in spec.choices:
             close = difflib.get_close_matches(v, spec.choices, n=1, cutoff=0.6)
             did = f" (did you mean {close[0]!r}?)" if close else ""
-            raise self.err(key, f"invalid value {v!r}{did}; allowed: {', '.join(spec.choices)}")
+            raise self.err(key, f"invalid value {_shown(key, v)}{did}; allowed: "
+                           f"{', '.join(spec.choices)}")
         return v
 
     def _range(self, key: str, v: float) -> None:
         spec = _SCHEMA[key]
+        if spec.zero_off and v == 0:
+            return
         too_low = spec.lo is not None and (v <= spec.lo if spec.lo_open else v < spec.lo)
         too_high = spec.hi is not None and (v >= spec.hi if spec.hi_open else v > spec.hi)
         if too_low or too_high:
-            raise self.err(key, f"value {v!r} out of range: expected {_describe_allowed(spec)}")
+            raise self.err(key, f"value {_shown(key, v)} out of range: expected "
+                           f"{_describe_allowed(spec)}")
 
     def path(self, key: str, *, optional: bool) -> Path | None:
         v = self.str_(key)
@@ -1183,7 +1230,7 @@ def as_dict(config: Config) -> dict[str, object]:
             out[f.name] = {
                 sf.name: (
                     "***"
-                    if sf.name == "control_password" and getattr(v, sf.name)
+                    if is_secret_key(f"{f.name}.{sf.name}") and getattr(v, sf.name)
                     else conv(getattr(v, sf.name))
                 )
                 for sf in dataclasses.fields(v)

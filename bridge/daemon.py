@@ -17,7 +17,10 @@ import errno
 import logging
 import os
 import signal
+import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -40,6 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridge")
 
 
+#: Name prefix of the data-dir write test's file (a random suffix follows).
+WRITE_TEST_PREFIX = ".kaspa-tor-bridge-write-test."
+
+
 class StartupError(BridgeError):
     action = "startup aborted"
 
@@ -56,16 +63,44 @@ class Daemon:
     def __post_init__(self) -> None:
         self._stop = trio.Event()
         self._tor_was_usable = False
+        self._serving = False
+        self._scope: trio.CancelScope | None = None  # the daemon's own nursery, once open
+        #: the name of the signal that stopped the daemon, if one did
+        self.stopped_by: str | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("%s: shutting down", signal.Signals(signum).name)
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        """Act on the signals an operator (or a service manager) sends, from the very start of
+        :meth:`run`: SIGINT/SIGTERM stop the bridge in order when it is serving, abort a startup
+        still in progress (nothing is left half-started), and a second one during the shutdown
+        stops at once. SIGHUP is logged and ignored: tor reloads on SIGHUP, so operators and
+        tools send it expecting a reload and an unchanged service; the bridge cannot reload
+        (listeners, Tor connection and pool are built from the startup configuration), and
+        going down instead would cut kaspad off the network (see README, "Operating it")."""
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                log.warning("%s: ignored: the bridge does not reload its configuration; it keeps "
+                            "running with the configuration it started with (restart it to apply "
+                            "changes; SIGTERM or SIGINT stops it)", name)
+            elif self._stop.is_set():
+                log.warning("%s again: stopping at once", name)
+                self._cancel_all()
+            elif not self._serving:
+                log.info("%s during startup: startup aborted, shutting down", name)
+                self.stopped_by = name
                 self._stop.set()
-                return
+                self._cancel_all()
+            else:
+                log.info("%s: shutting down", name)
+                self.stopped_by = name
+                self._stop.set()
+
+    def _cancel_all(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _on_tor_change(self, st: TorStatus) -> None:
         """Keep the gossip state's own onion in step with what Tor publishes; forgive peer
@@ -92,10 +127,14 @@ class Daemon:
         if cfg.tor.listen_onion and not key.exists() and key.parent != cfg.data_dir:
             dirs.append(key.parent)
         for d in dirs:
-            probe = d / f".kaspa-tor-bridge-write-test.{os.getpid()}"
+            # A random name, created exclusively and never through a symlink (mkstemp: O_EXCL |
+            # O_NOFOLLOW, mode 0600): a predictable name opened with O_TRUNC would let whoever
+            # can write the directory plant a symlink there and have the bridge wipe its target.
+            probe: Path | None = None
             try:
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd, name = tempfile.mkstemp(prefix=WRITE_TEST_PREFIX, dir=d)
+                probe = Path(name)
                 try:
                     os.write(fd, bytes(4096))
                     os.fsync(fd)
@@ -113,10 +152,11 @@ class Daemon:
                     "bridge keeps its address book and onion key there and must be able to "
                     "write it (data_dir)", fault=Fault.LOCAL) from exc
             finally:
-                try:
-                    probe.unlink()
-                except OSError:
-                    pass
+                if probe is not None:
+                    try:
+                        probe.unlink()
+                    except OSError:
+                        pass
 
     def _managed(self) -> ManagedTor | None:
         tor = self.cfg.tor
@@ -156,6 +196,17 @@ class Daemon:
                              on_change=self._on_tor_change)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start, serve until stopped, shut down in order. With ``handle_signals`` the signals
+        are handled from the first moment (see :meth:`_signals`): a SIGINT or SIGTERM during
+        startup ends this call normally, with :attr:`stopped_by` set, and no error."""
+        if not self.handle_signals:
+            await self._run(None, task_status)
+            return
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            await self._run(signals, task_status)
+
+    async def _run(self, signals: AsyncIterator[int] | None,
+                   task_status: trio.TaskStatus[None]) -> None:
         cfg = self.cfg
         for w in cfg.warnings:
             log.warning("config: %s", w)
@@ -175,6 +226,9 @@ class Daemon:
             options.dial = replace(options.dial, proxy=None, onion_proxy=None)
         startup_error: StartupError | None = None
         async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            if signals is not None:
+                nursery.start_soon(self._signals, signals)
             if managed is not None:
                 await nursery.start(managed.run)
                 log.info("managed tor running (data in %s)", managed.cfg.tor_dir)
@@ -216,9 +270,8 @@ class Daemon:
                      managed: ManagedTor | None, task_status: trio.TaskStatus[None]) -> None:
         """Up and running: wait for a stop request, then shut down in order (onion removed
         from Tor first, bounded), and cancel everything."""
+        self._serving = True
         task_status.started()
-        if self.handle_signals:
-            nursery.start_soon(self._signals)
         await self._stop.wait()
         if sup is not None:
             with trio.move_on_after(5):

@@ -123,3 +123,147 @@ def test_unknown_flag_is_named_with_a_suggestion() -> None:
     res = subprocess.run([*BRIDGE, "run", "--slots-cnt", "3"], capture_output=True, text=True)
     assert res.returncode == 2
     assert "--slots-cnt" in res.stderr and "--slots-count" in res.stderr
+
+
+def _start_logged(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([*BRIDGE, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def _no_traceback(out: str) -> None:
+    for word in ("Traceback", "ExceptionGroup", "KeyboardInterrupt"):
+        assert word not in out, out
+
+
+def test_ctrl_c_during_startup_stops_cleanly_without_a_traceback(tmp_path: Path) -> None:
+    """Issue G item 9: SIGINT while the daemon waits for Tor at startup used to surface as a
+    BaseExceptionGroup traceback (trio wraps the KeyboardInterrupt that arrives inside a
+    nursery). Now the daemon handles its signals from its first moment: the startup is
+    aborted, logged in one line, and the process exits 0 — a stop the operator asked for, as
+    tor does on SIGINT (130 is kept for commands interrupted before they could finish)."""
+    closed, socks, slot, inbound = free_ports(4)
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f'''
+network = "kaspa-simnet"
+data_dir = "{tmp_path / 'data'}"
+[slots]
+base_port = {slot}
+count = 1
+[inbound]
+listen = "127.0.0.1:{inbound}"
+[tor]
+socks = "127.0.0.1:{socks}"
+control = "127.0.0.1:{closed}"
+bootstrap_timeout = 120.0
+''')
+    log = tmp_path / "out.log"
+    proc = _start_logged(["run", "-c", str(cfg)], log)
+    try:
+        _wait_for(log, "cannot connect to tor control port", proc)  # startup: waiting for Tor
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 20  # not the 120 s bootstrap timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    _no_traceback(out)
+    assert rc == 0, out
+    assert "SIGINT during startup: startup aborted" in out, out
+
+
+def test_sighup_is_logged_and_ignored_then_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    """Issue G item 9: SIGHUP used to kill the daemon without its clean shutdown. tor reloads on
+    SIGHUP, so an operator (or `systemctl reload`, a logrotate hook) sends it expecting the
+    service to stay up; the bridge cannot reload, so it says so and keeps serving. SIGTERM then
+    stops it in order, exit 0."""
+    slot, inbound = free_ports(2)
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f'''
+network = "kaspa-simnet"
+mode = "hybrid"
+data_dir = "{tmp_path / 'data'}"
+[slots]
+base_port = {slot}
+count = 1
+[inbound]
+listen = "127.0.0.1:{inbound}"
+[tor]
+control = ""
+listen_onion = false
+[peers]
+dns_seed = false
+[pool]
+size = 0
+''')
+    log = tmp_path / "out.log"
+    proc = _start_logged(["run", "-c", str(cfg)], log)
+    try:
+        _wait_for(log, "bridge up", proc)
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(log, "SIGHUP: ignored", proc, timeout=20)
+        time.sleep(1.0)
+        assert proc.poll() is None, log.read_text()
+        import socket
+
+        with socket.create_connection(("127.0.0.1", slot), timeout=5):
+            pass  # still serving its slot
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    _no_traceback(out)
+    assert rc == 0, out
+    assert "does not reload its configuration" in out and "SIGTERM: shutting down" in out, out
+
+
+def test_ctrl_c_during_doctor_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """Commands other than `run` that run trio (doctor here; demo, rig and onion share the
+    same wrapper) end on Ctrl-C with one line and the shell's 130, never a traceback."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # a "tor control port" that never answers
+    control = listener.getsockname()[1]
+    socks, slot, inbound = free_ports(3)
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f'''
+network = "kaspa-simnet"
+data_dir = "{tmp_path / 'data'}"
+[slots]
+base_port = {slot}
+count = 1
+[inbound]
+listen = "127.0.0.1:{inbound}"
+[tor]
+socks = "127.0.0.1:{socks}"
+control = "127.0.0.1:{control}"
+''')
+    log = tmp_path / "out.log"
+    proc = _start_logged(["doctor", "-c", str(cfg), "--timeout", "60"], log)
+    try:
+        listener.settimeout(90)
+        conn, _ = listener.accept()  # doctor is inside its trio checks now
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+        conn.close()
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    _no_traceback(out)
+    assert rc == 130, out
+    assert "interrupted" in out, out

@@ -317,7 +317,7 @@ def test_scalar_key_as_table(tmp_path: Path) -> None:
         ('[tor]\ncontrol = "unix:relative/sock"\n', "tor.control", "absolute path"),
         ('[tor]\ncontrol = "tor.local:9051"\n', "tor.control", "IPv4 address"),
         ("[tor]\nonion_virtual_port = 70000\n", "tor.onion_virtual_port", "0 <= value <= 65535"),
-        ("[tor]\nbootstrap_timeout = 0\n", "tor.bootstrap_timeout", "0 < value"),
+        ("[tor]\nbootstrap_timeout = 0\n", "tor.bootstrap_timeout", "1 <= value"),
         ("[tor]\nbootstrap_timeout = nan\n", "tor.bootstrap_timeout", "a number"),
         ("[tor]\nbootstrap_timeout = inf\n", "tor.bootstrap_timeout", "a number"),
         ("[tor]\nmanaged = 1\n", "tor.managed", "true or false"),
@@ -335,9 +335,9 @@ def test_scalar_key_as_table(tmp_path: Path) -> None:
         ),
         ('[relay]\nown_onion = "abc.onion"\n', "relay.own_onion", "wrong length"),
         ("[pool]\nsize = 33\n", "pool.size", "0 <= value <= 32"),
-        ("[pool]\nslot_wait = 10\n", "pool.slot_wait", "0 < value < 10"),
-        ("[pool]\nslot_wait = 0\n", "pool.slot_wait", "0 < value < 10"),
-        ("[pool]\ndial_timeout = -1\n", "pool.dial_timeout", "0 < value"),
+        ("[pool]\nslot_wait = 10\n", "pool.slot_wait", "1 <= value < 10"),
+        ("[pool]\nslot_wait = 0\n", "pool.slot_wait", "1 <= value < 10"),
+        ("[pool]\ndial_timeout = -1\n", "pool.dial_timeout", "5 <= value"),
         ('[metrics]\nlisten = "9464"\n', "metrics.listen", "not an IPv4 address"),
     ],
 )
@@ -722,3 +722,144 @@ def test_unix_control_tilde(tmp_path: Path) -> None:
 
 def test_unknown_user_in_path(tmp_path: Path) -> None:
     file_error(tmp_path, 'data_dir = "~no-such-user-ktb/x"\n', "data_dir")
+
+
+# --------------------------------------------------------------------------------------------
+# Issue G item 9: secrets are never echoed; intervals and sizes have sane bounds
+# --------------------------------------------------------------------------------------------
+
+SECRET = "hunter2-s3cr3t-PW"
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["file-int", "file-list", "file-table-value", "override-int", "flag-next-token"],
+)
+def test_a_mistyped_control_password_is_never_echoed(tmp_path: Path, how: str) -> None:
+    """A config type error on tor.control_password names the key and the source, but never the
+    value: from the file, from a programmatic override, and from the command line."""
+    from bridge.config import parse_flags
+
+    with pytest.raises(ConfigError) as info:
+        if how == "file-int":  # an unquoted numeric password
+            load(tmp_path, "[tor]\ncontrol_password = 12345678901234567\n")
+        elif how == "file-list":
+            load(tmp_path, f'[tor]\ncontrol_password = ["{SECRET}"]\n')
+        elif how == "file-table-value":
+            load(tmp_path, f'[tor]\ncontrol_password = {{ pw = "{SECRET}" }}\n')
+        elif how == "override-int":
+            load(tmp_path, overrides={"tor.control_password": 12345678901234567})
+        else:  # a flag missing its value must not swallow the next option as its value
+            parse_flags(["--slots-count", f"--tor-control-password={SECRET}"])
+    text = str(info.value)
+    assert SECRET not in text and "12345678901234567" not in text, text
+    assert info.value.key in ("tor.control_password", "slots.count")
+
+
+def test_secret_keys() -> None:
+    from bridge.config import flag_help, is_secret_key
+
+    assert is_secret_key("tor.control_password")
+    assert not is_secret_key("tor.control_password_file")  # a path to a secret
+    assert not is_secret_key("tor.onion_key_file")
+    assert not is_secret_key("tor.cookie_file")
+    assert [k for k in KNOWN_KEYS if is_secret_key(k)] == ["tor.control_password"]
+    assert not any("password" in flag and "file" not in flag for flag, _ in flag_help())
+
+
+def test_secret_env_and_flag_values_are_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every generic error path a secret's value could take: an unparsable environment value,
+    an out-of-range number, a value not among the choices (the password key made numeric / a
+    choice here, as a future secret key could be)."""
+    import bridge.config as config
+
+    monkeypatch.setitem(config._SCHEMA, "tor.control_password",
+                        config._Spec("int", 0, lo=1, hi=2))
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**ENV, "KTB_TOR__CONTROL_PASSWORD": SECRET})
+    assert SECRET not in str(info.value) and "not shown" in str(info.value)
+    builder = config._Builder({"tor.control_password": (987654321, "env X")}, None)
+    with pytest.raises(ConfigError) as info:
+        builder.int_("tor.control_password")
+    assert "987654321" not in str(info.value) and "out of range" in str(info.value)
+    monkeypatch.setitem(config._SCHEMA, "tor.control_password",
+                        config._Spec("str", "", choices=("a", "b")))
+    builder = config._Builder({"tor.control_password": (SECRET, "env X")}, None)
+    with pytest.raises(ConfigError) as info:
+        builder.choice("tor.control_password")
+    assert SECRET not in str(info.value) and "allowed: a, b" in str(info.value)
+
+
+def test_doctor_does_not_echo_a_mistyped_password(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = write(tmp_path, "[tor]\ncontrol_password = 12345678901234567\n")
+    res = subprocess.run([sys.executable, "-m", "bridge", "doctor", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert "tor.control_password" in res.stdout + res.stderr
+    assert "12345678901234567" not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "too_small", "smallest", "off"),
+    [
+        # how often the bridge asks a remote for addresses: kaspad asks once per connection
+        ("peers.refresh_interval", 0.001, 60.0, 0.0),
+        # a watchdog that wakes every timeout/8 per relay
+        ("relay.stall_timeout", 0.001, 5.0, 0.0),
+        # timeouts: below these every dial / handover / preface / bootstrap wait fails at once
+        ("pool.dial_timeout", 0.001, 5.0, None),
+        ("pool.slot_wait", 0.001, 1.0, None),
+        ("inbound.handshake_timeout", 0.001, 1.0, None),
+        ("tor.bootstrap_timeout", 0.001, 1.0, None),
+    ],
+)
+def test_intervals_and_timeouts_have_a_floor(key: str, too_small: float, smallest: float,
+                                             off: float | None) -> None:
+    """An absurdly small interval (a flood: 0.001 s = 1000 RequestAddresses/s per relay) or
+    timeout (a busy loop of failures) is refused with the allowed range; the floor itself and
+    0 where it means "off" are accepted, also from the environment."""
+    env = env_var_name(key)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**ENV, env: str(too_small)})
+    assert info.value.key == key and f"{smallest:g} <= value" in str(info.value)
+    with pytest.raises(ConfigError):
+        load_config(None, env={**ENV, env: str(smallest * 0.99)})
+    section, leaf = key.split(".")
+    assert getattr(getattr(load_config(None, env={**ENV, env: str(smallest)}), section),
+                   leaf) == smallest
+    if off is not None:
+        assert "or 0 (off)" in str(info.value)
+        assert getattr(getattr(load_config(None, env={**ENV, env: "0"}), section), leaf) == 0
+    else:
+        with pytest.raises(ConfigError):
+            load_config(None, env={**ENV, env: "0"})
+
+
+def test_refresh_interval_zero_is_off_in_the_bridge_options() -> None:
+    from bridge.app import bridge_options
+
+    assert bridge_options(load_config(None, env=ENV)).refresh_interval == 600.0
+    off = load_config(None, env={**ENV, "KTB_PEERS__REFRESH_INTERVAL": "0"})
+    assert bridge_options(off).refresh_interval is None
+
+
+@pytest.mark.parametrize(
+    ("key", "too_big", "largest"),
+    [
+        # decoded on the event loop: real Version/Addresses messages are under 64 KiB
+        ("relay.max_rewrite_bytes", (16 << 20) + 1, 16 << 20),
+        # a "minimum rate" above what a Tor circuit carries drops every honest peer
+        ("relay.min_message_rate", (1 << 20) + 1, 1 << 20),
+    ],
+)
+def test_sizes_and_rates_have_a_ceiling(key: str, too_big: int, largest: int) -> None:
+    env = env_var_name(key)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**ENV, env: str(too_big)})
+    assert info.value.key == key and f"value <= {largest}" in str(info.value)
+    section, leaf = key.split(".")
+    assert getattr(getattr(load_config(None, env={**ENV, env: str(largest)}), section),
+                   leaf) == largest

@@ -114,3 +114,25 @@ async def test_restart_keeps_the_address_book(tmp_path: Path) -> None:
         assert onion in hosts
         assert f"{onion}:16511" in second.bridge.selector.snapshot()
         second.request_stop()
+
+
+def test_data_dir_write_test_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    """Issue G item 8: the write test used a predictable name opened with O_CREAT|O_TRUNC, so a
+    symlink planted at that name (by anyone who can write the data directory) made the bridge
+    truncate the link's target at every start. Now: a random name, created exclusively, never
+    through a symlink; the planted link and its target are left alone, nothing is left behind."""
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious content\n")
+    planted = data / f".kaspa-tor-bridge-write-test.{os.getpid()}"
+    planted.symlink_to(victim)
+    cfg = load_config(None, env={"HOME": str(tmp_path)}, overrides={
+        "network": "kaspa-simnet", "mode": "hybrid", "data_dir": str(data),
+        "tor.control": "", "tor.listen_onion": False})
+    Daemon(cfg, handle_signals=False)._check_data_dir()
+    assert victim.read_bytes() == b"precious content\n"
+    assert planted.is_symlink()
+    assert sorted(p.name for p in data.iterdir()) == [planted.name]  # the probe was removed
