@@ -642,10 +642,10 @@ def count_addresses(payload: bytes, limit: int = MAX_ADDRESSES) -> list[tuple[in
     """Where the entries of an AddressesMessage are (``(start, end)`` of each NetAddress), found
     from the tags alone, without copying or decoding any entry.
 
-    Raises :class:`TooManyAddresses` when there are more than ``limit``; the count goes on (cheap)
-    up to four times the limit, so the error says how many. Other fields count too, so a payload
-    of tiny unknown fields costs no more than one of entries."""
-    spans: list[tuple[int, int]] = []
+    A first pass only counts (nothing is allocated): more than ``limit`` raises
+    :class:`TooManyAddresses`; that count goes on, cheaply, up to four times the limit so the
+    error says how many. Other fields count too, so a payload of tiny unknown fields costs no
+    more than one of entries."""
     pos = 0
     end = len(payload)
     scanned = 0
@@ -654,18 +654,22 @@ def count_addresses(payload: bytes, limit: int = MAX_ADDRESSES) -> list[tuple[in
     while pos < end:
         scanned += 1
         if scanned > stop:
-            raise TooManyAddresses(stop, limit, exact=False) if count > limit else \
-                TooManyFields(f"AddressesMessage has more than {stop} fields")
-        number, wire_type, start, pos = _skip_field(payload, pos, end)
-        if number != 1:
-            continue
-        if wire_type != LEN:
-            raise DecodeError("field 1 is not length-delimited")
-        count += 1
-        if count <= limit:
-            spans.append((start, pos))
+            if count > limit:
+                raise TooManyAddresses(stop, limit, exact=False)
+            raise TooManyFields(f"AddressesMessage has more than {stop} fields")
+        number, wire_type, _, pos = _skip_field(payload, pos, end)
+        if number == 1:
+            if wire_type != LEN:
+                raise DecodeError("field 1 is not length-delimited")
+            count += 1
     if count > limit:
         raise TooManyAddresses(count, limit)
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while pos < end:
+        number, _, start, pos = _skip_field(payload, pos, end)
+        if number == 1:
+            spans.append((start, pos))
     return spans
 
 
