@@ -17,12 +17,35 @@ may roll back, but the database stays consistent (WAL checksums). That trade is 
 that is a re-learnable cache, and it keeps each write sub-millisecond, so calls may run inline on
 the trio thread. ``synchronous="FULL"`` is accepted for operators who want power-loss durability.
 
-Bound and eviction: at most ``max_entries`` (default 4096, kaspad's ``MAX_ADDRESSES``) per
-network. When a write leaves a network over the bound, entries are evicted in this order: most
-consecutive failures first, then oldest ``last_seen``, then host/port (for determinism). Never
-evicted: ``seed`` and ``config`` entries, and entries whose ``last_success`` is within
-``protect_window`` (default 7 days) of the write's ``now``. If only such entries remain, the
-network may exceed the bound (a freshly learned gossip entry is then itself evicted).
+Bounds and eviction (eclipse resistance, issue G defect 3; the rules are those of
+:mod:`bridge.core.addrman`, modelled on Bitcoin Core's new/tried tables). Per network:
+
+* the *new* table -- gossip/version entries never connected successfully -- holds at most
+  ``max_new`` entries (default ``max_entries - max_tried``: 3072). Each entry is charged to the
+  source group of who told us (``addrman.source_group``, stored in ``source_group``; re-learning
+  it from someone else does not move it). A group holds at most ``max_new // 16`` (``kaspad``:
+  ``max_new // 2``). A newcomer whose group is at its quota replaces only a *terrible* entry of
+  its own group (``failures >= 3`` or not seen for 30 days), worst first; else it is dropped
+  (the incumbent wins). When the table is full, a newcomer takes the place of the worst entry
+  (most failures, then oldest ``last_seen``) of the largest group, if that group is larger than
+  its own. So one remote, one /16, one onion or all inbound connections together fill at most
+  1/16 of the table and cannot evict what other groups told us;
+* the *tried* table -- entries with a ``last_success`` -- is never touched by learning. It holds
+  at most ``max_tried`` (default ``max_entries // 4``: 1024), at most ``max_tried // 16`` per
+  address group (``addr_group``: the IPv4 /16, IPv6 /32 or onion); ``record_success`` over
+  either bound deletes the worst tried entry (most failures, oldest success) of the newcomer's
+  address group, or else of the largest one;
+* ``seed`` entries (never evicted by gossip) are at most ``max_seed`` (default
+  ``max_entries // 4``); a new seed replaces the worst untried seed entry. ``config`` entries
+  (the operator's file) are never evicted and not bounded.
+
+The total is therefore bounded (``max_new + max_tried + max_seed`` + configured peers per network;
+the -wal file is truncated to 4 MiB after checkpoints), and so is the file. A learn costs a few
+index lookups per entry (group counts are cached in memory; the book is the file's only writer).
+
+Non-public addresses (issue G defect 7): a learn from any source but ``config`` skips IPs that are
+not public unicast (``addrman.is_public_ip``: loopback, RFC 1918, CGNAT, link-local, ULA,
+documentation, reserved ...); :attr:`AddressBook.stats` counts them (``not_public``).
 
 Opening (``AddressBook(path)``):
 
@@ -37,7 +60,9 @@ Opening (``AddressBook(path)``):
   start would turn a damaged cache into an outage. ``on_corrupt="raise"`` opts out.
 
 Schema changes: ``SCHEMA_VERSION`` and the ``schema_version`` table; ``MIGRATIONS[v]`` upgrades
-``v -> v+1`` inside the opening transaction (version 0 is an empty file).
+``v -> v+1`` inside the opening transaction (version 0 is an empty file). Version 2 added the
+``source_group`` and ``addr_group`` columns (computed for the rows of a version-1 file, which are
+all kept; entries over the new bounds leave as newcomers arrive).
 
 Threads: the class is synchronous and serialises its calls with a lock over one connection
 opened with ``check_same_thread=False``. Intended use from trio: call inline (sub-millisecond
@@ -73,6 +98,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, ParamSpec, TypeVar
 
+from bridge.core import addrman
 from bridge.core.policy import OnionPeer
 from bridge.core.selection import (
     NETWORKS,
@@ -80,6 +106,7 @@ from bridge.core.selection import (
     Kind,
     PeerEntry,
     backoff_delay,
+    group_of,
     normalize_endpoint,
     source_rank,
 )
@@ -87,7 +114,6 @@ from bridge.errors import BridgeError, Fault
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
-    "DEFAULT_PROTECT_WINDOW",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "AddressBook",
@@ -96,9 +122,10 @@ __all__ = [
 
 log = logging.getLogger("bridge.book")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 DEFAULT_MAX_ENTRIES: Final = 4096
-DEFAULT_PROTECT_WINDOW: Final = 7 * 24 * 3600.0
+_CONFIG_RANK: Final = 3
+_WAL_LIMIT: Final = 4 * 1024 * 1024
 _SQLITE_READONLY: Final = 8
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_FULL: Final = 13
@@ -142,8 +169,29 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
                  "(network, failures DESC, last_seen, host, port)")
 
 
+def _groups(source: str, host: str) -> tuple[str, str]:
+    """``(source_group, addr_group)`` columns of an entry (see the module docstring)."""
+    return addrman.source_group(source), group_of(host)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Eclipse resistance: who told us (``source_group``) and the address's own group
+    (``addr_group``) become columns with their indexes; every row is kept."""
+    conn.execute("ALTER TABLE peers ADD COLUMN source_group TEXT NOT NULL DEFAULT 'other'")
+    conn.execute("ALTER TABLE peers ADD COLUMN addr_group TEXT NOT NULL DEFAULT ''")
+    rows = conn.execute("SELECT rowid, source, host FROM peers").fetchall()
+    conn.executemany("UPDATE peers SET source_group = ?, addr_group = ? WHERE rowid = ?",
+                     [(*_groups(str(src), str(host)), rowid) for rowid, src, host in rows])
+    conn.execute("DROP INDEX IF EXISTS peers_evict")
+    # the new table by source group, worst first; the tried table by address group
+    conn.execute("CREATE INDEX peers_new ON peers "
+                 "(network, source_group, last_success, failures DESC, last_seen)")
+    conn.execute("CREATE INDEX peers_tried ON peers (network, addr_group, last_success)")
+
+
 #: ``MIGRATIONS[v]`` upgrades schema ``v`` to ``v + 1`` (run inside one transaction).
-MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {0: _migrate_0_to_1}
+MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
+    0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 _COLUMNS: Final = ("network, host, port, kind, source, first_seen, last_seen, last_success, "
                    "failures, backoff_until, addrv2, is_self")
@@ -152,6 +200,11 @@ _COLUMNS: Final = ("network, host, port, kind, source, first_seen, last_seen, la
 def _row_entry(row: Sequence[Any]) -> PeerEntry:
     # columns are in PeerEntry field order; SQLite stores the flags as 0/1
     return PeerEntry._make([*row[:10], bool(row[10]), bool(row[11])])
+
+
+def _entry_addr_group(kind: Kind, host: str) -> str:
+    """The ``addr_group`` column: the IPv4 /16, IPv6 /32 or onion of a normalised host."""
+    return PeerEntry("", host, 1, kind, "", 0.0, 0.0).group
 
 
 def _check_network(network: str) -> None:
@@ -213,7 +266,8 @@ class AddressBook:
 
     def __init__(self, path: str | os.PathLike[str], *,
                  max_entries: int = DEFAULT_MAX_ENTRIES,
-                 protect_window: float = DEFAULT_PROTECT_WINDOW,
+                 max_tried: int | None = None,
+                 max_seed: int | None = None,
                  synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
                  on_corrupt: Literal["move", "raise"] = "move",
                  busy_timeout: float = 5.0,
@@ -225,7 +279,16 @@ class AddressBook:
             raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
         self.path = Path(path)
         self.max_entries = max_entries
-        self.protect_window = float(protect_window)
+        #: bounds of the tried table, the new table and the seed entries (module docstring)
+        self.max_tried = max(1, max_entries // 4) if max_tried is None else max_tried
+        self.max_new = max(1, max_entries - self.max_tried)
+        self.max_seed = max(1, max_entries // 4) if max_seed is None else max_seed
+        if self.max_tried < 1 or self.max_seed < 1:
+            raise ValueError("max_tried and max_seed must be at least 1")
+        #: what learning refused: non-public IPs, newcomers dropped by a quota, entries evicted
+        self.stats = {"not_public": 0, "dropped": 0, "evicted": 0}
+        #: untried entries per source group, per network (cached: this is the only writer)
+        self._new_counts: dict[str, addrman.GroupCounts] = {}
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         if on_error not in ("log", "raise"):
@@ -333,6 +396,7 @@ class AddressBook:
                 f"address book {self.path}: SQLite refused WAL mode (got {mode!r}); put the "
                 "data directory on a local filesystem")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         check = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
         if check != ["ok"]:
             raise _Corrupt("quick_check: " + "; ".join(check[:3]))
@@ -402,6 +466,7 @@ class AddressBook:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
+                self._new_counts.clear()  # the cache may count what was rolled back
                 # SQLite may already have rolled back by itself (SQLITE_FULL, I/O errors); a
                 # failed COMMIT leaves the transaction open, which would make every later
                 # BEGIN fail ("cannot start a transaction within a transaction") even after
@@ -450,22 +515,69 @@ class AddressBook:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _evict(self, conn: sqlite3.Connection, network: str, now: float) -> None:
-        (n,) = conn.execute("SELECT count(*) FROM peers WHERE network = ?", (network,)).fetchone()
-        excess = int(n) - self.max_entries
-        if excess <= 0:
-            return
-        conn.execute(
-            """
-            DELETE FROM peers WHERE rowid IN (
-                SELECT rowid FROM peers
-                WHERE network = ? AND source_rank < ?
-                  AND (last_success IS NULL OR last_success < ?)
-                ORDER BY failures DESC, last_seen ASC, host ASC, port ASC
-                LIMIT ?)
-            """,
-            (network, PROTECTED_RANK, now - self.protect_window, excess),
-        )
+    # -- bounds (see the module docstring) ----------------------------------------------------
+
+    def _counts(self, conn: sqlite3.Connection, network: str) -> addrman.GroupCounts:
+        """Untried gossip entries per source group (loaded once, then kept up to date)."""
+        counts = self._new_counts.get(network)
+        if counts is None:
+            rows = conn.execute(
+                "SELECT source_group, count(*) FROM peers WHERE network = ? "
+                "AND last_success IS NULL AND source_rank < ? GROUP BY source_group",
+                (network, PROTECTED_RANK)).fetchall()
+            counts = self._new_counts[network] = addrman.GroupCounts(
+                {str(g): int(n) for g, n in rows})
+        return counts
+
+    def _victim(self, conn: sqlite3.Connection, network: str, group: str, now: float,
+                terrible: bool) -> int | None:
+        """rowid of the worst untried entry of ``group`` (only a terrible one if asked)."""
+        sql = ("SELECT rowid FROM peers WHERE network = ? AND source_group = ? "
+               "AND last_success IS NULL")
+        args: list[object] = [network, group]
+        if terrible:
+            sql += " AND (failures >= ? OR last_seen < ?)"
+            args += [addrman.TERRIBLE_FAILURES, now - addrman.HORIZON]
+        row = conn.execute(sql + " ORDER BY failures DESC, last_seen, host, port LIMIT 1",
+                           args).fetchone()
+        return None if row is None else int(row[0])
+
+    def _make_room(self, conn: sqlite3.Connection, network: str, group: str, rank: int,
+                   now: float, barren: set[str], seeds: list[int]) -> bool:
+        """Make room for one new entry of ``group``: evict by the rules, or say no.
+        Per call: ``barren`` remembers the groups known to hold no terrible entry, ``seeds[0]``
+        the number of seed entries (-1: not counted yet)."""
+        if rank >= _CONFIG_RANK:
+            return True
+        if rank >= PROTECTED_RANK:  # a seed: bounded among seeds only
+            if seeds[0] < 0:
+                seeds[0] = int(conn.execute("SELECT count(*) FROM peers WHERE network = ? AND "
+                                            "source_group = ?", (network, group)).fetchone()[0])
+            if seeds[0] < self.max_seed:
+                seeds[0] += 1
+                return True
+            victim = self._victim(conn, network, group, now, terrible=False)
+            if victim is None:
+                return False
+            conn.execute("DELETE FROM peers WHERE rowid = ?", (victim,))
+            self.stats["evicted"] += 1
+            return True
+        counts = self._counts(conn, network)
+        quota = addrman.group_quota(group, self.max_new)
+        victim_group = counts.victim_group(group, quota, self.max_new)
+        if victim_group is None:
+            return True
+        only_terrible = victim_group == group
+        if only_terrible and group in barren:
+            return False
+        victim = self._victim(conn, network, victim_group, now, terrible=only_terrible)
+        if victim is None:
+            barren.add(group)
+            return False
+        conn.execute("DELETE FROM peers WHERE rowid = ?", (victim,))
+        counts.add(victim_group, -1)
+        self.stats["evicted"] += 1
+        return True
 
     # -- writes (each one transaction) -----------------------------------------------------
 
@@ -494,6 +606,7 @@ class AddressBook:
         t = _stamp(now)
         _check_network(network)
         rank = source_rank(source)
+        group = addrman.source_group(source)
         items: dict[tuple[str, int], Kind] = {}
         for host, port in endpoints:
             try:
@@ -502,37 +615,54 @@ class AddressBook:
                 if strict:
                     raise
                 continue
+            if k != "onion" and rank < _CONFIG_RANK and not addrman.is_public_host(h):
+                self.stats["not_public"] += 1  # never learned from anyone but the operator
+                continue
             items[(h, p)] = k
         if not items:
             return set()
         new: set[tuple[str, int]] = set()
+        barren: set[str] = set()
+        seeds = [-1]
+        flag = int(bool(addrv2))
         with self._write() as conn:
+            counts = self._counts(conn, network)
             for (h, p), k in items.items():
-                known = conn.execute(
-                    "SELECT 1 FROM peers WHERE network = ? AND host = ? AND port = ?",
-                    (network, h, p)).fetchone()
-                if known is None:
+                row = conn.execute(
+                    "SELECT source_rank, source_group, last_success FROM peers "
+                    "WHERE network = ? AND host = ? AND port = ?", (network, h, p)).fetchone()
+                if row is None:
+                    if not self._make_room(conn, network, group, rank, t, barren, seeds):
+                        self.stats["dropped"] += 1
+                        continue
+                    conn.execute(
+                        "INSERT INTO peers (network, host, port, kind, source, source_rank, "
+                        "first_seen, last_seen, addrv2, source_group, addr_group) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (network, h, p, k, source, rank, t, t, flag, group,
+                         _entry_addr_group(k, h)))
+                    if rank < PROTECTED_RANK:
+                        counts.add(group)
                     new.add((h, p))
+                    continue
+                old_rank, old_group, tried = int(row[0]), str(row[1]), row[2] is not None
+                # a higher rank replaces the source; the quota group changes only when the entry
+                # becomes a seed/config one (so nobody can move what others told us into a
+                # group they can churn)
+                regroup = rank > old_rank and rank >= PROTECTED_RANK
                 conn.execute(
                     """
-                    INSERT INTO peers (network, host, port, kind, source, source_rank,
-                                       first_seen, last_seen, addrv2)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (network, host, port) DO UPDATE SET
-                        last_seen = max(last_seen, excluded.last_seen),
-                        addrv2 = (addrv2 OR excluded.addrv2),
-                        source = CASE WHEN excluded.source_rank > source_rank
-                                      THEN excluded.source ELSE source END,
-                        source_rank = max(source_rank, excluded.source_rank)
+                    UPDATE peers SET last_seen = max(last_seen, ?), addrv2 = (addrv2 OR ?),
+                        source = CASE WHEN ? > source_rank THEN ? ELSE source END,
+                        source_rank = max(source_rank, ?),
+                        source_group = CASE WHEN ? THEN ? ELSE source_group END
+                    WHERE network = ? AND host = ? AND port = ?
                     """,
-                    (network, h, p, k, source, rank, t, t, int(bool(addrv2))),
-                )
-            self._evict(conn, network, t)
-            if new:
-                still = {(str(r[0]), int(r[1])) for r in conn.execute(
-                    "SELECT host, port FROM peers WHERE network = ? AND first_seen = ?",
-                    (network, t))}
-                new &= still
+                    (t, flag, rank, source, rank, int(regroup), group, network, h, p))
+                if regroup and old_rank < PROTECTED_RANK and not tried:
+                    counts.add(old_group, -1)
+                if regroup and seeds[0] >= 0:  # seed entries counted in this call
+                    seeds[0] += (rank < _CONFIG_RANK) - (old_group == "seed")
         return new
 
     @_tolerant(lambda: False, "record_success")
@@ -540,22 +670,61 @@ class AddressBook:
                        addrv2: bool | None = None) -> bool:
         """A connection to the peer worked: failures and backoff reset, ``last_success = now``.
 
-        ``addrv2`` (when given) sets what the peer's Version said. ``False`` if unknown peer.
+        The entry joins the tried table (never evicted by gossip); if that leaves the tried table
+        or the entry's address group over its bound, the worst other tried entry of that group
+        (or else of the largest group) is deleted. ``addrv2`` (when given) sets what the peer's
+        Version said. ``False`` if unknown peer.
         """
         t = _stamp(now)
         _check_network(network)
         h, p, _ = normalize_endpoint(host, port)
         with self._write() as conn:
-            cur = conn.execute(
+            row = conn.execute(
+                "SELECT rowid, source_rank, source_group, addr_group, last_success FROM peers "
+                "WHERE network = ? AND host = ? AND port = ?", (network, h, p)).fetchone()
+            if row is None:
+                return False
+            rowid, rank, group, agroup = int(row[0]), int(row[1]), str(row[2]), str(row[3])
+            conn.execute(
                 """
                 UPDATE peers SET failures = 0, backoff_until = 0, last_success = ?,
                                  last_seen = max(last_seen, ?),
                                  addrv2 = coalesce(?, addrv2)
-                WHERE network = ? AND host = ? AND port = ?
+                WHERE rowid = ?
                 """,
-                (t, t, None if addrv2 is None else int(addrv2), network, h, p),
+                (t, t, None if addrv2 is None else int(addrv2), rowid),
             )
-            return cur.rowcount == 1
+            if rank < PROTECTED_RANK and row[4] is None:
+                self._counts(conn, network).add(group, -1)
+                self._bound_tried(conn, network, agroup, rowid)
+            return True
+
+    def _bound_tried(self, conn: sqlite3.Connection, network: str, agroup: str,
+                     keep: int) -> None:
+        tried = "network = ? AND last_success IS NOT NULL AND source_rank < ?"
+        (in_group,) = conn.execute(
+            f"SELECT count(*) FROM peers WHERE {tried} AND addr_group = ?",
+            (network, PROTECTED_RANK, agroup)).fetchone()
+        victim_group: str | None = None
+        if int(in_group) > max(1, self.max_tried // addrman.QUOTA_DIVISOR):
+            victim_group = agroup
+        else:
+            (total,) = conn.execute(f"SELECT count(*) FROM peers WHERE {tried}",
+                                    (network, PROTECTED_RANK)).fetchone()
+            if int(total) > self.max_tried:
+                victim_group = str(conn.execute(
+                    f"SELECT addr_group FROM peers WHERE {tried} GROUP BY addr_group "
+                    "ORDER BY count(*) DESC, addr_group LIMIT 1",
+                    (network, PROTECTED_RANK)).fetchone()[0])
+        if victim_group is None:
+            return
+        victim = conn.execute(
+            f"SELECT rowid FROM peers WHERE {tried} AND addr_group = ? AND rowid != ? "
+            "ORDER BY failures DESC, last_success, host, port LIMIT 1",
+            (network, PROTECTED_RANK, victim_group, keep)).fetchone()
+        if victim is not None:
+            conn.execute("DELETE FROM peers WHERE rowid = ?", (int(victim[0]),))
+            self.stats["evicted"] += 1
 
     @_tolerant(lambda: None, "record_failure")
     def record_failure(self, network: str, host: str, port: int, *, now: float | None = None,
@@ -610,6 +779,7 @@ class AddressBook:
         with self._write() as conn:
             cur = conn.execute("DELETE FROM peers WHERE network = ? AND host = ? AND port = ?",
                                (network, h, p))
+            self._new_counts.pop(network, None)  # recounted on the next learn
             return cur.rowcount == 1
 
     # -- reads -----------------------------------------------------------------------------

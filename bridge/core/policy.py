@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from bridge.core import grpc, proto
+from bridge.core import addrman, grpc, proto
 from bridge.core.nodes import NodeRegistry
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
@@ -65,13 +65,23 @@ class OnionPeer:
 
 @dataclass(slots=True)
 class GossipState:
-    """State shared by every connection of one bridge: our onion, kaspad's id, known onions."""
+    """State shared by every connection of one bridge: our onion, kaspad's id, known onions.
+
+    ``onions`` (what the bridge gossips onward to ADDRv2 peers) is bounded by ``capacity`` with
+    the quotas of :mod:`bridge.core.addrman`: each onion is charged to the source group of whoever
+    told us first (re-learning it from someone else changes nothing), a group holds at most
+    ``capacity // 16`` onions (its own oldest goes for a newcomer), and when the set is full a
+    newcomer takes the place of the oldest onion of the largest group, if that group is larger
+    than its own; else of its own group's oldest, if it has any; else it is not kept. So one
+    remote, one /16 or all inbound connections together cannot evict what others told us (issue
+    G defect 3). The address book applies the same quotas to what it stores.
+    """
 
     own_onion: OnionPeer | None = None
     kaspad_node_id: bytes | None = None
     capacity: int = 4096
     rng: random.Random = field(default_factory=random.Random)
-    #: insertion-ordered; oldest evicted first when over capacity
+    #: onion -> the source that told us first, insertion-ordered
     onions: OrderedDict[OnionPeer, str] = field(default_factory=OrderedDict)
     #: called with (peer, source) for every onion learned — the address book hooks in here
     on_learn: Callable[[OnionPeer, str], None] | None = None
@@ -79,18 +89,53 @@ class GossipState:
     on_learn_ips: Callable[[list[tuple[str, int]], str], None] | None = None
     #: node ids connected to kaspad through this bridge (duplicate-connection check)
     nodes: NodeRegistry = field(default_factory=NodeRegistry)
+    #: source group -> its onions, oldest first (see the class docstring)
+    _by_group: dict[str, OrderedDict[OnionPeer, None]] = field(default_factory=dict)
+    _group_of: dict[OnionPeer, str] = field(default_factory=dict)
+    _counts: addrman.GroupCounts = field(default_factory=addrman.GroupCounts)
 
     def learn(self, peer: OnionPeer, source: str) -> bool:
         if self.own_onion is not None and peer.address == self.own_onion.address:
             return False
         new = peer not in self.onions
-        self.onions[peer] = source
-        self.onions.move_to_end(peer)
-        while len(self.onions) > self.capacity:
-            self.onions.popitem(last=False)
+        if new and self._admit(peer, addrman.source_group(source)):
+            self.onions[peer] = source
         if self.on_learn is not None:
             self.on_learn(peer, source)
         return new
+
+    def _admit(self, peer: OnionPeer, group: str) -> bool:
+        if len(self._group_of) != len(self.onions):  # onions was edited directly: re-index
+            self._reindex()
+        quota = addrman.group_quota(group, self.capacity)
+        victim = self._counts.victim_group(group, quota, self.capacity)
+        if victim is not None:
+            members = self._by_group.get(victim)
+            if not members:
+                return False  # full, and nobody larger to take the place of
+            self._drop(next(iter(members)))  # the oldest of that group
+        self._by_group.setdefault(group, OrderedDict())[peer] = None
+        self._group_of[peer] = group
+        self._counts.add(group)
+        return True
+
+    def _drop(self, peer: OnionPeer) -> None:
+        self.onions.pop(peer, None)
+        group = self._group_of.pop(peer)
+        members = self._by_group[group]
+        del members[peer]
+        if not members:
+            del self._by_group[group]
+        self._counts.add(group, -1)
+
+    def _reindex(self) -> None:
+        self._by_group.clear()
+        self._group_of.clear()
+        for p, src in self.onions.items():
+            g = addrman.source_group(src)
+            self._by_group.setdefault(g, OrderedDict())[p] = None
+            self._group_of[p] = g
+        self._counts = addrman.GroupCounts({g: len(m) for g, m in self._by_group.items()})
 
     def sample(self, k: int, exclude: Collection[OnionAddress] = ()) -> list[OnionPeer]:
         pool = [p for p in self.onions if p.address not in exclude]

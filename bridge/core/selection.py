@@ -9,7 +9,11 @@ Rules, in order (:func:`choose`):
 
 1. **Filters** (hard): the peer's network kind is allowed by the mode (``onion``/``ipv4``/
    ``ipv6``); it is not ``is_self`` and not our own onion; it is not in use (reserved for the warm
-   pool or relaying) nor excluded by the caller; its ``backoff_until`` has passed.
+   pool or relaying) nor excluded by the caller; its ``backoff_until`` has passed; an IP peer
+   must have a public address (:func:`bridge.core.addrman.is_public_ip`) unless the operator
+   configured it (source ``config``): whatever a remote gossiped, a private, loopback or
+   otherwise non-public address learned from it (or from a seeder, or stored by an older
+   version) is never dialed (issue G defect 7).
 2. **Spread** (hard): no two in-use peers share a *group*: the IPv4 /16, the IPv6 /32, or the
    onion itself (an onion is its own group, so the same onion is never used twice even on two
    ports). IPv4-mapped IPv6 addresses count as IPv4. Loopback addresses are exempt by default
@@ -39,6 +43,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
 
+from bridge.core.addrman import is_public_host
 from bridge.core.onion import OnionAddress, is_onion_host
 from bridge.core.peers import Target
 
@@ -253,6 +258,9 @@ def _eligible(entry: PeerEntry, now: float, busy: Collection[tuple[str, int]],
               policy: SelectionPolicy, own_host: str | None) -> bool:
     if entry.kind not in policy.kinds or entry.is_self or entry.backoff_until > now:
         return False
+    if entry.kind != "onion" and not is_public_host(entry.host) \
+            and not entry.source.startswith("config"):
+        return False  # learned from someone else: never dial a non-public address
     if entry.host == own_host or (entry.host, entry.port) in busy:
         return False
     if entry.kind == "onion" and entry.host in busy_onions:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 
@@ -705,21 +706,22 @@ def test_addresses_to_remote_keeps_ids() -> None:
 
 
 def test_gossip_learn_and_capacity() -> None:
+    """First source kept; full: quotas per source group (issue G; more in test_addrman.py)."""
     seen: list[tuple[OnionPeer, str]] = []
     g = GossipState(own_onion=OWN, capacity=3, on_learn=lambda p, s: seen.append((p, s)))
     peers = [OnionPeer(_onion(i + 10), 16111) for i in range(5)]
-    assert g.learn(peers[0], "a")
-    assert not g.learn(peers[0], "b")  # known: not new, source updated
-    assert g.onions[peers[0]] == "b"
-    assert g.learn(peers[1], "a") and g.learn(peers[2], "a")
-    assert g.learn(peers[0], "c") is False  # refresh: now the newest
-    assert g.learn(peers[3], "a")
-    assert len(g.onions) == 3
-    assert list(g.onions) == [peers[2], peers[0], peers[3]]  # peers[1] (oldest) evicted
-    for p in peers[4:]:
-        g.learn(p, "a")
-    assert len(g.onions) == 3
-    assert [p for p, _ in seen][:2] == [peers[0], peers[0]]
+    assert g.learn(peers[0], "gossip:peer 1.2.3.4:1")
+    assert not g.learn(peers[0], "gossip:peer 5.6.7.8:1")  # known: not new, first source kept
+    assert g.onions[peers[0]] == "gossip:peer 1.2.3.4:1"
+    assert g.learn(peers[1], "gossip:peer 5.6.7.8:1")
+    assert g.learn(peers[2], "gossip:peer 9.9.9.9:1")
+    # full (one per group): a newcomer of a group replaces that group's oldest
+    assert g.learn(peers[3], "gossip:peer 5.6.1.1:1")
+    assert list(g.onions) == [peers[0], peers[2], peers[3]]
+    # a new group, nobody holds more: not kept (the hook still sees it)
+    assert g.learn(peers[4], "gossip:peer 7.7.7.7:1")
+    assert len(g.onions) == 3 and peers[4] not in g.onions
+    assert [p for p, _ in seen] == [peers[0], peers[0], *peers[1:]]
 
 
 def test_gossip_never_learns_own_onion() -> None:
@@ -730,19 +732,22 @@ def test_gossip_never_learns_own_onion() -> None:
     assert not g.onions and not seen
 
 
-@given(st.lists(st.integers(0, 60), max_size=200), st.integers(1, 20))
-def test_gossip_capacity_property(seeds: list[int], capacity: int) -> None:
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 5)), max_size=200),
+       st.integers(1, 40))
+def test_gossip_capacity_property(learns: list[tuple[int, int]], capacity: int) -> None:
+    """Bounded, at most ``capacity // 16`` per source group, and an onion is only ever evicted
+    by its own group or for a newcomer of a smaller group (issue G: no newest-wins eclipse)."""
     g = GossipState(own_onion=OWN, capacity=capacity)
-    for s in seeds:
-        g.learn(OnionPeer(_onion(s + 2), 16111), "x")
+    quota = max(1, capacity // 16)
+    for s, grp in learns:
+        before = dict(g.onions)
+        had = collections.Counter(before.values())
+        src = f"gossip:peer 1.{grp}.0.1:1"
+        g.learn(OnionPeer(_onion(s + 2), 16111), src)
         assert len(g.onions) <= capacity
-    # The most recently learned distinct peers are the ones kept.
-    recent: list[int] = []
-    for s in reversed(seeds):
-        if s not in recent:
-            recent.append(s)
-    expect = {OnionPeer(_onion(s + 2), 16111) for s in recent[:capacity]}
-    assert set(g.onions) == expect
+        assert all(n <= quota for n in collections.Counter(g.onions.values()).values())
+        for lost in before.keys() - g.onions.keys():
+            assert before[lost] == src or had[before[lost]] > had[src] + 1
 
 
 def test_gossip_sample() -> None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.core.addrman import is_public_host
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
 from bridge.core.selection import (
@@ -200,11 +201,11 @@ def test_choose_spread() -> None:
     assert choose([entry(o, 2)], 0, rng, in_use=[Target(o, 1)]) is None
     assert choose([entry(o, 2)], 0, rng, exclude=[Target(o.upper(), 1)]) is None
     assert choose([entry(ONIONS[1].host)], 0, rng, in_use=[Target(o, 1)]) is not None
-    # loopback is exempt unless the policy says otherwise
-    assert choose([entry("127.0.0.1", 2)], 0, rng, in_use=[Target("127.0.0.1", 1)]) is not None
+    # loopback (configured: a local test rig) is exempt unless the policy says otherwise
+    lo = entry("127.0.0.1", 2, source="config")
+    assert choose([lo], 0, rng, in_use=[Target("127.0.0.1", 1)]) is not None
     strict = SelectionPolicy(exempt_loopback=False)
-    assert choose([entry("127.0.0.1", 2)], 0, rng, in_use=[Target("127.0.0.1", 1)],
-                  policy=strict) is None
+    assert choose([lo], 0, rng, in_use=[Target("127.0.0.1", 1)], policy=strict) is None
     # exclude does not occupy the group
     assert choose([entry("1.2.9.9")], 0, rng, exclude=[Target("1.2.3.4", 1)]) is not None
 
@@ -385,6 +386,7 @@ def test_selector_never_breaks_rules(endpoints: list[tuple[str, int]], kinds: se
                 if t is not None:
                     e = before[(t.host, t.port)]
                     assert e.kind in kinds and not e.is_self and e.host != OWN.host
+                    assert e.source == "config" or is_public_host(e.host)  # issue G defect 7
                     assert e.backoff_until <= now
                     assert t not in used
                 else:  # nothing eligible: brute-force agrees
@@ -394,9 +396,10 @@ def test_selector_never_breaks_rules(endpoints: list[tuple[str, int]], kinds: se
                                             own_onion=OWN) for e in before.values())
             elif op == "tick":
                 now += arg
-            elif op == "add":
+            elif op == "add":  # odd: learned from gossip, even: configured
                 h = _HOSTS[arg // 2]
-                sel.add(Target(h, 1 + arg % 2), now=now)
+                sel.add(Target(h, 1 + arg % 2), now=now,
+                        source="gossip:peer 1.2.3.4:1" if arg % 2 else "config")
             elif used:
                 t = used[arg % len(used)]
                 if op == "release":
