@@ -67,6 +67,10 @@ NETWORK_P2P_PORTS: Final[Mapping[str, int]] = {
     "kaspa-devnet": 16611,
 }
 MODES: Final = ("tor-only", "hybrid")
+#: Networks of other people's nodes (see the bounds notes above the schema).
+PUBLIC_NETWORKS: Final = frozenset({"kaspa-mainnet", "kaspa-testnet-10"})
+#: The shortest peers.refresh_interval on a public network, in seconds.
+PUBLIC_REFRESH_FLOOR: Final = 60.0
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 ONION_KEY_FILE_NAME: Final = "onion_ed25519_v3.key"  # same as bridge.tor.keys.KEY_FILE_NAME
@@ -373,10 +377,12 @@ class _Spec:
 # Bounds. A key that sets how often the bridge does something, or how long it waits, has a lower
 # bound that keeps a typo or a unit mistake (0.001 meant as "1 ms"?) from turning into a flood or
 # a busy loop, and sizes have upper bounds that keep the cost of one message bounded:
-# - peers.refresh_interval >= 60 s (or 0, off): kaspad itself sends RequestAddresses once per
-#   connection (rusty-kaspa protocol/flows v5 address.rs, ReceiveAddressesFlow) and answers
-#   every request, so 0.001 was 1000 requests/s to a remote and as many Addresses decoded
-#   here; a peer's address book changes over minutes, not seconds.
+# - peers.refresh_interval >= 60 s (or 0, off) on the public networks (mainnet, testnet):
+#   kaspad itself sends RequestAddresses once per connection (rusty-kaspa protocol/flows v5
+#   address.rs, ReceiveAddressesFlow) and answers every request, so 0.001 was 1000 requests/s
+#   to someone else's node and as many Addresses decoded here; a peer's address book changes
+#   over minutes, not seconds. Simnet and devnet peers are the operator's own test nodes: >= 1 s
+#   (the rig and the discovery tests refresh every 2 s).
 # - relay.stall_timeout >= 5 s (or 0, off): the watchdog wakes every timeout/8 per relay, and a
 #   Tor circuit pauses for seconds; below that honest peers would be dropped as stalled.
 # - relay.min_message_rate <= 1 MiB/s: a floor above what a Tor circuit carries would drop every
@@ -419,7 +425,7 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "peers.connect": _Spec("list", ()),
     "peers.allow_direct": _Spec("bool", False),
     "peers.onlynet": _Spec("list", ()),  # () = by mode: tor-only all three, hybrid onion
-    "peers.refresh_interval": _Spec("float", 600.0, lo=60, hi=86400, zero_off=True),
+    "peers.refresh_interval": _Spec("float", 600.0, lo=1, hi=86400, zero_off=True),
     "peers.dns_seed": _Spec("bool", True),
     "peers.seeders": _Spec("list", ()),  # () = the network's DNS seeders
     "relay.max_message_bytes": _Spec("int", 1 << 30, lo=16384, hi=1 << 30),
@@ -1080,8 +1086,18 @@ def _build(raw: _Raw, home: str | None) -> Config:
             raise b.err("peers.seeders", f"{text!r}: expected '<dns name>:<port>' (the name "
                         "is resolved by a Tor exit, never locally)")
         seeders.append((host.lower(), int(port_text)))
+    refresh = b.value("peers.refresh_interval")  # the public networks' floor first
+    assert isinstance(refresh, float)
+    if 0 < refresh < PUBLIC_REFRESH_FLOOR and network in PUBLIC_NETWORKS:
+        raise b.err_any(
+            ("peers.refresh_interval", "network"),
+            f"value {refresh!r} out of range: on {network} the bridge asks other people's nodes "
+            f"for addresses, at most every {PUBLIC_REFRESH_FLOOR:g} s (kaspad itself asks once "
+            f"per connection): expected {PUBLIC_REFRESH_FLOOR:g} <= value <= 86400, or 0 (off); "
+            "simnet and devnet allow down to 1 s")
+    refresh = b.float_("peers.refresh_interval")
     peers = PeersConfig(connect=tuple(connect), allow_direct=allow_direct, onlynet=onlynet,
-                        refresh_interval=b.float_("peers.refresh_interval"),
+                        refresh_interval=refresh,
                         dns_seed=b.bool_("peers.dns_seed"), seeders=tuple(seeders))
 
     # [relay]

@@ -806,6 +806,7 @@ def test_doctor_does_not_echo_a_mistyped_password(tmp_path: Path) -> None:
     ("key", "too_small", "smallest", "off"),
     [
         # how often the bridge asks a remote for addresses: kaspad asks once per connection
+        # (mainnet, the default network; simnet/devnet: below)
         ("peers.refresh_interval", 0.001, 60.0, 0.0),
         # a watchdog that wakes every timeout/8 per relay
         ("relay.stall_timeout", 0.001, 5.0, 0.0),
@@ -836,6 +837,22 @@ def test_intervals_and_timeouts_have_a_floor(key: str, too_small: float, smalles
     else:
         with pytest.raises(ConfigError):
             load_config(None, env={**ENV, env: "0"})
+
+
+@pytest.mark.parametrize(("network", "floor"), [
+    ("kaspa-mainnet", 60.0), ("kaspa-testnet-10", 60.0), ("kaspa-simnet", 1.0),
+    ("kaspa-devnet", 1.0)])
+def test_refresh_interval_floor_by_network(network: str, floor: float) -> None:
+    """Other people's nodes (mainnet, testnet) are asked at most once a minute; the operator's
+    own test nodes (simnet, devnet: the rig, the discovery tests) down to once a second."""
+    env = {**ENV, "KTB_NETWORK": network}
+    for too_small in (0.001, floor * 0.99):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, env={**env, "KTB_PEERS__REFRESH_INTERVAL": str(too_small)})
+        assert info.value.key == "peers.refresh_interval"
+        assert f"{floor:g} <= value" in str(info.value)
+    cfg = load_config(None, env={**env, "KTB_PEERS__REFRESH_INTERVAL": str(floor)})
+    assert cfg.peers.refresh_interval == floor
 
 
 def test_refresh_interval_zero_is_off_in_the_bridge_options() -> None:
