@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import signal
 import tempfile
 from collections.abc import AsyncIterator
@@ -49,6 +50,45 @@ WRITE_TEST_PREFIX = ".kaspa-tor-bridge-write-test."
 
 class StartupError(BridgeError):
     action = "startup aborted"
+
+
+#: File descriptors the bridge holds besides its connections: listeners, the Tor control
+#: connection, the address book (SQLite and its WAL), the metrics server and its clients, a
+#: managed tor's pipes, the logs.
+FD_OVERHEAD = 64
+
+
+def fd_need(cfg: Config) -> int:
+    """The most file descriptors ``cfg``'s bounds let the bridge hold at once: two per relayed
+    inbound peer (the remote's and kaspad's), one per pending inbound connection, two per slot
+    connection (kaspad's and its upstream), the warm pool and a dial per waiting slot."""
+    inbound = 2 * cfg.inbound.max_connections + cfg.inbound.max_pending
+    slots = 2 * cfg.slots.count + cfg.pool.size + cfg.slots.count
+    return inbound + slots + FD_OVERHEAD
+
+
+def ensure_fd_limit(need: int) -> str | None:
+    """Raise the soft RLIMIT_NOFILE towards ``need`` (up to the hard limit, as Go's runtime
+    does for every program): the default soft limit (often 1024) is below what
+    ``inbound.max_connections`` and ``inbound.max_pending`` allow (up to 4096 each), and a bridge
+    out of descriptors fails every accept and dial (EMFILE). Returns a warning when the hard
+    limit is still too low, else ``None``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if soft >= need:
+        return None
+    return (f"the open-files limit is {soft} (hard limit {hard}), but inbound.max_connections, "
+            f"inbound.max_pending, slots.count and pool.size allow up to {need} open files: "
+            "connections beyond the limit fail (EMFILE); raise the limit (ulimit -n, systemd "
+            "LimitNOFILE=, docker --ulimit nofile=) or lower those keys")
 
 
 @dataclass
@@ -210,6 +250,9 @@ class Daemon:
         cfg = self.cfg
         for w in cfg.warnings:
             log.warning("config: %s", w)
+        fd_warning = ensure_fd_limit(fd_need(cfg))
+        if fd_warning is not None:
+            log.warning("%s", fd_warning)
         observe = None
         if cfg.metrics.listen is not None:
             from bridge.observe import ObserveServer

@@ -136,3 +136,39 @@ def test_data_dir_write_test_never_follows_a_planted_symlink(tmp_path: Path) -> 
     assert victim.read_bytes() == b"precious content\n"
     assert planted.is_symlink()
     assert sorted(p.name for p in data.iterdir()) == [planted.name]  # the probe was removed
+
+
+def test_open_files_limit_is_raised_to_what_the_bounds_allow(tmp_path: Path) -> None:
+    """inbound.max_connections and max_pending allow 4096 each, far above a default soft
+    open-files limit of 1024: the daemon raises its soft limit (up to the hard one) at startup
+    and warns, naming the keys, when even the hard limit is too low. Checked in a real process
+    with a lowered limit."""
+    import subprocess
+    import sys
+
+    from bridge.daemon import FD_OVERHEAD, fd_need
+
+    cfg = load_config(None, env={"HOME": str(tmp_path)}, overrides={
+        "inbound.max_connections": 4096, "inbound.max_pending": 4096})
+    need = fd_need(cfg)
+    assert need == 2 * 4096 + 4096 + 2 * 4 + 2 + 4 + FD_OVERHEAD
+    script = (
+        "import resource, sys\n"
+        "from bridge.daemon import ensure_fd_limit\n"
+        "soft, hard = map(int, sys.argv[1:3])\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
+        "print(repr(ensure_fd_limit(int(sys.argv[3]))))\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+
+    def run(soft: int, hard: int) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", script, str(soft), str(hard), str(need)],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        return out[0], int(out[1])
+
+    warning, soft = run(256, need + 100)  # room under the hard limit: raised, no warning
+    assert (warning, soft) == ("None", need)
+    warning, soft = run(256, 1024)  # the hard limit is too low: raised to it, and a warning
+    assert soft == 1024
+    assert "inbound.max_connections" in warning and str(need) in warning
+    warning, soft = run(need + 10, need + 10)  # enough already: left alone
+    assert (warning, soft) == ("None", need + 10)
