@@ -556,7 +556,8 @@ def section(cases: list[Case], cmd: str, commit: str, load: list[str], wall: flo
          "after each.", "",
          "Columns: **RSS +** = peak `VmRSS` during the flood minus the value at its start "
          "(MiB); **/health** p50 / p99 / max in ms during the flood (failed = no answer in "
-         f"{HEALTH_TIMEOUT:.0f} s); **honest** = honest relay messages/s during the flood / "
+         f"{HEALTH_TIMEOUT:.0f} s; before = p99 during the baseline); "
+         "**honest** = honest relay messages/s during the flood / "
          "before it (ratio); **attacker** = connections made / closed by the target (median "
          "seconds to close; GOAWAY codes seen); **Tor conns** = SOCKS connections the daemon "
          "made during the flood; **CPU** = the target's CPU time during the flood, % of one "
@@ -577,7 +578,8 @@ def section(cases: list[Case], cmd: str, commit: str, load: list[str], wall: flo
         else:
             health = (f"{report.pct(c.health_flood, .5) * 1e3:.0f} / {c.health(.99):.0f} / "
                       f"{max(c.health_flood, default=float('nan')) * 1e3:.0f}"
-                      + (f" ({c.health_failed} failed)" if c.health_failed else ""))
+                      + (f" ({c.health_failed} failed)" if c.health_failed else "")
+                      + f" (before: p99 {_f(report.pct(c.health_base, .99) * 1e3)})")
         stop = ("—" if c.target == "nghttpx" else
                 f"{c.shutdown_s:.1f}" if c.shutdown_s is not None else "**hung**")
         err = f" ERROR: {c.error}" if c.error else ""
