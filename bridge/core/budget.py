@@ -70,8 +70,10 @@ class BudgetSettings:
     """Limits per HTTP/2 connection. The defaults are far above anything kaspad does (see the
     module docstring) and far below what costs the bridge memory or CPU."""
 
-    #: tokens for frames without payload (the bucket's size; a new connection starts full)
-    burst: int = 500
+    #: tokens for frames without payload (the bucket's size; a new connection starts full).
+    #: Also bounds the work of one read: h2 spends 20-200 us on each such frame, so a read
+    #: full of them stalls the event loop 20 ms at most.
+    burst: int = 100
     #: one token back per this many bytes of gRPC payload relayed from or to the connection
     earn_bytes: int = 1024
     #: tokens back per second of the shell's time

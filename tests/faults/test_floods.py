@@ -1,0 +1,198 @@
+"""HTTP/2 floods from hostile peers (issue 10, defect 1 and the CONTINUATION item of 9).
+
+A hostile peer writes one kind of frame as fast as it can for a few seconds and never reads what
+the bridge answers: onto the onion inbound listener (idle before its request, or with its stream
+open to kaspad), or as the remote behind a slot after a full handshake (a hostile upstream
+during an active relay). Each case asserts what it may cost and what must still hold:
+
+* the bridge closes the hostile connection (GOAWAY ENHANCE_YOUR_CALM) and blames the remote;
+* Python allocations during the flood (``tracemalloc`` peak) stay under :data:`PY_BOUND` and the
+  process RSS grows by less than :data:`RSS_BOUND`;
+* the event loop's longest task step stays under :data:`STALL_BOUND` (``StallMeter``);
+* an honest relay on the same bridge keeps relaying during the flood.
+
+On be2d1a4 a PING flood grew the daemon by about one byte per byte sent (h2's queue of ACKs)
+and was never closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from bridge.rig.emulator import KaspadEmulator, PeerSession, make_block_message
+from tests.costs import StallMeter, python_memory, rss_bytes
+from tests.faults.flooder import FloodingUpstream, FloodResult, flood_inbound
+from tests.faults.rig import start_inbound_rig, start_slot_rig, until
+
+#: how long each hostile peer floods (the bridge should close it well before)
+FLOOD_SECONDS = 4.0
+#: Python allocations during one flood (the honest relay's block included)
+PY_BOUND = 4 * 1024 * 1024
+#: process RSS growth during one flood (malloc arenas, grpc's threads: generous)
+RSS_BOUND = 32 * 1024 * 1024
+#: the longest single trio task step while flooded (a loaded 2-core box: generous)
+STALL_BOUND = 0.3
+
+
+async def thread(fn: Callable[[], object]) -> object:
+    return await trio.to_thread.run_sync(fn)
+
+
+def got_block(emu: KaspadEmulator, request_id: int) -> bool:
+    for s in emu.sessions:
+        kept = []
+        found = False
+        while True:
+            try:
+                m = s.received.get_nowait()
+            except queue.Empty:
+                break
+            kept.append(m)
+            found = found or (m.WhichOneof("payload") == "block" and m.request_id == request_id)
+        for m in kept:
+            s.received.put(m)
+        if found:
+            return True
+    return False
+
+
+async def logged(caplog: pytest.LogCaptureFixture, *parts: str) -> str:
+    def line() -> str | None:
+        return next((r.getMessage() for r in caplog.records
+                     if all(p in r.getMessage() for p in parts)), None)
+    try:
+        await until(lambda: line() is not None, 5, f"a log line with {parts}")
+    except AssertionError as exc:
+        lines = "\n  ".join(r.getMessage() for r in caplog.records)
+        raise AssertionError(f"{exc}; log:\n  {lines}") from None
+    return line() or ""
+
+
+class Costs:
+    """Python allocation peak, RSS peak growth and longest task step while in the block."""
+
+    def __init__(self) -> None:
+        self.meter = StallMeter()
+        self.rss0 = rss_bytes()
+        self.rss_peak = self.rss0
+        self.py_peak = 0
+
+    async def sample_rss(self) -> None:
+        while True:
+            self.rss_peak = max(self.rss_peak, rss_bytes())
+            await trio.sleep(0.05)
+
+    @property
+    def rss_growth(self) -> int:
+        return self.rss_peak - self.rss0
+
+    def __str__(self) -> str:
+        return (f"python peak {self.py_peak / 1024:.0f} KiB, RSS +{self.rss_growth / 1024:.0f} "
+                f"KiB, {self.meter}")
+
+
+async def honest_block(session: PeerSession, emu: KaspadEmulator, request_id: int) -> None:
+    session.send(make_block_message(20_000, request_id=request_id))
+    await until(lambda: got_block(emu, request_id), 10,
+                f"the honest relay's block {request_id} relayed during the flood")
+
+
+INBOUND = [
+    ("ping", False), ("settings", False), ("window-update", False), ("continuation", False),
+    ("empty-continuation", False), ("ping", True), ("priority", True), ("empty-data", True),
+]
+
+
+@pytest.mark.parametrize(("kind", "active"), INBOUND,
+                         ids=[f"{k}-{'active' if a else 'idle'}" for k, a in INBOUND])
+async def test_inbound_flood(kind: str, active: bool,
+                             emulators: Callable[..., KaspadEmulator],
+                             caplog: pytest.LogCaptureFixture) -> None:
+    """A peer dialing the onion floods ``kind`` frames (before its request, or with its
+    stream relayed to kaspad) and never reads: closed and blamed, at a bounded cost."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    async with trio.open_nursery() as nursery:
+        rig = await start_inbound_rig(nursery, emulators, slot=True)
+        assert rig.good is not None
+        kaspad = emulators()
+        honest = kaspad.dial("127.0.0.1", rig.bridge.slot_ports[0])  # the honest slot relay
+        assert await thread(lambda: honest.wait_handshake(10)), honest
+        await honest_block(honest, rig.good, 1)  # warm every path before the baseline
+        result = FloodResult()
+        costs = Costs()
+        with python_memory() as mem, costs.meter.installed():
+            async with trio.open_nursery() as inner:
+                inner.start_soon(costs.sample_rss)
+
+                async def hostile() -> None:
+                    nonlocal result
+                    result = await flood_inbound(rig.inbound, kind, FLOOD_SECONDS,
+                                                 open_stream=active)
+                inner.start_soon(hostile)
+                await trio.sleep(0.2)
+                await honest_block(honest, rig.good, 2)
+                await until(lambda: result.took > 0, FLOOD_SECONDS + 5, "the flood's end")
+                inner.cancel_scope.cancel()
+        costs.py_peak = mem.peak
+        print(f"{kind} ({'active' if active else 'idle'}): sent {result.sent} bytes, "
+              f"closed={result.closed_by_bridge} after {result.took:.2f}s; {costs}")
+        assert result.closed_by_bridge, f"the bridge did not close the flood: {result}, {costs}"
+        assert result.took < FLOOD_SECONDS - 1
+        line = await logged(caplog, "[remote peer]", "ENHANCE_YOUR_CALM")
+        assert "inbound peer" in line
+        assert costs.py_peak < PY_BOUND, costs
+        assert costs.rss_growth < RSS_BOUND, costs
+        assert costs.meter.longest < STALL_BOUND, costs
+        await honest_block(honest, rig.good, 3)  # and after it
+        assert not honest.closed, honest
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("kind", ["ping", "settings", "window-update"])
+async def test_hostile_upstream_floods_during_an_active_relay(
+        kind: str, emulators: Callable[..., KaspadEmulator],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The remote behind a slot handshakes, then floods and never reads: closed and blamed
+    (REMOTE), kaspad gets a clean close, the other slot keeps relaying."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    hostile = FloodingUpstream(kind, FLOOD_SECONDS)
+    async with trio.open_nursery() as nursery:
+        hport = await nursery.start(hostile.serve)
+        rig = await start_slot_rig(nursery, emulators, hport)
+        assert rig.h is not None
+        await until(lambda: rig.bridge.pool.ready_count == 2, 10, "H and G1 warm")
+        costs = Costs()
+        with python_memory() as mem, costs.meter.installed():
+            async with trio.open_nursery() as inner:
+                inner.start_soon(costs.sample_rss)
+                sessions = [rig.kaspad.dial("127.0.0.1", p) for p in rig.bridge.slot_ports]
+                await until(lambda: hostile.flooding.is_set(), 10, "H flooding")
+                good = next(s for s in sessions if rig.target_of(s) not in (None, rig.h))
+                bad = next(s for s in sessions if s is not good)
+                assert await thread(lambda: good.wait_handshake(10)), good
+                target = rig.target_of(good)
+                assert target is not None
+                await honest_block(good, rig.good[target], 7)
+                await until(lambda: hostile.results[0].took > 0, FLOOD_SECONDS + 5,
+                            "the flood's end")
+                inner.cancel_scope.cancel()
+        costs.py_peak = mem.peak
+        result = hostile.results[0]
+        print(f"upstream {kind}: sent {result.sent} bytes, closed={result.closed_by_bridge} "
+              f"after {result.took:.2f}s; {costs}")
+        assert result.closed_by_bridge, f"the bridge did not close the flood: {result}, {costs}"
+        assert result.took < FLOOD_SECONDS - 1
+        await logged(caplog, "[remote peer]", "ENHANCE_YOUR_CALM")
+        assert await thread(lambda: bad.wait_closed(5)), bad
+        assert costs.py_peak < PY_BOUND, costs
+        assert costs.rss_growth < RSS_BOUND, costs
+        assert costs.meter.longest < STALL_BOUND, costs
+        target = rig.target_of(good)
+        assert target is not None and not good.closed
+        await honest_block(good, rig.good[target], 8)
+        nursery.cancel_scope.cancel()
