@@ -530,6 +530,11 @@ class Relay:
         e = self._ends[side]
         return e.conn.data_to_send() if e is not None else b""
 
+    def budget(self, side: Side) -> FrameBudget | None:
+        """``side``'s connection budget (:mod:`bridge.core.budget`), if it is attached."""
+        e = self._ends[side]
+        return e.budget if e is not None else None
+
     def unsent(self, side: Side) -> int:
         """Bytes produced for ``side`` and not yet written: h2's outbound queue (including the
         ACKs h2 sends on its own) plus what the shell reported as being written. The shell stops

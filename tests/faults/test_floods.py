@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from bridge.core.relay import Side
 from bridge.rig.emulator import KaspadEmulator, PeerSession, make_block_message
 from tests.costs import StallMeter, python_memory, rss_bytes
 from tests.faults.flooder import FloodingUpstream, FloodResult, flood_inbound
@@ -195,4 +196,39 @@ async def test_hostile_upstream_floods_during_an_active_relay(
         target = rig.target_of(good)
         assert target is not None and not good.closed
         await honest_block(good, rig.good[target], 8)
+        nursery.cancel_scope.cancel()
+
+
+async def test_honest_bulk_relay_stays_far_within_the_budget(
+        emulators: Callable[..., KaspadEmulator]) -> None:
+    """grpcio on both ends (it sends BDP PINGs and WINDOW_UPDATEs as data flows) relaying
+    12 MiB each way through a slot: nothing is closed, and the budgets stay mostly unspent."""
+    async with trio.open_nursery() as nursery:
+        rig = await start_slot_rig(nursery, emulators, None, slots=1, pool_size=1)
+        await until(lambda: rig.bridge.pool.ready_count == 1, 10, "G1 warm")
+        session = rig.kaspad.dial("127.0.0.1", rig.bridge.slot_ports[0])
+        assert await thread(lambda: session.wait_handshake(10)), session
+        target = rig.target_of(session)
+        assert target is not None
+        remote = rig.good[target]
+        await until(lambda: any(s.handshake_complete and not s.closed for s in remote.sessions),
+                    10, "the remote's side of the handshake")
+        far = next(s for s in remote.sessions if s.handshake_complete and not s.closed)
+        info = next(iter(rig.bridge.relays.values()))
+        n = 12
+        for i in range(n):
+            session.send(make_block_message(1 << 20, request_id=100 + i, fill="random"))
+            far.send(make_block_message(1 << 20, request_id=200 + i, fill="random"))
+        await until(lambda: all(got_block(remote, 100 + i) for i in range(n))
+                    and all(got_block(rig.kaspad, 200 + i) for i in range(n)), 60,
+                    "24 MiB relayed")
+        relay = info.relay
+        assert not relay.finished, relay.closed
+        for side in (Side.DOWN, Side.UP):
+            budget = relay.budget(side)
+            assert budget is not None
+            print(f"{side.value}: spent {budget.spent}, {budget.tokens:.0f} tokens left")
+            # far from empty: whatever grpcio sends without payload is paid for many times over
+            assert budget.tokens > budget.settings.burst * 0.8, (side, budget.spent)
+        assert not session.closed and not far.closed
         nursery.cancel_scope.cancel()
