@@ -17,18 +17,26 @@ and was never closed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 from collections.abc import Callable
 
+import h2.config
+import h2.connection
 import pytest
 import trio
+import trio.testing
+from hyperframe.frame import PingFrame
 
-from bridge.core.relay import Side
+from bridge.core.budget import BudgetSettings
+from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
+from bridge.core.relay import Relay, RelaySettings, Side
+from bridge.net.runner import RelayRunner
 from bridge.rig.emulator import KaspadEmulator, PeerSession, make_block_message
 from tests.costs import StallMeter, python_memory, rss_bytes
 from tests.faults.flooder import FloodingUpstream, FloodResult, flood_inbound
-from tests.faults.rig import start_inbound_rig, start_slot_rig, until
+from tests.faults.rig import ONION_SELF, PORT, start_inbound_rig, start_slot_rig, until
 
 #: how long each hostile peer floods (the bridge should close it well before)
 FLOOD_SECONDS = 4.0
@@ -231,4 +239,75 @@ async def test_honest_bulk_relay_stays_far_within_the_budget(
             # far from empty: whatever grpcio sends without payload is paid for many times over
             assert budget.tokens > budget.settings.burst * 0.8, (side, budget.spent)
         assert not session.closed and not far.closed
+        nursery.cancel_scope.cancel()
+
+
+async def test_replies_never_read_are_closed_without_the_token_bucket(
+        emulators: Callable[..., KaspadEmulator], caplog: pytest.LogCaptureFixture) -> None:
+    """The bound behind the token bucket (made bottomless here): a PING flood whose ACKs are
+    never read is closed once 1000 of them wait behind a blocked write."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    budget = BudgetSettings(burst=10**9)
+    async with trio.open_nursery() as nursery:
+        rig = await start_inbound_rig(nursery, emulators, relay=RelaySettings(budget=budget))
+        result = FloodResult()
+        costs = Costs()
+        with python_memory() as mem:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(costs.sample_rss)
+                result = await flood_inbound(rig.inbound, "ping", FLOOD_SECONDS)
+                inner.cancel_scope.cancel()
+        costs.py_peak = mem.peak
+        print(f"unread replies: sent {result.sent} bytes, closed={result.closed_by_bridge} "
+              f"after {result.took:.2f}s; {costs}")
+        assert result.closed_by_bridge, result
+        await logged(caplog, "[remote peer]", "does not read", "ENHANCE_YOUR_CALM")
+        assert costs.py_peak < PY_BOUND, costs
+        assert costs.rss_growth < RSS_BOUND, costs
+        # (no stall bound here: without the token bucket h2 handles a whole 64 KiB read of
+        # PINGs, 3855 frames, in one step, 0.4 s. Bounding that is the bucket's job, see
+        # test_inbound_flood.)
+        nursery.cancel_scope.cancel()
+
+
+async def test_runner_stops_reading_a_peer_that_does_not_read() -> None:
+    """The last bound, alone (bucket and unread-replies limit lifted): while more than
+    ``max_unsent`` bytes wait to be written to a peer (h2's ACKs included), the runner does not
+    read that peer, so what it holds stays bounded however long the flood lasts; it shows in
+    the status "buffered" figure; reading resumes once the peer reads."""
+    budget = BudgetSettings(burst=10**9, max_unread_replies=10**9, max_unsent=8192)
+    policy = ConnectionPolicy(GossipState(own_onion=OnionPeer(ONION_SELF, PORT)),
+                              PolicySettings(), remote_label="inbound peer #1")
+    relay = Relay(policy, kaspad_side=Side.UP, upstream_authority=b"127.0.0.1:16111",
+                  settings=RelaySettings(budget=budget))
+    ours, theirs = trio.testing.lockstep_stream_pair()  # a write waits for the reader
+    runner = RelayRunner(relay, ours, "inbound#1")
+
+    async def no_kaspad() -> None:
+        return None
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    chunk = PingFrame(0, b"12345678").serialize() * 240  # 4080 bytes
+    sent = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(runner.run, no_kaspad, lazy=True))
+        await theirs.send_all(client.data_to_send())
+        with trio.move_on_after(2):
+            while True:
+                await theirs.send_all(chunk)
+                sent += len(chunk)
+        assert not relay.finished, relay.closed
+        assert runner.read_pauses[Side.DOWN] >= 1
+        held = relay.unsent(Side.DOWN)
+        assert 8192 < held <= 8192 + len(chunk) + 64, held
+        assert relay.stats()["buffered"] >= held
+        assert sent <= 4 * len(chunk), sent  # the flooder is blocked, not buffered
+        # the peer reads: the backlog drains and the runner reads again
+        received = 0
+        with trio.move_on_after(2):
+            while received < held:
+                received += len(await theirs.receive_some(65536))
+        with trio.fail_after(2):
+            await theirs.send_all(chunk)
         nursery.cancel_scope.cancel()
