@@ -15,14 +15,27 @@ UNAVAILABLE, as when no upstream is ready); the target is put aside, not penalis
 does not pick it while that node stays connected. An inbound peer whose id is connected already
 is closed politely. Each is logged ("... already connected to kaspad through ...") and counted
 (``pool.stats["duplicates"]`` for slots, ``inbound_stats["refused_duplicate"]``).
+
+Slot ports cost nothing until kaspad asks (issue 10, defect 5). kaspad sends its HTTP/2 preface
+and its MessageStream request as soon as it connects, so a slot takes a warm upstream only once
+that request has arrived: a local connection that closes before (a port scan, a TCP health
+check) or says nothing for ``slot_request_timeout`` seconds never touches the pool, no Tor
+connection is spent on it, and no remote is credited or blamed for it; it is closed, blamed on
+the local side and counted (``closed_count["slot_no_request"]``). A relay that ends before the
+remote could handshake, for a reason not the remote's, records neither a success nor a failure.
+At most ``max_slot_connections`` local connections are served at once; more are closed at once
+(``closed_count["slot_full"]``). Both listeners survive running out of file descriptors: the
+accept loop waits and retries, counted (``closed_count["accept_failed"]``) and logged at most
+once a minute, without a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,6 +68,42 @@ KASPAD_RESPONSE_DEADLINE = 9.0
 #: Version.protocolVersion the seeder harvest announces: upstream master accepts only >= 10
 #: (facts §3.6) and the Tor fork accepts anything >= 8, so 10 reaches both.
 SEED_PROTOCOL_VERSION = 10
+#: accept(2) errors that mean "out of resources for now" (descriptors, kernel memory): the
+#: listener waits :data:`ACCEPT_RETRY` seconds and tries again
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY = 0.1
+#: repeated conditions caused by local connections (cap reached, silent clients, accept
+#: errors) are logged at most once per this many seconds, with a count
+LOG_EVERY = 60.0
+
+
+class SilentSlotClient(BridgeError):
+    """A local connection to a slot port that sent no gRPC request in time. kaspad sends its
+    request as soon as it connects: this is another local process (or a stuck kaspad)."""
+
+    fault = Fault.LOCAL
+    action = "closed; no upstream was used and no remote is blamed"
+
+
+class _Throttled:
+    """One log line per ``every`` seconds at most for a repeated event, with how many events
+    there were since the last line (a flood of local connections must not flood the log)."""
+
+    def __init__(self, level: int, every: float = LOG_EVERY) -> None:
+        self.level = level
+        self.every = every
+        self._last: float | None = None
+        self._since = 0
+
+    def __call__(self, fmt: str, *args: object) -> None:
+        self._since += 1
+        now = trio.current_time()
+        if self._last is not None and now - self._last < self.every:
+            return
+        more = (f" ({self._since - 1} more in the last {now - self._last:.0f}s)"
+                if self._last is not None and self._since > 1 else "")
+        log.log(self.level, fmt + more, *args)
+        self._last, self._since = now, 0
 
 
 @dataclass(slots=True)
@@ -83,6 +132,13 @@ class BridgeOptions:
     #: another only while this many seconds remain before ``response_deadline`` (time for the
     #: new remote to answer); None: never, kaspad is answered UNAVAILABLE and retries
     refill_margin: float | None = 3.0
+    #: seconds a local connection to a slot port has to send its gRPC request (kaspad sends
+    #: it at once); one that has not is closed, blamed on the local side, without taking an
+    #: upstream
+    slot_request_timeout: float = 5.0
+    #: local connections to the slot ports at once (None: 4 per slot port, at least 8); more
+    #: are closed at once and counted in ``closed_count["slot_full"]``
+    max_slot_connections: int | None = None
     #: a started message from a remote peer must keep flowing (None: never checked)
     stall: StallPolicy | None = field(default_factory=StallPolicy)
     relay: RelaySettings = field(default_factory=RelaySettings)
@@ -165,7 +221,8 @@ class Bridge:
         self.pool = WarmPool(self.selector, self.dialer, size=options.pool_size,
                              relay_settings=options.relay,
                              handshake_timeout=options.h2_handshake_timeout,
-                             busy=self.gossip.nodes.busy_targets)
+                             busy=self.gossip.nodes.busy_targets,
+                             send_timeout=options.h2_handshake_timeout)
         self.slot_ports: list[int] = []
         self.inbound_port: int | None = None
         self.relays: dict[int, RelayInfo] = {}
@@ -175,8 +232,21 @@ class Bridge:
         self.inbound_stats = {"accepted": 0, "evicted": 0, "refused_full": 0,
                               "refused_duplicate": 0}
         self._ids = itertools.count(1)
-        self.closed_count = {"ok": 0, "error": 0, "refused": 0}
+        #: ``slot_no_request``: local slot connections closed before their gRPC request (no
+        #: upstream used); ``slot_full``: closed at once, ``max_slot_connections`` reached;
+        #: ``accept_failed``: accept(2) failures for lack of descriptors or memory (retried)
+        self.closed_count = {"ok": 0, "error": 0, "refused": 0, "slot_no_request": 0,
+                             "slot_full": 0, "accept_failed": 0}
+        self.slot_connections = 0  # local connections to the slot ports being served
+        self._log_full = _Throttled(logging.WARNING)
+        self._log_silent = _Throttled(logging.WARNING)
+        self._log_accept = _Throttled(logging.WARNING)
         self.started = trio.Event()
+
+    @property
+    def max_slot_connections(self) -> int:
+        cap = self.options.max_slot_connections
+        return cap if cap is not None else max(8, 4 * len(self.options.slot_ports))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -189,12 +259,13 @@ class Bridge:
         async with trio.open_nursery() as nursery:
             for port in self.options.slot_ports:
                 listeners = await nursery.start(
-                    partial(trio.serve_tcp, self._slot_handler, port, host=self.options.slot_host))
+                    partial(self._serve, self._slot_handler, port, self.options.slot_host,
+                            slot=True))
                 self.slot_ports.append(_port_of(listeners))
             if self.options.inbound is not None:
                 host, port = self.options.inbound
                 listeners = await nursery.start(
-                    partial(trio.serve_tcp, self._inbound_handler, port, host=host))
+                    partial(self._serve, self._inbound_handler, port, host, slot=False))
                 self.inbound_port = _port_of(listeners)
             nursery.start_soon(self.pool.run)
             if self.options.seeders and self.book is not None:
@@ -204,6 +275,56 @@ class Bridge:
                      len(self.options.candidates))
             self.started.set()
             task_status.started()
+
+    async def _serve(self, handler: Callable[[trio.SocketStream], Awaitable[None]], port: int,
+                     host: str, *, slot: bool,
+                     task_status: trio.TaskStatus[list[trio.SocketListener]]
+                     = trio.TASK_STATUS_IGNORED) -> None:
+        """Like :func:`trio.serve_tcp`, with the slot connection cap and quiet, bounded handling
+        of accept errors (trio logs each one with a traceback, ten times a second)."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, handler, slot, nursery)
+            task_status.started(listeners)
+
+    async def _accept_loop(self, listener: trio.SocketListener,
+                           handler: Callable[[trio.SocketStream], Awaitable[None]], slot: bool,
+                           nursery: trio.Nursery) -> None:
+        what = "slot" if slot else "inbound"
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    self.closed_count["accept_failed"] += 1
+                    self._log_accept("%s listener: accept failed: %s (%s); new connections wait "
+                                     "(local resources: raise the open-files limit?)", what,
+                                     errno.errorcode.get(exc.errno or 0, exc.errno),
+                                     exc.strerror)
+                    await trio.sleep(ACCEPT_RETRY)
+                    continue
+                if slot and self.slot_connections >= self.max_slot_connections:
+                    self.closed_count["slot_full"] += 1
+                    self._log_full("slot ports: %d local connections already (max %d); a new "
+                                   "one was closed [%s]", self.slot_connections,
+                                   self.max_slot_connections, Fault.LOCAL.value)
+                    await trio.aclose_forcefully(stream)
+                    continue
+                if slot:
+                    self.slot_connections += 1
+                nursery.start_soon(self._run_handler, handler, stream, slot)
+
+    async def _run_handler(self, handler: Callable[[trio.SocketStream], Awaitable[None]],
+                           stream: trio.SocketStream, slot: bool) -> None:
+        try:
+            await handler(stream)
+        finally:
+            if slot:
+                self.slot_connections -= 1
+            await trio.aclose_forcefully(stream)
 
     async def _seed_loop(self) -> None:
         """DNS seeding without local DNS: each seeder name is dialed *through Tor* as a one-shot
@@ -284,15 +405,30 @@ class Bridge:
         runner = RelayRunner(relay, stream, label)
         runner.on_drop = on_drop
         try:
-            await self._guarded(runner.run(get_upstream,
-                                           response_timeout=self.options.response_deadline,
-                                           refresh_interval=self.options.refresh_interval,
-                                           stall=self.options.stall,
-                                           refill_margin=self.options.refill_margin),
-                                label)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._request_deadline, runner, local_port)
+                # lazy: an upstream is taken only once kaspad's request is in
+                await self._guarded(runner.run(get_upstream, lazy=True,
+                                               response_timeout=self.options.response_deadline,
+                                               refresh_interval=self.options.refresh_interval,
+                                               stall=self.options.stall,
+                                               refill_margin=self.options.refill_margin),
+                                    label)
+                nursery.cancel_scope.cancel()
         finally:
             del self.relays[rid]
             self._finish(runner, policy, taken[-1] if taken else None)
+
+    async def _request_deadline(self, runner: RelayRunner, local_port: int) -> None:
+        """Close a local slot connection that sent no gRPC request in time, blamed on the
+        local side (the runner's own preface timeout would blame the remote)."""
+        timeout = self.options.slot_request_timeout
+        await trio.sleep(timeout)
+        if not runner.request_seen and not runner.relay.finished:
+            runner.fault = SilentSlotClient(
+                f"local connection to slot port {local_port} sent no gRPC request within "
+                f"{timeout:.1f}s (kaspad sends it at once: another local process?)")
+            runner.abort("no request")
 
     @staticmethod
     async def _guarded(coro: Coroutine[Any, Any, None], label: str) -> None:
@@ -303,12 +439,21 @@ class Bridge:
             log.exception("%s: internal error; connection closed", label)
 
     def _finish(self, runner: RelayRunner, policy: ConnectionPolicy, target: Target | None) -> None:
-        runner.log_close()
         if self.gossip.nodes.release(policy) is not None:
             self.pool.poke()  # that node may be dialed again
         closed = runner.relay.closed
         err = closed.error if closed is not None else None
         err = err or runner.fault
+        if (runner.relay.kaspad_side is Side.DOWN and target is None
+                and not runner.request_seen):
+            # A local slot connection that never asked for anything: no upstream was taken.
+            self.closed_count["slot_no_request"] += 1
+            if isinstance(err, SilentSlotClient):
+                self._log_silent("%s closed: %s", runner.label, err.describe())
+            else:  # connected and closed (a port scan, a TCP health check): not worth a line
+                log.debug("%s: local connection closed before any request", runner.label)
+            return
+        runner.log_close()
         if isinstance(err, DuplicatePeer):
             # kaspad has that node connected already: nobody's fault
             self.closed_count["refused"] += 1
@@ -331,7 +476,11 @@ class Bridge:
             # (facts §3.1) closed it; not a peer to prefer next time.
             remote_fault = remote_fault or (runner.relay.response_started
                                             and not policy.remote.node_id)
-            self.pool.done_with(target, ok=handshake_ok or not remote_fault, is_self=is_self,
+            # A success only for a remote that handshook; ended before it could (kaspad left,
+            # our own refusal): neither success nor failure.
+            ok: bool | None = (False if remote_fault else
+                               True if handshake_ok or policy.remote.node_id else None)
+            self.pool.done_with(target, ok=ok, is_self=is_self,
                                 addrv2=policy.remote.addrv2 if policy.remote.node_id else None)
 
     # -- inbound ----------------------------------------------------------------------------

@@ -11,6 +11,18 @@ What it does: it never picks, and never hands a slot, a target whose node id as 
 connected to kaspad now (``busy``: :meth:`bridge.core.nodes.NodeRegistry.busy_targets`); a warm
 upstream that became such a target meanwhile is closed and put aside without penalty
 (:meth:`WarmPool.duplicate`), as is an upstream a slot's relay dropped for that reason.
+
+Bounded idle connections (issue 10, defect 4): the only thing the pool writes to an idle warm
+connection is h2's own replies (PING and SETTINGS ACKs), and each write must be taken by the
+remote within ``send_timeout`` seconds. A remote that stops reading (its TCP window full, or a
+stuck circuit) is closed, logged once with the fault on the remote, and its candidate released
+with a failure backoff. Writes are never shielded from cancellation, so the daemon's shutdown
+does not wait for such a remote; :meth:`WarmPool.take` never waits for an entry in the middle of
+a write either (that entry is not ready). The idle wait itself has no timeout: an idle warm
+connection is meant to stay quiet (kaspad sends no HTTP/2 PING, facts §1.4), and a keep-alive
+PING of ours would be penalised by grpc servers when no stream is open. Frames received while
+idle spend the connection's budget (:mod:`bridge.core.budget`), which is refilled with time as
+in a relay.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h2.events
 import h2.exceptions
@@ -117,6 +129,11 @@ class _PoliteClose(BridgeError):
     action = "dropped from the warm pool; redialed without penalty"
 
 
+class _NotReading(BridgeError):
+    fault = Fault.REMOTE
+    action = "warm connection closed; peer backed off"
+
+
 @dataclass(slots=True)
 class Upstream:
     target: Target
@@ -127,9 +144,14 @@ class Upstream:
 @dataclass(slots=True)
 class _Entry:
     up: Upstream
-    scope: trio.CancelScope
     exited: trio.Event
+    #: cancels the idle task's current receive (a slot takes the connection)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     dead: bool = False
+    #: handed to a slot: the idle task must leave the stream alone
+    taken: bool = False
+    #: the idle task is writing (h2's ACKs): not ready for a slot until the write is done
+    sending: bool = False
 
 
 async def h2_client_handshake(stream: trio.abc.Stream, end: Endpoint, timeout: float) -> None:
@@ -163,7 +185,8 @@ class WarmPool:
 
     def __init__(self, selector: Selector, dialer: Dialer, *, size: int,
                  relay_settings: RelaySettings, handshake_timeout: float = 30.0,
-                 busy: Callable[[], Collection[Target]] | None = None) -> None:
+                 busy: Callable[[], Collection[Target]] | None = None,
+                 send_timeout: float = 30.0) -> None:
         self.selector = selector
         #: targets not to dial or hand out now (their node id is connected to kaspad already)
         self.busy = busy
@@ -171,14 +194,18 @@ class WarmPool:
         self.size = size
         self.relay_settings = relay_settings
         self.handshake_timeout = handshake_timeout
+        #: seconds an idle warm connection's remote has to take what the pool writes to it
+        self.send_timeout = send_timeout
         self._ready: list[_Entry] = []
         self._dialing = 0
         self._changed = trio.Event()
         self._ready_changed = trio.Event()
         #: ``duplicates``: upstreams not handed to kaspad (or dropped by a slot before kaspad saw
-        #: them) because their node id was connected to kaspad already
+        #: them) because their node id was connected to kaspad already; ``not_reading``: idle
+        #: warm connections closed because the remote did not take our writes (also counted in
+        #: ``dropped``)
         self.stats = {"dialed": 0, "ready": 0, "failed": 0, "taken": 0, "dropped": 0,
-                      "duplicates": 0}
+                      "duplicates": 0, "not_reading": 0}
         #: trio time our Tor last recovered (see :meth:`forgive_all`)
         self._tor_recovered_at: float | None = None
         #: slots waiting in :meth:`take` with nothing ready: each gets a dial of its own on top
@@ -254,7 +281,7 @@ class WarmPool:
         finally:
             self._dialing -= 1
             self._notify()
-        entry = _Entry(Upstream(target, stream, conn), trio.CancelScope(), trio.Event())
+        entry = _Entry(Upstream(target, stream, conn), trio.Event())
         self._ready.append(entry)
         self.stats["ready"] += 1
         self._notify_ready()
@@ -267,60 +294,94 @@ class WarmPool:
             await self._serve_idle(entry)
         finally:
             entry.exited.set()
+            if not entry.taken and not entry.dead:
+                # cancelled (the daemon shuts down): nobody else will close it
+                entry.dead = True
+                await trio.aclose_forcefully(entry.up.stream)
 
     async def _serve_idle(self, entry: _Entry) -> None:
         up = entry.up
-        with entry.scope:
-            try:
-                while True:
+        try:
+            while True:
+                entry.scope = trio.CancelScope()
+                if entry.taken:
+                    return
+                with entry.scope:
                     data = await up.stream.receive_some(65536)
-                    if not data:
-                        raise BridgeError("closed while idle", fault=Fault.REMOTE)
-                    events = up.conn.receive_data(bytes(data))
-                    with trio.CancelScope(shield=True):
-                        out = up.conn.conn.data_to_send()
-                        if out:
+                if entry.scope.cancelled_caught:
+                    return  # taken by a slot
+                if not data:
+                    raise BridgeError("closed while idle", fault=Fault.REMOTE)
+                up.conn.budget.tick(trio.current_time())
+                events = up.conn.receive_data(bytes(data))
+                out = up.conn.conn.data_to_send()
+                if out:
+                    # Not shielded: a shutdown must not wait for a remote that does not read;
+                    # a slot never takes an entry in the middle of this write (``sending``).
+                    entry.sending = True
+                    try:
+                        with trio.fail_after(self.send_timeout):
                             await up.stream.send_all(out)
-                    for e in events:
-                        if isinstance(e, h2.events.ConnectionTerminated):
-                            if not e.error_code:
-                                # A polite close of an idle connection (the remote bridge's
-                                # idle-connection cap, a restart): no fault, just redial.
-                                raise _PoliteClose("closed the idle connection (GOAWAY "
-                                                   "NO_ERROR)")
-                            raise BridgeError("sent GOAWAY while idle", fault=Fault.REMOTE)
-            except (BridgeError, h2.exceptions.ProtocolError, trio.BrokenResourceError,
-                    OSError) as exc:
-                entry.dead = True
-                what = (f"[remote peer] broke HTTP/2 while idle: {exc}"
-                        if isinstance(exc, h2.exceptions.ProtocolError) else
-                        exc.describe() if isinstance(exc, BridgeError) else repr(exc))
-                log.info("warm upstream %s dropped: %s", up.target, what)
-                self.stats["dropped"] += 1
-                self._ready = [e for e in self._ready if e is not entry]
-                if not isinstance(exc, _PoliteClose):
-                    self.selector.failure(up.target, trio.current_time())
-                self.selector.release(up.target)
-                await up.stream.aclose()
-                self._notify()
-            return
-        # cancelled: taken by a slot
+                    except trio.TooSlowError:
+                        raise _NotReading(
+                            f"did not read {len(out)} bytes of HTTP/2 replies within "
+                            f"{self.send_timeout:.0f}s while idle") from None
+                    finally:
+                        entry.sending = False
+                    self._notify_ready()  # a slot may be waiting for this entry
+                for e in events:
+                    if isinstance(e, h2.events.ConnectionTerminated):
+                        if not e.error_code:
+                            # A polite close of an idle connection (the remote bridge's
+                            # idle-connection cap, a restart): no fault, just redial.
+                            raise _PoliteClose("closed the idle connection (GOAWAY NO_ERROR)")
+                        raise BridgeError("sent GOAWAY while idle", fault=Fault.REMOTE)
+        except (BridgeError, h2.exceptions.ProtocolError, trio.BrokenResourceError,
+                trio.ClosedResourceError, OSError) as exc:
+            entry.dead = True
+            what = (f"[remote peer] broke HTTP/2 while idle: {exc}"
+                    if isinstance(exc, h2.exceptions.ProtocolError) else
+                    exc.describe() if isinstance(exc, BridgeError) else repr(exc))
+            self.stats["dropped"] += 1
+            self._ready = [e for e in self._ready if e is not entry]
+            delay = None
+            if isinstance(exc, _NotReading):
+                self.stats["not_reading"] += 1
+            if not isinstance(exc, _PoliteClose):
+                delay = self.selector.failure(up.target, trio.current_time())
+            self.selector.release(up.target)
+            level = logging.WARNING if isinstance(exc, _NotReading) else logging.INFO
+            log.log(level, "warm upstream %s dropped: %s%s", up.target, what,
+                    f"; retry in {delay:.0f}s" if delay is not None else "")
+            await trio.aclose_forcefully(up.stream)
+            self._notify()
+
+    def _pick_ready(self) -> _Entry | None:
+        """The oldest ready entry whose idle task is not writing."""
+        for entry in self._ready:
+            if not entry.sending:
+                return entry
+        return None
 
     async def take(self, timeout: float) -> Upstream | None:
         """A warm upstream within ``timeout`` seconds, or ``None``."""
         with trio.move_on_after(timeout):
             while True:
-                while not self._ready:
+                entry = self._pick_ready()
+                if entry is None:
+                    # nothing ready (or only entries in the middle of a write): one more dial
                     self._waiting += 1
                     self._notify()
                     try:
                         await self._ready_changed.wait()
                     finally:
                         self._waiting -= 1
-                entry = self._ready.pop(0)
+                    continue
+                self._ready.remove(entry)
+                entry.taken = True
                 entry.scope.cancel()
-                # The idle task may be finishing a shielded write: the stream is ours once it
-                # exits; it may also have found the connection dead meanwhile.
+                # The idle task is in its receive (never in a write, see _pick_ready): the
+                # stream is ours once it exits.
                 try:
                     await entry.exited.wait()
                 except trio.Cancelled:
@@ -354,20 +415,23 @@ class WarmPool:
         self.selector.release(target)
         self._notify()
 
-    def done_with(self, target: Target, *, ok: bool, is_self: bool = False,
+    def done_with(self, target: Target, *, ok: bool | None, is_self: bool = False,
                   addrv2: bool | None = None) -> None:
-        """A relay that used ``target`` ended."""
+        """A relay that used ``target`` ended: a success (``ok``), a failure (backoff), or
+        neither (``None``: it ended before the remote could show either, e.g. kaspad left
+        before the remote's handshake; only the target is freed)."""
         if is_self:
             self.selector.mark_self(target)
         elif ok:
             self.selector.success(target, addrv2=addrv2)
-        else:
+        elif ok is not None:
             self.selector.failure(target, trio.current_time())
         self.selector.release(target)
         self._notify()
 
     async def aclose(self) -> None:
         for entry in self._ready:
+            entry.taken = entry.dead = True
             entry.scope.cancel()
-            await entry.up.stream.aclose()
+            await trio.aclose_forcefully(entry.up.stream)
         self._ready.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from functools import partial
 
 import pytest
@@ -13,9 +15,12 @@ from bridge.core.peers import PeerSelector, Target
 from bridge.core.relay import RelaySettings
 from bridge.errors import Fault
 from bridge.net import pool as pool_mod
+from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import Dialer, DialPolicy, WarmPool
 from bridge.net.socks import DialError, ProxyEndpoint
 from bridge.rig.tornet import free_ports
+from tests.costs import rss_bytes
+from tests.faults.rig import open_fds, task_count, task_names, until
 from tests.peers.socks_server import ScriptedSocks5Server
 
 ONION = OnionAddress.from_pubkey(bytes(range(32))).host
@@ -165,3 +170,161 @@ async def test_burst_of_slots_larger_than_the_pool_dials_for_each(
     assert pool.stats["taken"] == 4
     await trio.sleep(0.2)
     assert pool.ready_count <= size + 4  # extra warm connections stay bounded
+
+
+# -- issue 10, defect 4: a warm connection whose remote stops reading ------------------------
+
+_PING = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"  # HTTP/2 PING, stream 0
+
+
+def _unbudgeted() -> RelaySettings:
+    """Relay settings without the frame budget's limits. The budget (bridge.core.budget) closes
+    a *fast* PING flood after ``burst`` frames, but it refills (10 frames/s): a remote may ping
+    forever at that rate and never read, which fills any socket buffer in time. These tests
+    reach that state in seconds instead of hours, so the bound under test is the pool's own."""
+    try:
+        from bridge.core.budget import BudgetSettings
+    except ImportError:  # the code before issue 10 had no budget
+        return RelaySettings()
+    return RelaySettings(budget=BudgetSettings(burst=10**9, max_unread_replies=10**9))
+
+
+class TinyBufDialer(Dialer):
+    """Dials with a minimal send buffer, so that a remote that does not read blocks the pool's
+    writes after a few KB rather than a few MB."""
+
+    async def dial(self, target: Target) -> trio.SocketStream:
+        stream = await super().dial(target)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return stream
+
+
+class NoReadRemote:
+    """Answers the pool's HTTP/2 handshake (its SETTINGS, sent without reading a byte) and then,
+    on its first connection, sends PINGs as fast as it can and never reads: its tiny receive
+    buffer fills, then the bridge's send buffer, and every write of ACKs blocks. It gives up
+    ``close_after`` seconds after the connection (so that code without the fix ends at all).
+    Later connections only answer the handshake and stay open."""
+
+    def __init__(self, close_after: float) -> None:
+        self.close_after = close_after
+        self.port = 0
+        self.connections = 0
+        self.sent = 0
+        self.last_progress = 0.0
+        self.ended: list[tuple[str, float]] = []  # (how the first connection ended, when)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        for listener in listeners:  # accepted sockets inherit it (and the window scale)
+            listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    @property
+    def blocked(self) -> bool:
+        """The flood has been stuck for a second (the bridge stopped reading too)."""
+        return self.sent > 0 and trio.current_time() - self.last_progress > 1.0
+
+    async def _handle(self, s: trio.SocketStream) -> None:
+        import h2.config
+        import h2.connection
+
+        self.connections += 1
+        first = self.connections == 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        await s.send_all(conn.data_to_send())
+        if not first:
+            await trio.sleep_forever()
+        chunk = _PING * 64
+        how = "gave up"
+        with trio.move_on_after(self.close_after):
+            try:
+                while True:
+                    await s.send_all(chunk)
+                    self.sent += len(chunk)
+                    self.last_progress = trio.current_time()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                how = "closed by the bridge"
+        self.ended.append((how, trio.current_time()))
+
+
+async def _bridge_to(remote_port: int, send_timeout: float) -> Bridge:
+    opts = BridgeOptions(kaspad_p2p=("127.0.0.1", 1),
+                         candidates=[Target("127.0.0.1", remote_port)],
+                         slot_ports=[], inbound=None, pool_size=1, refresh_interval=None,
+                         dial=DialPolicy(proxy=None, allow_direct=True, ip_via_tor=False,
+                                         timeout=5),
+                         h2_handshake_timeout=send_timeout, relay=_unbudgeted())
+    return Bridge(opts, dialer=TinyBufDialer(opts.dial))
+
+
+async def test_remote_that_stops_reading_is_dropped_within_the_send_timeout(
+        nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (issue 10, defect 4): the idle task wrote h2's PING ACKs in a shielded send
+    without a timeout; a remote that floods PINGs and never reads left it blocked forever, the
+    candidate "in use", the task and socket alive, nothing logged. Now the write has
+    ``send_timeout`` seconds: the connection is closed, logged once as the remote's fault, and
+    the candidate released with a backoff; no task, fd or memory is left behind."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    remote = NoReadRemote(close_after=20)
+    port = await nursery.start(remote.serve)
+    fds, tasks, rss = open_fds(), task_count("NoReadRemote"), rss_bytes()
+    send_timeout = 1.5
+    bridge = await _bridge_to(port, send_timeout)
+    await nursery.start(bridge.run)
+    target = Target("127.0.0.1", port)
+    await until(lambda: remote.blocked, 10, "the remote's flood blocked")
+    blocked_at = remote.last_progress
+    await until(lambda: bool(remote.ended), send_timeout + 5,
+                lambda: f"the bridge to close the connection: stats {bridge.pool.stats}, "
+                        f"candidate {bridge.selector.snapshot()[str(target)]}")
+    how, at = remote.ended[0]
+    assert how == "closed by the bridge" and at - blocked_at < send_timeout + 3
+    assert bridge.pool.stats["not_reading"] == 1
+    snap = bridge.selector.snapshot()[str(target)]
+    assert snap["failures"] == 1 and not (snap["in_use"] and bridge.pool.ready_count == 0)
+    lines = [r for r in caplog.records if "did not read" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING, lines
+    assert "[remote peer]" in lines[0].getMessage()
+    # bounded: the second (quiet) connection is all that is left
+    await until(lambda: bridge.pool.ready_count == 1, 10, "redialed after the backoff")
+    names = task_names("NoReadRemote")
+    assert sum("_keep" in n for n in names) == 1, names
+    assert open_fds() <= fds + 2 + 4  # the warm connection's two ends (+ slack for trio)
+    assert task_count("NoReadRemote") <= tasks + 8
+    assert rss_bytes() - rss < 64 << 20
+
+
+async def test_shutdown_is_prompt_with_a_remote_that_does_not_read(nursery: trio.Nursery
+                                                                   ) -> None:
+    """Regression (issue 10, defect 4): with the idle task blocked in its shielded write, a
+    cancelled ``Bridge.run`` (SIGTERM) hung until the remote went away. Now it ends at once,
+    and the socket is closed."""
+    remote = NoReadRemote(close_after=15)
+    port = await nursery.start(remote.serve)
+    fds = open_fds()
+    bridge = await _bridge_to(port, send_timeout=60)  # the timeout is not what ends it
+    done = trio.Event()
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await bridge.run()
+        done.set()
+
+    nursery.start_soon(run)
+    await until(lambda: remote.blocked, 10, "the remote's flood blocked")
+    await trio.sleep(0.5)
+    t0 = trio.current_time()
+    scope.cancel()
+    with trio.move_on_after(30):
+        await done.wait()
+    took = trio.current_time() - t0
+    assert took < 2.0, f"Bridge.run took {took:.1f}s to end after cancellation"
+    await until(lambda: bool(remote.ended), 5, "the remote saw its connection closed")
+    assert remote.ended[0][0] == "closed by the bridge"
+    await until(lambda: open_fds() <= fds + 1, 5, "the bridge's fds released")
