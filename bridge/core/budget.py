@@ -129,13 +129,21 @@ class FrameBudget:
             return
         if self.block_since is None:
             self.block_since = now
-        elif now - self.block_since > self.settings.header_timeout:
+        elif now - self.block_since >= self.settings.header_timeout:
             raise Flood(f"left a header block unfinished for {now - self.block_since:.1f}s "
                         f"(limit {self.settings.header_timeout:.0f}s)")
 
     @property
     def header_block_open(self) -> bool:
         return self.block is not None
+
+    @property
+    def deadline(self) -> float | None:
+        """The shell's time by which :meth:`tick` must be called again (an unfinished header
+        block's limit), or None."""
+        if self.block is None or self.block_since is None:
+            return None
+        return self.block_since + self.settings.header_timeout
 
     def output_progressed(self) -> None:
         """Our output to this peer is being written (it reads): replies are not piling up."""

@@ -554,9 +554,16 @@ class Relay:
         if e is not None:
             e.wrote(n)
 
+    def deadline(self, side: Side) -> float | None:
+        """When :meth:`tick` must be called again for ``side`` (its unfinished header block's
+        limit), or None."""
+        e = self._ends[side]
+        return e.budget.deadline if e is not None and self.closed is None else None
+
     def tick(self, now: float) -> None:
-        """The shell's clock (monotonic seconds), passed in about once a second: refills the
-        connections' budgets and closes one whose header block stayed unfinished too long."""
+        """The shell's clock (monotonic seconds), passed in before each read and at
+        :meth:`deadline`: refills the connections' budgets and closes one whose header block
+        stayed unfinished too long."""
         if self.closed is not None:
             return
         for side in (Side.DOWN, Side.UP):

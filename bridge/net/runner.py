@@ -6,8 +6,9 @@ only produces what the HTTP/2 windows allow.
 
 Each side's budget (:mod:`bridge.core.budget`) is enforced here too: a reader does not read
 while more than ``budget.max_unsent`` bytes wait to be written to its side (a peer that does not
-read what it asks for, e.g. PING ACKs, stops being read), writers report what they wrote, and a
-clock task passes time to the relay (token refill, unfinished header blocks).
+read what it asks for, e.g. PING ACKs, stops being read), writers report what they wrote, and the
+readers pass time to the relay before each read and at its deadline (token refill, an unfinished
+header block's limit): nothing wakes up for an idle connection.
 
 When the relay drops its upstream before kaspad saw it (the remote's Version showed a node id
 already connected to kaspad, see :mod:`bridge.core.relay`), the runner delivers the goodbye to
@@ -32,8 +33,6 @@ log = logging.getLogger("bridge.relay")
 READ_SIZE = 64 * 1024
 #: After the relay decided to close: time allowed to deliver the last frames (trailers, GOAWAY).
 CLOSE_FLUSH_TIMEOUT = 3.0
-#: Seconds between two :meth:`Relay.tick` calls (budget refill, header-block deadline).
-CLOCK_TICK = 0.5
 #: Client preface (24 bytes) plus one frame header: the HTTP/2 client has started talking.
 _PREFACE_SEEN = 24 + 9
 
@@ -152,7 +151,6 @@ class RelayRunner:
                 assert down is not None
                 nursery.start_soon(self._reader, Side.DOWN, down)
                 nursery.start_soon(self._writer, Side.DOWN, down)
-                nursery.start_soon(self._clock)
                 if lazy:
                     await self._wait_request(preface_timeout)
                 up = None if self.relay.finished else await get_upstream()
@@ -307,14 +305,15 @@ class RelayRunner:
                 log.debug("%s: asked the remote for addresses", self.label)
                 self._kick_all()
 
-    async def _clock(self) -> None:
-        """Pass time to the relay's budgets (the sans-IO core has no clock)."""
-        while not self.relay.finished:
-            self.relay.tick(trio.current_time())
-            if self.relay.finished:
-                self._kick_all()
-                return
-            await trio.sleep(CLOCK_TICK)
+    def _tick(self) -> None:
+        """Pass the time to the relay's budgets (the sans-IO core has no clock)."""
+        self.relay.tick(trio.current_time())
+        if self.relay.finished:
+            self._kick_all()
+
+    def _deadline(self, side: Side) -> float:
+        d = self.relay.deadline(side)
+        return float("inf") if d is None else d
 
     async def _room(self, side: Side) -> None:
         """Wait while more than ``max_unsent`` bytes wait to be written to ``side``: a peer that
@@ -324,15 +323,21 @@ class RelayRunner:
             return
         self.read_pauses[side] += 1
         while self.relay.unsent(side) > limit and not self.relay.finished:
-            await self._drained[side].wait()
+            with trio.move_on_at(self._deadline(side)):
+                await self._drained[side].wait()
+            self._tick()
 
     async def _reader(self, side: Side, stream: trio.abc.Stream) -> None:
         while not self.relay.finished:
             await self._room(side)
+            self._tick()
             if self.relay.finished:
                 return
             try:
-                data = await stream.receive_some(READ_SIZE)
+                with trio.move_on_at(self._deadline(side)) as timer:
+                    data = await stream.receive_some(READ_SIZE)
+                if timer.cancelled_caught:
+                    continue  # the header block's limit: _tick() closes the relay
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 data = b""
                 self._read_error[side] = repr(exc.__cause__ or exc)

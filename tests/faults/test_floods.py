@@ -27,7 +27,7 @@ import h2.connection
 import pytest
 import trio
 import trio.testing
-from hyperframe.frame import PingFrame
+from hyperframe.frame import HeadersFrame, PingFrame
 
 from bridge.core.budget import BudgetSettings
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
@@ -303,11 +303,40 @@ async def test_runner_stops_reading_a_peer_that_does_not_read() -> None:
         assert 8192 < held <= 8192 + len(chunk) + 64, held
         assert relay.stats()["buffered"] >= held
         assert sent <= 4 * len(chunk), sent  # the flooder is blocked, not buffered
-        # the peer reads: the backlog drains and the runner reads again
+        # the peer reads: the backlog drains and the runner reads again (the chunk whose send
+        # was interrupted above is still offered to it)
+        before = runner.bytes_read[Side.DOWN]
         received = 0
         with trio.move_on_after(2):
             while received < held:
                 received += len(await theirs.receive_some(65536))
-        with trio.fail_after(2):
-            await theirs.send_all(chunk)
+        await until(lambda: runner.bytes_read[Side.DOWN] > before, 2, "reading resumed")
+        nursery.cancel_scope.cancel()
+
+
+async def test_unfinished_header_block_is_closed_after_its_limit(
+        emulators: Callable[..., KaspadEmulator], caplog: pytest.LogCaptureFixture) -> None:
+    """A peer dialing the onion starts a header block and never finishes it (then reads
+    everything, sends nothing): closed after ``header_timeout``, not kept like an idle
+    connection (those are kept, see test_remote_faults.test_idle_inbound_connection_is_kept)."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    budget = BudgetSettings(header_timeout=1.5)
+    async with trio.open_nursery() as nursery:
+        rig = await start_inbound_rig(nursery, emulators, relay=RelaySettings(budget=budget))
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        s = await trio.open_tcp_stream("127.0.0.1", rig.inbound)
+        start = trio.current_time()
+        await s.send_all(client.data_to_send() + HeadersFrame(1, b"\x83\x86").serialize())
+        with trio.fail_after(10):
+            while True:
+                try:
+                    if not await s.receive_some(65536):
+                        break
+                except (trio.BrokenResourceError, OSError):
+                    break
+        took = trio.current_time() - start
+        assert 1.5 <= took < 1.5 + 2.0, took
+        await logged(caplog, "[remote peer]", "header block unfinished", "ENHANCE_YOUR_CALM")
+        await s.aclose()
         nursery.cancel_scope.cancel()
