@@ -29,7 +29,6 @@ import trio
 import trio.testing
 from hyperframe.frame import HeadersFrame, PingFrame
 
-from bridge.core.budget import BudgetSettings
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import Relay, RelaySettings, Side
 from bridge.net.runner import RelayRunner
@@ -247,6 +246,8 @@ async def test_replies_never_read_are_closed_without_the_token_bucket(
     """The bound behind the token bucket (made bottomless here): a PING flood whose ACKs are
     never read is closed once 1000 of them wait behind a blocked write."""
     caplog.set_level(logging.INFO, logger="bridge")
+    from bridge.core.budget import BudgetSettings  # (a test of the fix: not on be2d1a4)
+
     budget = BudgetSettings(burst=10**9)
     async with trio.open_nursery() as nursery:
         rig = await start_inbound_rig(nursery, emulators, relay=RelaySettings(budget=budget))
@@ -275,6 +276,8 @@ async def test_runner_stops_reading_a_peer_that_does_not_read() -> None:
     ``max_unsent`` bytes wait to be written to a peer (h2's ACKs included), the runner does not
     read that peer, so what it holds stays bounded however long the flood lasts; it shows in
     the status "buffered" figure; reading resumes once the peer reads."""
+    from bridge.core.budget import BudgetSettings  # (a test of the fix: not on be2d1a4)
+
     budget = BudgetSettings(burst=10**9, max_unread_replies=10**9, max_unsent=8192)
     policy = ConnectionPolicy(GossipState(own_onion=OnionPeer(ONION_SELF, PORT)),
                               PolicySettings(), remote_label="inbound peer #1")
@@ -320,6 +323,8 @@ async def test_unfinished_header_block_is_closed_after_its_limit(
     everything, sends nothing): closed after ``header_timeout``, not kept like an idle
     connection (those are kept, see test_remote_faults.test_idle_inbound_connection_is_kept)."""
     caplog.set_level(logging.INFO, logger="bridge")
+    from bridge.core.budget import BudgetSettings  # (a test of the fix: not on be2d1a4)
+
     budget = BudgetSettings(header_timeout=1.5)
     async with trio.open_nursery() as nursery:
         rig = await start_inbound_rig(nursery, emulators, relay=RelaySettings(budget=budget))
