@@ -494,11 +494,11 @@ class BookMachine(RuleBasedStateMachine):
             h, p, kind = normalize_endpoint(host, port)
             if kind == "onion" or rank == 3 or h not in ("10.0.0.1", "2001:db8::1", "127.0.0.1"):
                 todo.setdefault((h, p), kind)
-        for (h, p), kind in todo.items():
+        for (h, p), k in todo.items():
             m = self.model.get((net, h, p))
             if m is None:
                 if self._make_room(net, group, rank, now):
-                    self.model[(net, h, p)] = _M(kind, src, now, now, addrv2=addrv2,
+                    self.model[(net, h, p)] = _M(k, src, now, now, addrv2=addrv2,
                                                  group=group)
                     new.add((h, p))
             else:
@@ -763,3 +763,56 @@ def test_selector_backs_off_in_memory_when_the_book_cannot_write(db: Path) -> No
         retry = sel.next_retry(100.0)
         assert retry is not None and retry == pytest.approx(100.0 + delay)
         assert sel.pick(100.0 + delay + 0.01) == t
+
+
+# -- schema migration 1 -> 2 (issue G: source and address groups) ----------------------------
+
+_V1_ROWS = [
+    # network, host, port, kind, source, rank, first_seen, last_seen, last_success, failures,
+    # backoff_until, addrv2, is_self
+    (NET, "1.2.3.4", 16111, "ipv4", "gossip:peer 5.6.7.8:16111", 0, 1.0, 2.0, None, 2, 9.0, 0, 0),
+    (NET, "10.0.0.7", 16111, "ipv4", "gossip:inbound peer #4", 0, 1.0, 2.0, None, 0, 0.0, 0, 0),
+    (NET, ONION.host, 16511, "onion", "version:peer [2001:4860::1]:16111", 1, 3.0, 4.0, 4.0, 0,
+     0.0, 1, 0),
+    (NET, "2001:4860::8", 1, "ipv6", "seed", 2, 5.0, 5.0, None, 0, 0.0, 0, 1),
+    (TESTNET, "9.9.9.9", 16211, "ipv4", "config", 3, 6.0, 6.0, 6.0, 0, 0.0, 0, 0),
+    (TESTNET, "8.8.8.8", 16211, "ipv4", "gossip:kaspad", 0, 6.0, 7.0, None, 0, 0.0, 0, 0),
+]
+
+
+def _write_v1(path: Path) -> None:
+    """A book as the previous version (schema 1) wrote it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    book_mod.MIGRATIONS[0](conn)
+    conn.execute("UPDATE schema_version SET version = 1")
+    conn.executemany("INSERT INTO peers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _V1_ROWS)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_migrates_a_version_1_book_keeping_its_rows(db: Path) -> None:
+    _write_v1(db)
+    want = sorted(PeerEntry(*r[:5], *r[6:11], bool(r[11]), bool(r[12]))  # type: ignore[arg-type]
+                  for r in _V1_ROWS)
+    with AddressBook(db) as b:
+        assert b._db.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        assert sorted(b.entries(NET) + b.entries(TESTNET)) == want
+        groups = dict(((str(h), int(p)), (str(sg), str(ag))) for h, p, sg, ag in b._db.execute(
+            "SELECT host, port, source_group, addr_group FROM peers"))
+        assert groups == {
+            ("1.2.3.4", 16111): ("ipv4:5.6", "ipv4:1.2"),
+            ("10.0.0.7", 16111): ("inbound", "ipv4:10.0"),
+            (ONION.host, 16511): ("ipv6:20014860", "onion:" + ONION.host),
+            ("2001:4860::8", 1): ("seed", "ipv6:20014860"),
+            ("9.9.9.9", 16211): ("config", "ipv4:9.9"),
+            ("8.8.8.8", 16211): ("kaspad", "ipv4:8.8"),
+        }
+        names = {str(r[0]) for r in b._db.execute("SELECT name FROM sqlite_master "
+                                                  "WHERE type = 'index'")}
+        assert {"peers_new", "peers_tried"} <= names and "peers_evict" not in names
+        # and the migrated book works under the new rules
+        assert b.learn(NET, "1.2.9.9", 1, source="gossip:peer 5.6.1.1:1", now=10)
+        assert not b.learn(NET, "10.0.0.8", 1, source="gossip:peer 5.6.1.1:1", now=10)
+    with AddressBook(db) as b:  # reopening does not migrate again
+        assert len(b.entries(NET)) == 5

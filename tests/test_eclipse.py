@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import trio
 from bridge.book import AddressBook
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
+from bridge.core.policy import GossipState, OnionPeer
 from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import DialPolicy
 from tests.costs import python_memory
@@ -59,7 +61,7 @@ def _attacker_entries(rng: random.Random) -> list[tuple[str, int]]:
 
 
 ONION = OnionAddress.from_pubkey(b"\x66" * 32).host
-ATTACKS = {
+ATTACKS: dict[str, Callable[[int], str]] = {
     # any number of remotes in one /16 (every slot upstream the attacker runs there)
     "one /16": lambda k: f"gossip:peer 66.77.{k % 256}.{k // 256 + 1}:16111",
     # any number of connections to our onion service
@@ -125,6 +127,29 @@ def test_flood_cannot_push_out_honest_new_entries_of_a_half_full_book(tmp_path: 
         hosts = {e.host for e in b.entries(NET)}
         assert {h for h, _ in honest} <= hosts
         assert len(hosts) - len(honest) <= 4096 // 16
+
+
+def test_gossip_state_flood_keeps_what_others_told_us() -> None:
+    """Defect 3 for the onions the bridge gossips onward: 4000 onions from 16 honest upstreams,
+    then 40 messages of 2500 onions from one /16 (and from inbound connections): the honest
+    onions lose at most a quota's worth, the attacker holds at most 1/16, cheaply."""
+    g = GossipState()
+    honest = [OnionPeer(OnionAddress.from_pubkey(i.to_bytes(32, "big")), 16111)
+              for i in range(4000)]
+    for i, p in enumerate(honest):
+        g.learn(p, f"gossip:peer 20.{i % 16}.0.1:16111")
+    assert len(g.onions) == 4000
+    rng = random.Random(1)
+    with python_memory() as mem:
+        for k in range(40):
+            src = (f"gossip:peer 66.77.{k}.1:16111" if k % 2 else f"gossip:inbound peer #{k}")
+            for _ in range(2500):
+                g.learn(OnionPeer(OnionAddress.from_pubkey(rng.randbytes(32)), 16111), src)
+    kept = sum(p in g.onions for p in honest)
+    assert len(g.onions) <= 4096
+    assert kept >= 4000 - 2 * 256
+    assert len(g.onions) - kept <= 2 * 256
+    assert mem.kept < 2 * 1024 * 1024  # bounded: what it keeps is the bounded set
 
 
 # -- defect 7: non-public addresses, through the bridge's own hooks --------------------------
