@@ -43,7 +43,7 @@ from typing import Any
 
 import trio
 
-from bridge.book import AddressBook
+from bridge.book import AddressBook, AddressBookError
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Selector, Target, filter_kinds
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
@@ -55,7 +55,7 @@ from bridge.core.relay import (
     Side,
     new_upstream_connection,
 )
-from bridge.core.selection import BookSelector, SelectionPolicy
+from bridge.core.selection import BookSelector, SelectionPolicy, source_rank
 from bridge.errors import BridgeError, DuplicatePeer, Fault, SelfConnection
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.probe import harvest
@@ -190,22 +190,57 @@ class Bridge:
                 own_onion=own, to_wall=lambda t: t + offset)
             for t in options.candidates:
                 self.selector.add(t)
-            store_hook = self.book.gossip_hook(options.network)
         else:
             self.selector = PeerSelector(filter_kinds(options.candidates, options.onlynet),
                                          own_onion=own)
-            store_hook = None
         onlynet = options.onlynet
 
+        learned: list[tuple[OnionPeer, str]] = []  # onions of the current task step
+
+        def book_source(source: str) -> str:
+            """A source as the book accepts it (as ``AddressBook.gossip_hook`` writes it)."""
+            try:
+                source_rank(source)
+            except ValueError:
+                return ("gossip:" + source)[:200]
+            return source
+
+        def store_learned() -> None:
+            """One book transaction per source for the onions one Addresses message taught us
+            (one per onion stalled the loop ~1 s for 2500 of them; issue G). The book's
+            quotas hold however the entries are batched."""
+            by_source: dict[str, list[tuple[str, int]]] = {}
+            for peer, source in learned:
+                by_source.setdefault(book_source(source), []).append(
+                    (peer.address.host, peer.port))
+            learned.clear()
+            assert self.book is not None
+            try:
+                for source, endpoints in by_source.items():
+                    self.book.learn_many(options.network, endpoints, source=source)
+            except AddressBookError:  # closed meanwhile (shutdown): it is a cache
+                return
+            except Exception:  # runs as a trio callback: an error here would end the daemon
+                log.exception("storing %d learned onions failed", sum(map(len, by_source.values())))
+                return
+            self.pool.poke()
+
         def on_learn(peer: OnionPeer, source: str) -> None:
-            """Discovery: every onion learned from gossip becomes a candidate."""
+            """Discovery: every onion learned from gossip becomes a candidate. With a book,
+            the onions of one task step (one Addresses message) are stored together right
+            after it."""
             if "onion" not in onlynet:
                 return
-            if store_hook is not None:
-                store_hook(peer, source)
-            else:
+            if self.book is None:
                 self.selector.add(Target(peer.address.host, peer.port))
-            self.pool.poke()
+                self.pool.poke()
+                return
+            learned.append((peer, source))
+            if len(learned) == 1:
+                try:
+                    trio.lowlevel.current_trio_token().run_sync_soon(store_learned)
+                except RuntimeError:  # not in trio (a test calling the hook directly)
+                    store_learned()
 
         self.gossip.on_learn = on_learn
         if self.book is not None:
