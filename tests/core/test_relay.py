@@ -12,6 +12,7 @@ from hyperframe.frame import (
     HeadersFrame,
     PingFrame,
     PriorityFrame,
+    RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
@@ -402,17 +403,35 @@ FLOODS: dict[str, Callable[[int], bytes]] = {
     "priority": lambda sid: PriorityFrame(sid, depends_on=0, stream_weight=15).serialize(),
     "window-update": lambda sid: WindowUpdateFrame(0, window_increment=1).serialize(),
     "padded-data": lambda sid: DataFrame(sid, b"", flags=["PADDED"], pad_length=0).serialize(),
+    # RST_STREAM for a stream that was never opened: h2 accepts it without a word
+    "rst-stream": lambda sid: RstStreamFrame(sid + 2, error_code=8).serialize(),
 }
 
 
+def test_rst_stream_flood_on_ever_new_stream_ids_is_closed() -> None:
+    """Rapid-reset style: RST_STREAM for ever new (never opened) stream ids, which h2 takes
+    without complaint, each a frame without payload."""
+    relay, down, up, kaspad, remote = make()
+    handshake(relay, kaspad, remote, down, up)
+    frames = b"".join(RstStreamFrame(sid, error_code=8).serialize()
+                      for sid in range(3, 2 * 30_000, 2))
+    mem = _flood(relay, Side.DOWN, frames, len(frames))
+    assert relay.closed is not None and relay.closed.error is not None
+    assert relay.closed.error.fault is Fault.KASPAD and "RST_STREAM" in str(relay.closed.error)
+    assert mem.peak < 256 * 1024
+
+
 def _flood(relay: Relay, side: Side, chunk: bytes, total: int) -> MemoryUse:
-    """Feed ``total`` bytes of ``chunk`` repeated, ``_READ`` bytes at a time; the relay's output
-    to ``side`` is never read (the peer does not read). Returns the Python memory it cost."""
+    """Feed ``total`` bytes of ``chunk`` (whole frames) repeated, ``_READ`` bytes at a time; the
+    relay's output to ``side`` is never read (the peer does not read). Returns the Python
+    memory it cost."""
     with python_memory() as mem:
-        sent = 0
+        sent = pos = 0
         while sent < total and not relay.finished:
-            relay.receive(side, chunk[:_READ])
-            sent += _READ
+            piece = chunk[pos:pos + _READ]  # ``chunk`` over and over, in reads of _READ
+            relay.receive(side, piece)
+            sent += len(piece)
+            pos = (pos + len(piece)) % len(chunk)
     return mem
 
 

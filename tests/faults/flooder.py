@@ -25,6 +25,7 @@ from hyperframe.frame import (
     HeadersFrame,
     PingFrame,
     PriorityFrame,
+    RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
@@ -40,6 +41,7 @@ FRAMES: dict[str, Callable[[int], bytes]] = {
     "window-update": lambda sid: WindowUpdateFrame(0, window_increment=1).serialize(),
     "priority": lambda sid: PriorityFrame(sid, depends_on=0, stream_weight=15).serialize(),
     "empty-data": lambda sid: DataFrame(sid, b"").serialize(),
+    "rst-stream": lambda sid: RstStreamFrame(sid + 2, error_code=8).serialize(),
     # an endless header block: one HEADERS without END_HEADERS is sent first (see _opening)
     "continuation": lambda sid: ContinuationFrame(sid, b"\x00" * 16_000).serialize(),
     "empty-continuation": lambda sid: ContinuationFrame(sid, b"").serialize(),

@@ -117,6 +117,7 @@ async def honest_block(session: PeerSession, emu: KaspadEmulator, request_id: in
 INBOUND = [
     ("ping", False), ("settings", False), ("window-update", False), ("continuation", False),
     ("empty-continuation", False), ("ping", True), ("priority", True), ("empty-data", True),
+    ("rst-stream", True),
 ]
 
 
