@@ -587,7 +587,8 @@ async def test_disk_full_while_running_keeps_relaying(tmpfs: PrivateTmpfs,
             learned = conn.execute("SELECT count(*) FROM peers").fetchone()[0]
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert row is not None and row[0] is not None and row[0] >= t_free_wall, row
-        assert learned >= 200  # the gossiped addresses were stored
+        # the gossiped addresses were stored, up to one source's quota (issue G: 3072 // 16)
+        assert learned >= 150
         text = log_path.read_text(errors="replace")
         assert len(re.findall(BOOK_ERROR, text)) == 1
         assert "Traceback" not in text and "internal error" not in text, text[-3000:]

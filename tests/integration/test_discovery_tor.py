@@ -99,8 +99,8 @@ async def test_dns_seeder_is_harvested_through_a_tor_exit(tornet: TorNetwork,
     *.test to 127.0.0.1), the bridge handshakes like kaspad, keeps the addresses, closes."""
     socks = tornet.client.socks_port
     assert socks is not None
-    seeder = KaspadEmulator(EmulatorConfig(addresses=[(bytes([198, 51, 100, 7]), 16511),
-                                                      (bytes([203, 0, 113, 8]), 16511)]))
+    seeder = KaspadEmulator(EmulatorConfig(addresses=[(bytes([45, 51, 100, 7]), 16511),
+                                                      (bytes([46, 0, 113, 8]), 16511)]))
     try:
         port = await trio.to_thread.run_sync(seeder.start_server)
         cfg = bridge_config(tmp_path, "s", socks_port=socks,
@@ -112,9 +112,9 @@ async def test_dns_seeder_is_harvested_through_a_tor_exit(tornet: TorNetwork,
             assert d.bridge is not None and d.bridge.book is not None
             with trio.fail_after(60):
                 while {e.host for e in d.bridge.book.entries("kaspa-simnet")} < {
-                        "198.51.100.7", "203.0.113.8"}:
+                        "45.51.100.7", "46.0.113.8"}:
                     await trio.sleep(0.2)
-            entry = d.bridge.book.get("kaspa-simnet", "198.51.100.7", 16511)
+            entry = d.bridge.book.get("kaspa-simnet", "45.51.100.7", 16511)
             assert entry is not None and entry.source == "seed"
             sessions = seeder.sessions
             assert len(sessions) == 1 and not sessions[0].violations
