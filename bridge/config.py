@@ -222,6 +222,16 @@ class SlotsConfig:
     base_port: int
     count: int
     allow_non_loopback: bool = False
+    #: local connections to the slot ports served at once; 0 = 4 per slot port, at least 8
+    #: (kaspad makes one per --addpeer; more are other local processes)
+    max_connections: int = 0
+    #: seconds a local slot connection has to send its gRPC request (kaspad sends it at once)
+    request_timeout: float = 5.0
+
+    @property
+    def connection_cap(self) -> int:
+        """``max_connections`` with 0 resolved (the rule of bridge.net.bridge's default)."""
+        return self.max_connections or max(8, 4 * self.count)
 
     @property
     def ports(self) -> range:
@@ -315,6 +325,9 @@ class PoolConfig:
     size: int
     slot_wait: float
     dial_timeout: float
+    #: seconds for an upstream's HTTP/2 handshake once dialed, and for each write to an idle
+    #: warm connection (a remote that stops reading is closed after it)
+    handshake_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,8 +383,9 @@ class _Spec:
     hi: float | None = None  # inclusive unless hi_open
     lo_open: bool = False
     hi_open: bool = False
-    #: 0 is also allowed, meaning "off", below ``lo`` (e.g. ``peers.refresh_interval = 0``)
-    zero_off: bool = False
+    #: when set, 0 is also allowed below ``lo``, meaning this (``peers.refresh_interval = 0``:
+    #: "off")
+    zero: str = ""
 
 
 # Bounds. A key that sets how often the bridge does something, or how long it waits, has a lower
@@ -405,6 +419,8 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "slots.base_port": _Spec("int", 16200, lo=1, hi=65535),
     "slots.count": _Spec("int", 4, lo=1, hi=64),
     "slots.allow_non_loopback": _Spec("bool", False),
+    "slots.max_connections": _Spec("int", 0, lo=1, hi=4096, zero="4 per slot port, at least 8"),
+    "slots.request_timeout": _Spec("float", 5.0, lo=1, hi=60),
     "inbound.listen": _Spec("str", "127.0.0.1:16300"),
     "inbound.allow_non_loopback": _Spec("bool", False),
     "inbound.max_connections": _Spec("int", 64, lo=1, hi=4096),
@@ -425,18 +441,19 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "peers.connect": _Spec("list", ()),
     "peers.allow_direct": _Spec("bool", False),
     "peers.onlynet": _Spec("list", ()),  # () = by mode: tor-only all three, hybrid onion
-    "peers.refresh_interval": _Spec("float", 600.0, lo=1, hi=86400, zero_off=True),
+    "peers.refresh_interval": _Spec("float", 600.0, lo=1, hi=86400, zero="off"),
     "peers.dns_seed": _Spec("bool", True),
     "peers.seeders": _Spec("list", ()),  # () = the network's DNS seeders
     "relay.max_message_bytes": _Spec("int", 1 << 30, lo=16384, hi=1 << 30),
     "relay.max_rewrite_bytes": _Spec("int", 4 << 20, lo=1024, hi=16 << 20),
     "relay.advertise_address": _Spec("bool", False),
     "relay.own_onion": _Spec("str", ""),
-    "relay.stall_timeout": _Spec("float", 60.0, lo=5, hi=3600, zero_off=True),
+    "relay.stall_timeout": _Spec("float", 60.0, lo=5, hi=3600, zero="off"),
     "relay.min_message_rate": _Spec("float", 1024.0, lo=0, hi=1 << 20),
     "pool.size": _Spec("int", 2, lo=0, hi=32),
     "pool.slot_wait": _Spec("float", 6.0, lo=1, hi=10, hi_open=True),
     "pool.dial_timeout": _Spec("float", 60.0, lo=5, hi=3600),
+    "pool.handshake_timeout": _Spec("float", 30.0, lo=5, hi=600),
     "metrics.listen": _Spec("str", ""),
 }
 
@@ -486,8 +503,8 @@ def _describe_allowed(spec: _Spec) -> str:
         lo = "" if spec.lo is None else f"{_fmt_num(spec.lo)} {'<' if spec.lo_open else '<='} "
         hi = "" if spec.hi is None else f" {'<' if spec.hi_open else '<='} {_fmt_num(spec.hi)}"
         kind += f" with {lo}value{hi}"
-        if spec.zero_off:
-            kind += ", or 0 (off)"
+        if spec.zero:
+            kind += f", or 0 ({spec.zero})"
     return kind
 
 
@@ -844,7 +861,7 @@ class _Builder:
 
     def _range(self, key: str, v: float) -> None:
         spec = _SCHEMA[key]
-        if spec.zero_off and v == 0:
+        if spec.zero and v == 0:
             return
         too_low = spec.lo is not None and (v <= spec.lo if spec.lo_open else v < spec.lo)
         too_high = spec.hi is not None and (v >= spec.hi if spec.hi_open else v > spec.hi)
@@ -946,11 +963,19 @@ def _build(raw: _Raw, home: str | None) -> Config:
             f"{slots_host_text!r} is not a loopback address: slots relay into Tor and must not be "
             "reachable from other hosts; set slots.allow_non_loopback = true to override",
         )
+    slot_cap = b.int_("slots.max_connections")
+    if 0 < slot_cap < count:
+        raise b.err_any(
+            ("slots.max_connections", "slots.count"),
+            f"slots.max_connections {slot_cap} is below slots.count {count}: kaspad makes one "
+            "connection per slot port and some would be refused")
     slots = SlotsConfig(
         host=str(slots_ip),
         base_port=base_port,
         count=count,
         allow_non_loopback=slots_non_loopback,
+        max_connections=slot_cap,
+        request_timeout=b.float_("slots.request_timeout"),
     )
 
     # [inbound]
@@ -1133,6 +1158,7 @@ def _build(raw: _Raw, home: str | None) -> Config:
         size=b.int_("pool.size"),
         slot_wait=b.float_("pool.slot_wait"),
         dial_timeout=b.float_("pool.dial_timeout"),
+        handshake_timeout=b.float_("pool.handshake_timeout"),
     )
 
     # [metrics]

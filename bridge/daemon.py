@@ -63,7 +63,7 @@ def fd_need(cfg: Config) -> int:
     inbound peer (the remote's and kaspad's), one per pending inbound connection, two per slot
     connection (kaspad's and its upstream), the warm pool and a dial per waiting slot."""
     inbound = 2 * cfg.inbound.max_connections + cfg.inbound.max_pending
-    slots = 2 * cfg.slots.count + cfg.pool.size + cfg.slots.count
+    slots = 2 * cfg.slots.connection_cap + cfg.pool.size + cfg.slots.count
     return inbound + slots + FD_OVERHEAD
 
 
@@ -86,9 +86,9 @@ def ensure_fd_limit(need: int) -> str | None:
     if soft >= need:
         return None
     return (f"the open-files limit is {soft} (hard limit {hard}), but inbound.max_connections, "
-            f"inbound.max_pending, slots.count and pool.size allow up to {need} open files: "
-            "connections beyond the limit fail (EMFILE); raise the limit (ulimit -n, systemd "
-            "LimitNOFILE=, docker --ulimit nofile=) or lower those keys")
+            f"inbound.max_pending, slots.max_connections and pool.size allow up to {need} open "
+            "files: connections beyond the limit fail (EMFILE); raise the limit (ulimit -n, "
+            "systemd LimitNOFILE=, docker --ulimit nofile=) or lower those keys")
 
 
 @dataclass

@@ -880,3 +880,47 @@ def test_sizes_and_rates_have_a_ceiling(key: str, too_big: int, largest: int) ->
     section, leaf = key.split(".")
     assert getattr(getattr(load_config(None, env={**ENV, env: str(largest)}), section),
                    leaf) == largest
+
+
+def test_slot_cap_and_upstream_timeouts_reach_the_bridge() -> None:
+    """The slot listener's connection cap and request timeout, and the upstream HTTP/2
+    handshake/idle-write timeout (issue G defects 4 and 5) are config keys wired into
+    BridgeOptions; 0 keeps the bridge's own default cap (4 per slot port, at least 8)."""
+    import dataclasses
+
+    import trio
+
+    from bridge.app import bridge_options
+    from bridge.net.bridge import Bridge, BridgeOptions
+
+    async def cap(options: BridgeOptions) -> int:  # the cap the slot listener enforces
+        return Bridge(dataclasses.replace(options, book_path=None)).max_slot_connections
+
+    default = bridge_options(load_config(None, env=ENV))
+    assert default.max_slot_connections is None
+    assert (default.slot_request_timeout, default.h2_handshake_timeout) == (5.0, 30.0)
+    assert trio.run(cap, default) == load_config(None, env=ENV).slots.connection_cap == 16
+    env = {**ENV, "KTB_SLOTS__MAX_CONNECTIONS": "6", "KTB_SLOTS__REQUEST_TIMEOUT": "2.5",
+           "KTB_POOL__HANDSHAKE_TIMEOUT": "45"}
+    opts = bridge_options(load_config(None, env=env))
+    assert (opts.max_slot_connections, opts.slot_request_timeout,
+            opts.h2_handshake_timeout) == (6, 2.5, 45.0)
+    assert trio.run(cap, opts) == 6
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "fragment"),
+    [
+        ({"KTB_SLOTS__MAX_CONNECTIONS": "3"}, "slots.max_connections", "below slots.count 4"),
+        ({"KTB_SLOTS__MAX_CONNECTIONS": "4097"}, "slots.max_connections", "value <= 4096"),
+        ({"KTB_SLOTS__MAX_CONNECTIONS": "-1"}, "slots.max_connections",
+         "or 0 (4 per slot port, at least 8)"),
+        ({"KTB_SLOTS__REQUEST_TIMEOUT": "0.001"}, "slots.request_timeout", "1 <= value <= 60"),
+        ({"KTB_POOL__HANDSHAKE_TIMEOUT": "0.001"}, "pool.handshake_timeout", "5 <= value"),
+    ],
+)
+def test_slot_cap_and_upstream_timeout_bounds(env: dict[str, str], key: str,
+                                              fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**ENV, **env})
+    assert info.value.key == key and fragment in str(info.value)

@@ -151,7 +151,7 @@ def test_open_files_limit_is_raised_to_what_the_bounds_allow(tmp_path: Path) -> 
     cfg = load_config(None, env={"HOME": str(tmp_path)}, overrides={
         "inbound.max_connections": 4096, "inbound.max_pending": 4096})
     need = fd_need(cfg)
-    assert need == 2 * 4096 + 4096 + 2 * 4 + 2 + 4 + FD_OVERHEAD
+    assert need == 2 * 4096 + 4096 + 2 * 16 + 2 + 4 + FD_OVERHEAD  # 16: 4 per slot port
     script = (
         "import resource, sys\n"
         "from bridge.daemon import ensure_fd_limit\n"
