@@ -333,6 +333,7 @@ class Case:
     health_failed: int = 0
     tput_base: float = 0.0  # honest messages/s before the flood
     tput_flood: float = 0.0  # during it
+    tput_after: float = float("nan")  # in the seconds after it (recovery)
     attack: list[dict[str, Any]] = field(default_factory=list)
     socks_connects: int | None = None  # Tor connections the daemon made during the flood
     cpu_pct: float = float("nan")  # target's CPU during the flood, % of one core
@@ -402,7 +403,7 @@ class World:
 
 
 def run_case(target: str, kind: str, conns: int, seconds: float, baseline: float,
-             world: World, workdir: Path) -> Case:
+             world: World, workdir: Path, after: float = 0.0) -> Case:
     case = Case(target, kind, conns, seconds, baseline, load=report.loadavg(),
                 started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     stoppers: list[Any] = []
@@ -466,12 +467,15 @@ def run_case(target: str, kind: str, conns: int, seconds: float, baseline: float
             case.wait_pct = (rb.tree_wait(pid) - wait0) / (t_end - t_flood) * 100
         if poller:
             poller.phase = "after"
-        case.tput_base = world.ask("rate", t0=t_base, t1=t_flood)["rate"] or float("nan")
-        case.tput_flood = world.ask("rate", t0=t_flood, t1=t_end)["rate"] or float("nan")
         case.attack = attacker.records(seconds + 60)
         attacker = None
-        time.sleep(0.5)
+        time.sleep(max(0.5, t_end + after - time.monotonic()))
         case.rss_end_kib = sampler.rss()
+        case.tput_base = world.ask("rate", t0=t_base, t1=t_flood)["rate"] or float("nan")
+        case.tput_flood = world.ask("rate", t0=t_flood, t1=t_end)["rate"] or float("nan")
+        if after:
+            case.tput_after = world.ask("rate", t0=t_end + 1.0,
+                                        t1=time.monotonic())["rate"] or float("nan")
         if daemon is not None:
             case.socks_connects = world.ask("connects")["connects"] - connects0
         if poller:
@@ -503,7 +507,8 @@ def summary_line(c: Case) -> str:
          f"(failed {c.health_failed}); " if c.target != "nghttpx" else "")
     return (f"{c.target:8s} {c.kind:8s} x{c.conns:<3d} RSS +{c.growth_mib():.1f} MiB "
             f"(start {c.rss_start_kib / 1024:.0f}, end {c.rss_end_kib / 1024:.0f}); {h}"
-            f"honest {c.tput_flood:.1f}/{c.tput_base:.1f} msg/s ({c.tput_ratio():.0%}); "
+            f"honest {c.tput_flood:.1f}/{c.tput_base:.1f} msg/s ({c.tput_ratio():.0%}; after "
+            f"{c.tput_after:.1f}); "
             f"CPU {c.cpu_pct:.0f} % (attacker {c.attacker_cpu_pct:.0f} %), run-queue wait "
             f"{c.wait_pct:.0f} %; "
             f"attacker conns {made}, closed {shut}"
@@ -569,7 +574,9 @@ def section(cases: list[Case]) -> str:
          "(MiB); **/health** p50 / p99 / max in ms during the flood (failed = no answer in "
          f"{HEALTH_TIMEOUT:.0f} s; before = p99 during the baseline); "
          "**honest** = honest relay messages/s during the flood / "
-         "before it (ratio); **attacker** = connections made / closed by the target (median "
+         "before it (ratio; after = in the seconds after the flood, from 1 s after its end: "
+         "recovery, and a hint of how much the box's load drifted); "
+         "**attacker** = connections made / closed by the target (median "
          "seconds to close; GOAWAY codes seen); **Tor conns** = SOCKS connections the daemon "
          "made during the flood; **CPU** = the target's CPU time during the flood, % of one "
          "core (the attacker process's in brackets; the attacker runs at nice "
@@ -581,7 +588,11 @@ def section(cases: list[Case]) -> str:
          "(ratio) | attacker: made / closed (median s) | GOAWAY | Tor conns | CPU % "
          "| wait % | stop s |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in cases:
+    kinds = [*BRIDGE_KINDS, *UPSTREAM_KINDS]
+    targets = ["bridge", "nghttpx", "upstream"]
+    for c in sorted(cases, key=lambda c: (c.target == "upstream", kinds.index(c.kind)
+                                          if c.kind in kinds else 99, c.conns,
+                                          targets.index(c.target))):
         made, shut, med = c.closed()
         codes = sorted({a["goaway"] for a in c.attack if a.get("goaway") is not None})
         if c.target == "nghttpx":
@@ -597,8 +608,9 @@ def section(cases: list[Case]) -> str:
         L.append(f"| {c.target} | {KIND_TEXT.get(c.kind, c.kind)} | {c.conns} | "
                  f"{c.seconds:.0f} | {c.growth_mib():+.1f}"
                  + (" (killed at the 4 GiB cap)" if c.rss_capped else "") + f" | {health} | "
-                 f"{_f(c.tput_flood, '{:.1f}')} / {_f(c.tput_base, '{:.1f}')} "
-                 f"({_f(c.tput_ratio() * 100)} %) | {made} / {shut}"
+                 f"{_f(c.tput_flood, '{:.0f}')} / {_f(c.tput_base, '{:.0f}')} "
+                 f"({_f(c.tput_ratio() * 100)} %; after {_f(c.tput_after, '{:.0f}')}) | "
+                 f"{made} / {shut}"
                  + (f" ({med:.2f})" if med is not None else "") + " | "
                  + (", ".join(str(x) for x in codes) or "—") + " | "
                  + ("—" if c.socks_connects is None else str(c.socks_connects))
@@ -614,7 +626,7 @@ def section(cases: list[Case]) -> str:
         checks = [("RSS", c.growth_mib() <= RSS_BOUND_MIB, f"{c.growth_mib():+.1f} MiB"),
                   ("/health p99", c.health(.99) <= HEALTH_P99_MS and not c.health_failed,
                    f"{c.health(.99):.0f} ms"),
-                  ("throughput", c.tput_ratio() >= TPUT_KEEP, f"{c.tput_ratio():.0%}")]
+                  ("throughput", c.tput_ratio() >= TPUT_KEEP, f"{c.tput_ratio():.1%}")]
         short = " (shorter than 60 s)" if c.seconds < 60 else ""
         L.append(f"* {c.target}, {KIND_TEXT.get(c.kind, c.kind)}{short}: " + "; ".join(
             f"{name} {val} {'holds' if ok else '**fails**'}" for name, ok, val in checks))
@@ -638,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="flood duration per case")
     ap.add_argument("--baseline", type=float, default=8.0,
                     help="honest-only seconds before each flood")
+    ap.add_argument("--after", type=float, default=6.0,
+                    help="seconds the honest relay is measured after the flood (recovery)")
     ap.add_argument("--conns", default="1,32", help="attacker connection counts")
     ap.add_argument("--targets", default="bridge,upstream,nghttpx")
     ap.add_argument("--kinds", default="", help="only these flood kinds (default: all)")
@@ -675,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for target, kind, n in plan:
             with tempfile.TemporaryDirectory(prefix="flood-") as d:
-                c = run_case(target, kind, n, args.seconds, args.baseline, world, Path(d))
+                c = run_case(target, kind, n, args.seconds, args.baseline, world, Path(d),
+                             args.after)
             c.cmd, c.commit = cmd, commit
             cases.append(c)
             print(summary_line(c), flush=True)
