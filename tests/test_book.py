@@ -269,8 +269,10 @@ def test_eviction_rule(db: Path) -> None:
         assert not b.learn(NET, "1.0.0.4", 1, source="gossip:peer 5.5.9.9:7", now=4)  # same /16
         assert b.stats["dropped"] == 2
         # ... unless one of its own is terrible (3 failures, or not seen for 30 days)
-        for _ in range(3):
+        for _ in range(2):
             b.record_failure(NET, "1.0.0.2", 1, now=5)
+        assert not b.learn(NET, "1.0.0.4", 1, source=a, now=5)  # 2 failures: not yet
+        b.record_failure(NET, "1.0.0.2", 1, now=5)
         assert b.learn(NET, "1.0.0.4", 1, source=a, now=6)
         assert b.get(NET, "1.0.0.2", 1) is None
         assert b.learn(NET, "1.0.0.5", 1, source=a, now=6 + 31 * 86400)
@@ -426,9 +428,13 @@ _HOSTS = ["10.0.0.1", "1.0.0.1", "1.0.0.2", "1.1.0.1", "2001:db8::1", "2001:4860
           "::ffff:1.0.0.1", "::ffff:10.0.0.1", "127.0.0.1",
           ONION.host, ONION.host.upper(), OnionAddress.from_pubkey(b"\x03" * 32).host]
 _EP = st.tuples(st.sampled_from(_HOSTS), st.sampled_from([1, 2]))
-_SRC = st.sampled_from(["gossip:peer 5.5.0.1:1", "version:peer 5.5.7.7:2", "gossip:peer 6.6.0.1:1",
-                        "gossip:kaspad", "gossip:inbound peer #3", "inbound-version", "gossip:odd",
-                        "seed", "config"])
+_GROUPS = {  # source -> its quota group (bridge.core.addrman.source_group)
+    "gossip:peer 5.5.0.1:1": "ipv4:5.5", "version:peer 5.5.7.7:2": "ipv4:5.5",
+    **{f"gossip:peer 7.{i}.0.1:1": f"ipv4:7.{i}" for i in range(6)},
+    "gossip:kaspad": "kaspad", "gossip:inbound peer #3": "inbound", "inbound-version": "inbound",
+    "gossip:odd": "other", "seed": "seed", "config": "config",
+}
+_SRC = st.sampled_from(sorted(_GROUPS))
 _NOW = st.integers(0, 30).map(float)
 _NETS = st.sampled_from([NET, TESTNET])
 
@@ -486,9 +492,7 @@ class BookMachine(RuleBasedStateMachine):
                      addrv2: bool) -> set[tuple[str, int]]:
         new = set()
         rank = source_rank(src)
-        group = ("seed" if src == "seed" else "config" if src == "config" else
-                 "ipv4:5.5" if "5.5." in src else "ipv4:6.6" if "6.6." in src else
-                 "kaspad" if "kaspad" in src else "inbound" if "inbound" in src else "other")
+        group = _GROUPS[src]
         todo: dict[tuple[str, int], str] = {}
         for host, port in eps:
             h, p, kind = normalize_endpoint(host, port)
