@@ -116,6 +116,8 @@ class BridgeOptions:
     dial: DialPolicy = field(default_factory=lambda: DialPolicy(proxy=None))
     pool_size: int = 2
     slot_wait: float = 6.0
+    #: seconds for a warm upstream's HTTP/2 handshake, and for its remote to take each write
+    #: of the pool while the connection is idle (a remote that stops reading is closed)
     h2_handshake_timeout: float = 30.0
     #: inbound connections relayed to kaspad at once (each holds a kaspad connection); more are
     #: answered UNAVAILABLE. Keep it below kaspad's inbound limit (--maxinpeers, default 128).

@@ -32,6 +32,7 @@ import trio
 
 from bridge.rig.emulator import KaspadEmulator, make_block_message
 from tests.costs import StallMeter, rss_bytes
+from tests.faults.remote import Ctx, RawClient, ScriptedRemote
 from tests.faults.rig import (
     SlotRig,
     close_wait,
@@ -166,6 +167,34 @@ async def test_silent_connection_blames_the_local_side(
         for s in (silent, preface):
             await s.aclose()
         await honest_kaspad_relays(rig, 72)
+        nursery.cancel_scope.cancel()
+
+
+async def test_local_client_that_leaves_credits_no_remote(
+        emulators: Callable[..., KaspadEmulator]) -> None:
+    """Regression: a relay that ended because the local side left, before the remote could
+    handshake, recorded a *success* for that remote (it never sent its Version). Now it
+    records neither a success nor a failure; the candidate is only freed."""
+    async def hold(ctx: Ctx) -> None:
+        await ctx.hold()
+
+    hostile = ScriptedRemote(script=hold)  # warm, but never answers the stream
+    async with trio.open_nursery() as nursery:
+        hport = await nursery.start(hostile.serve)
+        rig = await start_slot_rig(nursery, emulators, hport, pool_size=1)
+        await until(lambda: rig.bridge.pool.ready_count == 1 and hostile.connections == 1, 10,
+                    "H warm (the pool dials the candidates in order)")
+        assert rig.h is not None
+        before = records(rig)[str(rig.h)]
+        c = await RawClient.connect(rig.bridge.slot_ports[0])
+        await c.preface()
+        await c.open_stream()
+        await until(lambda: hostile.requests == 1, 5, "the request relayed to H")
+        await c.aclose()
+        await until(lambda: not rig.bridge.relays, 5, "the relay over")
+        failures, successes, in_use = records(rig)[str(rig.h)]
+        assert (failures, successes) == before[:2], (before, records(rig)[str(rig.h)])
+        assert not in_use
         nursery.cancel_scope.cancel()
 
 
