@@ -40,6 +40,8 @@ from typing import Any
 DEFAULT_OUT = "fuzz-out"
 STATUS_EVERY = 2.0  # seconds between a worker's status writes
 MAX_FAILURE_FILES = 50  # distinct failures saved per shard
+#: CPU bounds of the targets (tests/fuzz/targets.py BOUNDS) are multiplied by this under atheris
+ATHERIS_COST_SCALE = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +161,7 @@ def run_worker(args: argparse.Namespace) -> int:
         atheris: Any = importlib.import_module("atheris")
         with atheris.instrument_imports(include=["bridge", "h2", "hpack", "hyperframe", "tests"]):
             targets = importlib.import_module("tests.fuzz.targets")
+        vars(targets)["COST_SCALE"] = ATHERIS_COST_SCALE  # instrumented code is slower
     else:
         targets = importlib.import_module("tests.fuzz.targets")
     target = targets.TARGETS[args.worker]

@@ -15,6 +15,13 @@ escaping (``IndexError``, ``KeyError``, ``AssertionError``, an ``h2`` exception,
 ``UnicodeDecodeError``, ``RecursionError``, ...) or a broken invariant raises
 :class:`ContractViolation`.
 
+Every target also has a **cost bound** (issue 10; docs/fuzzing.md, "Costs"): the CPU time and
+the peak of Python allocations (``tracemalloc``, :func:`tests.costs.python_memory`) of one input
+may not exceed the target's :class:`CostBound`. Inputs are at most a few KiB, so an input that
+costs seconds or tens of MiB is a cheap input with an expensive effect (a gzip bomb, millions of
+tiny protobuf fields, an address list decoded before its size was checked), and fails like an
+exception would.
+
 The same functions run under hypothesis in ``tests/fuzz/test_fuzz.py`` and under atheris or
 hypothesis in the campaign (``python3 -m tests.fuzz.campaign``).
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +54,7 @@ from bridge.errors import (
     ProtocolError,
 )
 from tests.core.relay_harness import READY, REQUEST_ADDRESSES, REQUEST_HEADERS, VERACK
+from tests.costs import python_memory
 
 T = TypeVar("T")
 
@@ -72,14 +81,62 @@ def guarded(fn: Callable[[], T], allowed: tuple[type[BaseException], ...]) -> T 
         raise ContractViolation(f"undeclared {type(exc).__name__} escaped: {exc!r}") from exc
 
 
-def contract(fn: Callable[[bytes], None]) -> Callable[[bytes], None]:
-    """Decorates a target: an exception escaping a call the target did not guard is a
-    violation too."""
-    @functools.wraps(fn)
-    def target(data: bytes) -> None:
-        guarded(lambda: fn(data), ())
+MiB = 1 << 20
 
-    return target
+
+@dataclass(frozen=True, slots=True)
+class CostBound:
+    """What one input of a target may cost: process CPU seconds and peak Python allocation
+    (bytes). Set from the targets' worst honest inputs, with a wide margin (docs/fuzzing.md)."""
+
+    cpu: float
+    memory: int
+
+
+#: Multiplies the CPU bounds: the campaign's atheris workers run instrumented code (slower).
+COST_SCALE = 1.0
+#: The largest cost seen per target (for calibration and the campaign's summary).
+COSTS_SEEN: dict[str, tuple[float, int]] = {}
+
+
+#: Per target (docs/fuzzing.md, "Costs").
+BOUNDS: dict[str, CostBound] = {
+    # (worst honest input seen in 500 hypothesis + random inputs, docs/fuzzing.md "Costs")
+    "grpc_reader": CostBound(0.5, 16 * MiB),  # 26 ms, 0.01 MiB
+    "grpc_sniffer": CostBound(0.5, 16 * MiB),  # 1 ms, 0.3 MiB
+    "proto": CostBound(2.0, 16 * MiB),  # 181 ms, 0.7 MiB (2500-entry Addresses)
+    "onion": CostBound(0.5, 16 * MiB),  # 2 ms, 0.01 MiB
+    "policy": CostBound(1.0, 16 * MiB),  # 6 ms, 0.3 MiB
+    "probe": CostBound(1.0, 16 * MiB),  # 27 ms, 0.7 MiB
+    "relay": CostBound(2.0, 16 * MiB),  # 106 ms, 0.7 MiB
+    "relay_passthrough": CostBound(5.0, 16 * MiB),  # 598 ms, 0.9 MiB (32 x 70 KB messages)
+    "hostile": CostBound(2.0, 16 * MiB),  # 256 ms, 1.3 MiB
+}
+
+
+def contract(bound: CostBound) -> Callable[[Callable[[bytes], None]], Callable[[bytes], None]]:
+    """Decorates a target: an exception escaping a call the target did not guard is a
+    violation too, and so is an input that costs more than ``bound``."""
+    def decorate(fn: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        name = fn.__name__.removeprefix("fuzz_")
+
+        @functools.wraps(fn)
+        def target(data: bytes) -> None:
+            with python_memory() as mem:
+                t0 = time.process_time()
+                guarded(lambda: fn(data), ())
+                cpu = time.process_time() - t0
+            seen = COSTS_SEEN.get(name, (0.0, 0))
+            COSTS_SEEN[name] = (max(seen[0], cpu), max(seen[1], mem.peak))
+            check(mem.peak <= bound.memory,
+                  f"one input allocated {mem.peak / MiB:.1f} MiB at its peak (bound "
+                  f"{bound.memory / MiB:.1f} MiB)")
+            check(cpu <= bound.cpu * COST_SCALE,
+                  f"one input took {cpu:.2f} s of CPU (bound {bound.cpu * COST_SCALE:.2f} s)")
+
+        return target
+
+    return decorate
 
 
 def check(condition: bool, what: str) -> None:
@@ -383,7 +440,7 @@ def _oracle_frames(stream: bytes, max_length: int
     return out, False, stream[pos:]
 
 
-@contract
+@contract(BOUNDS["grpc_reader"])
 def fuzz_grpc_reader(data: bytes) -> None:
     """MessageReader in any chunking agrees with a whole-stream oracle; only FramingError."""
     src = Source(data)
@@ -435,7 +492,7 @@ def fuzz_grpc_reader(data: bytes) -> None:
             check(bytes(cur) == tail[5:], "partial message bytes differ")
 
 
-@contract
+@contract(BOUNDS["grpc_sniffer"])
 def fuzz_grpc_sniffer(data: bytes) -> None:
     """PayloadSniffer (plain and gzip) agrees with a full decode; only DecodeError."""
     src = Source(data)
@@ -486,7 +543,7 @@ def _exercise_netaddress(na: proto.NetAddress) -> None:
               "kaspad_accepts() accepted an entry kaspad rejects")
 
 
-@contract
+@contract(BOUNDS["proto"])
 def fuzz_proto(data: bytes) -> None:
     """The protobuf subset: every decoder and accessor; only DecodeError; byte-exact round trips."""
     src = Source(data)
@@ -558,7 +615,7 @@ def fuzz_proto(data: bytes) -> None:
 # Targets: onion
 
 
-@contract
+@contract(BOUNDS["onion"])
 def fuzz_onion(data: bytes) -> None:
     """OnionAddress.parse on anything; only OnionAddressError; accepted = canonical round trip."""
     src = Source(data)
@@ -638,7 +695,7 @@ def _check_rewritten(pol: policy.ConnectionPolicy, direction: policy.Direction, 
                       "remote's own onion gossiped back")
 
 
-@contract
+@contract(BOUNDS["policy"])
 def fuzz_policy(data: bytes) -> None:
     """ConnectionPolicy classify/rewrite on arbitrary traffic (gzip'd or not) in both
     directions; only ProtocolError subclasses; nothing kaspad disconnects on reaches it."""
@@ -888,7 +945,7 @@ def deliver_mutated(src: Source, peer: WirePeer) -> None:
 # Target: probe
 
 
-@contract
+@contract(BOUNDS["probe"])
 def fuzz_probe(data: bytes) -> None:
     """ProbeClient against a scripted, mutated kaspad server: nothing escapes receive(),
     timeout(), connection_lost() or close(); exactly one Closed, after which nothing is sent."""
@@ -1001,6 +1058,28 @@ def fuzz_probe(data: bytes) -> None:
 _WINDOWS = (65535, 512 * 1024, 16384 * 5)
 
 
+def _payload_fields(plain: bytes) -> list[int] | None:
+    """The numbers of a KaspadMessage's payload fields (length-delimited, not an id), walking
+    its top level without copying; ``None`` if it does not parse."""
+    out = []
+    pos = 0
+    try:
+        while pos < len(plain):
+            key, pos = proto.decode_varint(plain, pos)
+            if key & 7 == proto.LEN:
+                length, pos = proto.decode_varint(plain, pos)
+                pos += length
+                if key >> 3 not in (proto.RESPONSE_ID, proto.REQUEST_ID):
+                    out.append(key >> 3)
+            elif key & 7 == proto.VARINT:
+                _, pos = proto.decode_varint(plain, pos)
+            else:
+                pos += {proto.I64: 8, proto.I32: 4}.get(key & 7, 1 << 62)
+    except DecodeError:
+        return None
+    return out if pos == len(plain) else None
+
+
 class RelayRig:
     """A Relay between two WirePeers, with the checks every step runs."""
 
@@ -1082,7 +1161,7 @@ class RelayRig:
         plain: bytes | None = body
         if compressed:
             try:
-                plain = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
+                plain = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, 64 * MiB)
             except zlib.error:
                 plain = None  # a passed-through message corrupted after its first bytes
         if plain is None:
@@ -1090,6 +1169,13 @@ class RelayRig:
         tag = proto.peek_payload_tag(plain)  # the relay sniffed it: it must decode
         check(tag in proto.KNOWN_PAYLOADS, f"kaspad got payload type {tag}")
         assert tag is not None
+        # protobuf keeps the last member of the payload oneof: kaspad must get exactly one, the
+        # one the relay classified (issue 10, defect 6)
+        payloads = _payload_fields(plain)
+        if payloads is None:
+            payloads = [tag]  # truncated or corrupt after the checked part: kaspad drops it
+        check(payloads == [tag], f"kaspad got a {proto.payload_name(tag)} whose payload fields "
+              f"are {payloads}: protobuf decodes it as a {proto.payload_name(payloads[-1])}")
         order = {proto.VERSION: 1, proto.VERACK: 2, proto.READY: 3}
         if tag in order:
             check(order[tag] == self.kaspad_stage + 1, f"kaspad got {proto.payload_name(tag)} "
@@ -1135,7 +1221,7 @@ class RelayRig:
                 return
 
 
-@contract
+@contract(BOUNDS["relay"])
 def fuzz_relay(data: bytes) -> None:
     """The relay against hostile, structured-but-mutated HTTP/2 from either side, delivered in
     arbitrary chunkings: nothing escapes, bad input becomes a typed close, no bytes after the
@@ -1234,7 +1320,7 @@ def fuzz_relay(data: bytes) -> None:
     rig.pump(src)
 
 
-@contract
+@contract(BOUNDS["relay_passthrough"])
 def fuzz_relay_passthrough(data: bytes) -> None:
     """Well-formed traffic through the relay in arbitrary chunkings and with receivers that
     stall: every pass-through message arrives byte for byte (gzip body and flag included), in
@@ -1306,6 +1392,149 @@ def fuzz_relay_passthrough(data: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Target: hostile (what an input costs; issue 10)
+
+
+def tiny_fields(size: int) -> bytes:
+    """``size`` bytes of two-byte varint fields: what a gzip bomb inflates to, and the most
+    fields per byte protobuf allows."""
+    return b"\x78\x00" * (size // 2)
+
+
+def many_addresses(n: int, first: int = 0) -> bytes:
+    """An AddressesMessage payload of ``n`` distinct IPv4 entries, built fast."""
+    return b"".join(b"\x0a\x09\x1a\x04" + (first + i).to_bytes(4, "big") + b"\x20\xef\x7d"
+                    for i in range(n))
+
+
+_ONION_ENTRY = proto.NetAddress.from_onion(onion.OnionAddress(bytes(range(7, 39))).host, 16111)
+
+
+@dataclass(frozen=True, slots=True)
+class Hostile:
+    """A KaspadMessage: ``head`` then ``tiny`` bytes of tiny fields (a bomb's body, never
+    built whole by the harness: it is gzip'd as a stream)."""
+
+    head: bytes
+    tiny: int = 0
+
+    def plain(self) -> bytes:
+        return self.head + tiny_fields(self.tiny)
+
+    def gzip(self) -> bytes:
+        c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        out = [c.compress(self.head)]
+        chunk = tiny_fields(64 * 1024)
+        left = self.tiny
+        while left > 0:
+            out.append(c.compress(chunk[:left]))
+            left -= len(chunk)
+        out.append(c.flush())
+        return b"".join(out)
+
+
+def hostile_message(src: Source) -> Hostile:
+    """A KaspadMessage that is cheap to send and was expensive (or misleading) to receive."""
+    kind = src.below(6)
+    if kind == 0:  # a bomb: a message of tiny fields, any type, up to 4 MiB inflated
+        tag = src.pick((proto.VERSION, proto.ADDRESSES, proto.PING, proto.BLOCK, proto.VERACK,
+                        proto.INV_RELAY_BLOCK))
+        size = src.pick((64 * 1024, MiB, 4 * MiB - 64, 300_000))  # within max_rewrite_bytes
+        inner = proto.make_varint_field(1, 7).raw if tag == proto.PING else b""
+        head = (proto.encode_varint(tag << 3 | proto.LEN) + proto.encode_varint(len(inner) + size)
+                + inner)
+        return Hostile(head, size)
+    if kind == 1:  # a second payload field: protobuf keeps the last one
+        first = src.pick((proto.make_len_field(proto.PING, b"\x08\x07").raw,
+                          proto.make_len_field(proto.BLOCK, src.blob(64) * 50).raw, VERACK,
+                          proto.make_len_field(proto.INV_RELAY_BLOCK, src.blob(40)).raw))
+        second = src.pick((proto.make_len_field(proto.ADDRESSES,
+                                                proto.encode_addresses([_ONION_ENTRY])).raw,
+                           proto.make_len_field(proto.VERSION, version_payload(src)).raw,
+                           READY, first))
+        ids = proto.make_varint_field(proto.REQUEST_ID, 3).raw if src.flag() else b""
+        return Hostile(first + ids + second)
+    if kind == 2:  # over kaspad's 2500 addresses, distinct entries
+        n = src.pick((2501, 3000, 10_001, 40_000))
+        return Hostile(proto.make_len_field(proto.ADDRESSES, many_addresses(n)).raw)
+    if kind == 3:  # 2500 entries, all accepted: the most an Addresses may cost
+        if src.flag():
+            payload = many_addresses(2500, src.below(1 << 16) << 16)
+        else:
+            payload = proto.encode_addresses([_ONION_ENTRY] * 2500)
+        return Hostile(proto.make_len_field(proto.ADDRESSES, payload).raw)
+    if kind == 4:  # a Version of tiny fields within the byte cap
+        return Hostile(proto.make_len_field(proto.VERSION, tiny_fields(60_000)).raw)
+    return Hostile(kaspad_message(src))
+
+
+@contract(BOUNDS["hostile"])
+def fuzz_hostile(data: bytes) -> None:
+    """Hostile messages through the relay, from either side, first or after a normal handshake:
+    gzip bombs of tiny protobuf fields in any message type, a second payload field, Addresses
+    over kaspad's limit or at it, a Version of tiny fields; gzip'd or not, in any chunking.
+    Nothing escapes, a refusal is a typed close, kaspad never gets a message whose effective
+    type differs from the checked one or more than 2500 addresses, the address book is never
+    handed more than 2500 entries from one message, and the input stays within its cost bound
+    (so a bomb the bridge decodes in full fails here)."""
+    src = Source(data)
+    # the hostile part is drawn first, so the fuzzer steers it directly; the rest of the input
+    # only chooses chunkings
+    kaspad_side = Side.UP if src.flag() else Side.DOWN
+    remote_side = Side.DOWN if kaspad_side is Side.UP else Side.UP
+    first = src.chance(3)  # the remote's very first message is the hostile one
+    script = [(src.flag(), src.chance(4), not src.chance(3), hostile_message(src))
+              for _ in range(1 if first else 1 + src.below(3))]
+    rig = RelayRig(src, kaspad_side=kaspad_side, settings=RelaySettings(),
+                   pol_settings=policy.PolicySettings())
+    handed: list[int] = []
+    rig.policy.shared.on_learn_ips = lambda ips, source: handed.append(len(ips))
+    down, up = rig.peers[Side.DOWN], rig.peers[Side.UP]
+    down.open(list(REQUEST_HEADERS))
+    rig.pump(src)
+    up.respond([(b":status", b"200"), (b"content-type", b"application/grpc"),
+                (b"grpc-encoding", b"gzip")])
+    rig.pump(src)
+
+    def send(side: Side, msg: Hostile | bytes, compressed: bool = True) -> None:
+        peer = rig.peers[side]
+        if peer.sid is None or peer.dead or peer.closed:
+            return
+        if isinstance(msg, bytes):
+            msg = Hostile(msg)
+        # a big bomb goes gzip'd only (the harness would spend seconds framing 4 MiB)
+        compressed = compressed or msg.tiny > 300_000
+        try:
+            peer.send(msg.gzip() if compressed else msg.plain(), compressed)
+        except _H2_API_ERRORS:
+            peer.lenient = True
+            return
+        rig.pump(src)
+
+    if not first:
+        for side, nid, services in ((kaspad_side, bytes(range(16)), 0),
+                                    (remote_side, bytes(range(16, 32)), proto.SERVICE_ADDRV2)):
+            v = proto.make_varint_field(proto.V_PROTOCOL, 8).raw
+            if services:
+                v += proto.make_varint_field(proto.V_SERVICES, services).raw
+            v += proto.make_len_field(proto.V_ID, nid).raw
+            v += proto.make_len_field(proto.V_NETWORK, b"kaspa-simnet").raw
+            send(side, proto.make_len_field(proto.VERSION, v).raw)
+        for side in (kaspad_side, remote_side):
+            send(side, VERACK)
+            send(side, READY)
+    for ask, from_kaspad, compressed, msg in script:
+        if rig.relay.closed is not None:
+            break
+        if ask and not first:
+            send(kaspad_side, REQUEST_ADDRESSES)
+        send(kaspad_side if from_kaspad else remote_side, msg, compressed)
+    rig.pump(src)
+    check(all(n <= policy.MAX_ADDRESSES_RECEIVE for n in handed),
+          f"the address book was handed {max(handed, default=0)} entries of one message")
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry
 
 
@@ -1330,4 +1559,5 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("probe", fuzz_probe, 2048, 0.6, 400),
     Target("relay", fuzz_relay, 4096, 0.8, 500),
     Target("relay_passthrough", fuzz_relay_passthrough, 1024, 0.2, 100),
+    Target("hostile", fuzz_hostile, 256, 0.3, 60),
 )}

@@ -3,6 +3,7 @@ campaign found, and proof that every target's contract check can fail."""
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ from bridge.core.relay import Relay, Side, new_upstream_connection
 from bridge.errors import DecodeError
 from tests.core.relay_harness import READY, VERACK, Peer, pump, version
 from tests.fuzz import targets
-from tests.fuzz.targets import TARGETS, ContractViolation, guarded
+from tests.fuzz.targets import TARGETS, ContractViolation, CostBound, contract, guarded
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
@@ -57,6 +58,18 @@ REGRESSIONS: list[tuple[str, str, bytes]] = [
         "69b14747474747474747af4747474742474747f05fb498d698b4641a474743d2d22843124323d0d185a5"
         "ff2d7c56a15d2a9c4effa9a6470ed96f7b9c72d2be7d05e37f166cd71c3b2aeadd31c70464ba87ad7d43"
         "b180a6be6c606a7aa6c1913b3a2189e3ae0e57957249b404382b84d0")),
+    # Issue 10: the hostile target's inputs for the attacks of defects 2, 3 and 6 (built from
+    # its decision bytes, see fuzz_hostile). Each fails on be2d1a4, the code before the fix,
+    # and the figures there are in docs/fuzzing.md ("Costs").
+    # Defect 2: gzip bombs of tiny fields (4 KB on the wire, 4 MiB inflated): 222 MiB / 74 s.
+    ("hostile", "G2-version-bomb-first", bytes.fromhex("0002000000000002")),
+    ("hostile", "G2-addresses-bomb", bytes.fromhex("000000010000000102")),
+    # Defect 3: more than 2500 addresses were handed to the address book before the check.
+    ("hostile", "G3-3000-addresses-unsolicited", bytes.fromhex("0000000000000201")),
+    ("hostile", "G3-40000-addresses", bytes.fromhex("0000000100000203")),
+    # Defect 6: Ping then Addresses(onion), gzip'd and plain: kaspad decoded an Addresses.
+    ("hostile", "G6-ping-then-addresses", bytes.fromhex("00000000000001000000")),
+    ("hostile", "G6-ping-then-addresses-plain", bytes.fromhex("00000000000201000000")),
 ]
 
 
@@ -149,6 +162,8 @@ _BREAKAGES: list[tuple[str, object, str, object]] = [
     ("relay", policy.ConnectionPolicy, "classify",  # a Ping reaches kaspad before Ready
      lambda self, direction, tag: policy.Action.PASS),
     ("relay_passthrough", relay._Pipe, "_emit", None),  # corrupts pass-through bytes
+    ("hostile", policy.ConnectionPolicy, "classify",  # the first input's Version bomb passes
+     lambda self, direction, tag: policy.Action.PASS),
 ]
 
 
@@ -175,6 +190,24 @@ def test_target_detects_a_broken_implementation(
     monkeypatch.setattr(obj, attr, replacement or _corrupting_emit())
     with pytest.raises(ContractViolation):
         TARGETS[name].fn(data)
+
+
+def test_cost_bound_fails_a_cheap_input_with_an_expensive_effect() -> None:
+    """The cost check itself: memory or CPU over the bound is a violation."""
+    def allocates(data: bytes) -> None:
+        blob = bytearray(2 << 20)
+        assert len(blob) > len(data)
+
+    def spins(data: bytes) -> None:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.05:
+            pass
+
+    contract(CostBound(10.0, 4 << 20))(allocates)(b"")
+    with pytest.raises(ContractViolation, match="allocated"):
+        contract(CostBound(10.0, 1 << 20))(allocates)(b"")
+    with pytest.raises(ContractViolation, match="CPU"):
+        contract(CostBound(0.01, 1 << 20))(spins)(b"")
 
 
 def test_every_target_has_a_breakage_test() -> None:
