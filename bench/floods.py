@@ -247,15 +247,26 @@ def p2p_attack(sock: socket.socket, kind: str, deadline: float, t0: float, rec: 
         if kind == "bomb":
             payload = bomb_payload()
         else:
-            peer.handshake(rb.raw_version())
+            try:
+                peer.handshake(rb.raw_version())
+            except Exception:  # the target closed the connection meanwhile
+                rec.closed = time.monotonic() - t0
+                rec.note = "closed in the handshake"
+                return
             end = min(deadline, time.monotonic() + 10)
             while peer.counter.count < 3 and time.monotonic() < end and not peer.closed.is_set():
                 time.sleep(0.01)  # the other side's Version, Verack, Ready
             if peer.counter.count < 3:
                 rec.note = f"handshake incomplete ({peer.counter.count} messages)"
             payload = addrs_payload()
-        rec.sent += len(payload) if peer.send(payload) else 0
-        if peer.closed.wait(max(0.0, min(10.0, deadline - time.monotonic()))):
+        try:
+            rec.sent += len(payload) if peer.send(payload) else 0
+        except Exception:  # h2 refuses: the target closed the connection meanwhile
+            rec.closed = time.monotonic() - t0
+            rec.note = "closed while sending"
+            return
+        if rec.closed is None and peer.closed.wait(
+                max(0.0, min(10.0, deadline - time.monotonic()))):
             rec.closed = time.monotonic() - t0
         rec.note = rec.note or ("closed" if rec.closed is not None else "not closed in 10 s")
     finally:
