@@ -316,9 +316,9 @@ class ConnectionPolicy:
                 return message
         except proto.TooManyAddresses as exc:
             if direction is Direction.TO_KASPAD:
-                raise PolicyViolation(f"{self.remote_label} sent {exc}", fault=Fault.REMOTE) \
-                    from exc
-            raise PolicyViolation(f"kaspad sent {exc}", fault=Fault.KASPAD) from exc
+                raise PolicyViolation(f"{self.remote_label} sent {exc.what}",
+                                      fault=Fault.REMOTE) from exc
+            raise PolicyViolation(f"kaspad sent {exc.what}", fault=Fault.KASPAD) from exc
         except DecodeError as exc:
             if direction is Direction.TO_KASPAD:
                 raise PolicyViolation(f"{self.remote_label} sent an undecodable message: {exc}",

@@ -114,7 +114,8 @@ class TooManyAddresses(DecodeError):
 
     def __init__(self, count: int, limit: int, *, exact: bool = True) -> None:
         what = f"{count}" if exact else f"more than {count}"
-        super().__init__(f"{what} addresses (kaspad's limit is {limit})")
+        self.what = f"{what} addresses (kaspad's limit is {limit})"
+        super().__init__(f"Addresses has {what} entries; kaspad disconnects above {limit}")
         self.count = count
         self.limit = limit
         self.exact = exact
