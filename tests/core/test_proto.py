@@ -716,3 +716,118 @@ def test_known_payloads_match_the_protos() -> None:
         proto.REQUEST_ID)
     assert proto.payload_name(proto.VERSION) == "Version"
     assert proto.payload_name(63) == "payload#63"
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded decoding (issue 10, defects 2, 3 and 6)
+
+_NA_FIELD = st.one_of(
+    st.builds(proto.make_varint_field, st.sampled_from([1, 3, 4, 5, 2, 9]),
+              st.sampled_from([0, 1, 127, 128, 16111, 65535, 65536, (1 << 64) - 1])),
+    st.builds(proto.make_len_field, st.sampled_from([1, 3, 4, 5, 6]),
+              st.sampled_from([b"", bytes(4), bytes(16), bytes(3), b"x" * 62, b"\xff" * 62,
+                               b"y" * 200])),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(_NA_FIELD, max_size=6))
+def test_canonical_netaddress_reading_agrees_with_the_field_by_field_one(
+        fields: list[proto.Field]) -> None:
+    """The one-pass reading (most entries) and the general one must say the same thing."""
+    raw = proto.encode_fields(fields)
+    slow = proto.NetAddress(proto.parse(raw))
+    try:
+        fast = proto.NetAddress.decode(raw)
+    except DecodeError:
+        assert len(fields) > proto.MAX_NET_ADDRESS_FIELDS
+        return
+
+    def view(na: proto.NetAddress) -> tuple[object, ...]:
+        out: list[object] = [na.encode(), na.kaspad_accepts()]
+        for get in (lambda: na.ip, lambda: na.port, lambda: na.onion):
+            try:
+                out.append(get())
+            except DecodeError:
+                out.append("DecodeError")
+        return tuple(out)
+
+    assert view(fast) == view(slow)
+    assert fast == slow and fast.fields == slow.fields
+
+
+def test_decoding_stops_at_the_field_caps() -> None:
+    tiny = proto.make_varint_field(15, 0).raw
+    with pytest.raises(proto.TooManyFields, match="Version has more than 64"):
+        proto.Version.decode(tiny * 65)
+    assert len(proto.Version.decode(tiny * 64).fields) == 64
+    with pytest.raises(proto.TooManyFields):
+        proto.NetAddress.decode(tiny * 9)
+    with pytest.raises(proto.TooManyFields):
+        proto.Envelope.decode(proto.make_len_field(proto.PING, b"").raw + tiny * 8)
+
+
+def test_version_address_is_the_merge_of_its_occurrences() -> None:
+    """protobuf merges a repeated embedded message: an ip in one and an onion in the next is
+    one address with both; the bridge sees that too (and removes all of them together)."""
+    ip = proto.make_len_field(proto.V_ADDRESS, proto.NetAddress.from_ip(bytes(4), 1).encode())
+    oni = proto.make_len_field(proto.V_ADDRESS, proto.NetAddress.from_onion(
+        OnionAddress.from_pubkey(bytes(32)).host, 2).encode())
+    v = proto.Version.decode(proto.encode_fields([ip, oni]))
+    addr = v.address
+    assert addr is not None and addr.ip == bytes(4) and addr.onion is not None
+    assert addr.port == 2 and not addr.kaspad_accepts()
+    v.address = None
+    assert v.address is None and v.fields == []
+
+
+def test_addresses_are_counted_before_they_are_decoded() -> None:
+    entry = proto.NetAddress.from_ip(bytes([1, 2, 3, 4]), 16111)
+    payload = proto.encode_addresses([entry] * 2500)
+    assert len(proto.decode_addresses(payload)) == 2500
+    with pytest.raises(proto.TooManyAddresses) as exc:
+        proto.decode_addresses(payload + proto.encode_addresses([entry]))
+    assert exc.value.count == 2501 and "2501 entries" in str(exc.value)
+    with pytest.raises(proto.TooManyAddresses, match="more than 10000"):
+        proto.decode_addresses(b"\x0a\x00" * 20_000)
+    with pytest.raises(proto.TooManyFields):  # junk fields count too
+        proto.decode_addresses(b"\x10\x00" * 20_000)
+    with pytest.raises(DecodeError):  # an entry that is not length-delimited
+        proto.count_addresses(b"\x08\x01")
+    spans = proto.count_addresses(proto.make_varint_field(7, 1).raw + payload[:11])
+    assert spans == [(4, 13)]
+
+
+_PAYLOAD = st.builds(lambda n, body: proto.make_len_field(n, body).raw,
+                     st.sampled_from(sorted(proto.KNOWN_PAYLOADS)), st.binary(max_size=300))
+_OTHER = st.sampled_from([proto.make_varint_field(proto.RESPONSE_ID, 5).raw,
+                          proto.make_varint_field(proto.REQUEST_ID, 1 << 40).raw,
+                          proto.make_varint_field(200, 1).raw, b"\x0d\x01\x02\x03\x04"])
+
+
+@settings(max_examples=300)
+@given(st.lists(_PAYLOAD | _OTHER, max_size=6), st.lists(st.integers(1, 400), max_size=8))
+def test_envelope_scanner_agrees_with_the_whole_message_decode(parts: list[bytes],
+                                                               cuts: list[int]) -> None:
+    """In any chunking, the scanner refuses exactly the messages Envelope.decode refuses
+    (two payloads, too many fields, ...), and finds the same payload."""
+    msg = b"".join(parts)
+    try:
+        proto.peek_payload_tag(msg)  # the sniffer's rule: only ids before the payload
+        want: int | str = proto.Envelope.decode(msg).tag
+    except DecodeError:
+        want = "error"
+    s = proto.EnvelopeScanner()
+    got: int | str | None
+    try:
+        pos = 0
+        for c in sorted(cuts):
+            s.feed(msg[pos:c])
+            pos = max(pos, c)
+        s.feed(msg[pos:])
+        got = s.tag if s.at_boundary else "error"
+    except DecodeError:
+        got = "error"
+    if got is None:  # no payload at all: Envelope.decode refuses it too
+        got = "error"
+    assert got == want, msg.hex()
