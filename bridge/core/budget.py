@@ -9,6 +9,8 @@ no payload to relay, and what an unfinished header block may pin:
   HEADERS, CONTINUATION, PUSH_PROMISE, empty or padded DATA, unknown types) spend one token of a
   bucket of :attr:`BudgetSettings.burst` tokens. Tokens come back with useful work: one per
   :attr:`BudgetSettings.earn_bytes` bytes of gRPC payload relayed from or to that connection,
+  :attr:`BudgetSettings.per_data_frame` per DATA frame sent to it (the WINDOW_UPDATEs a
+  receiver may answer each one with),
   and :attr:`BudgetSettings.per_second` per second of time the shell passes in
   (:meth:`FrameBudget.tick`; the core has no clock). An empty bucket closes the connection with
   GOAWAY ENHANCE_YOUR_CALM (:class:`Flood`). This is the shape mature servers settled on after the
@@ -19,9 +21,10 @@ no payload to relay, and what an unfinished header block may pin:
   to the DATA it receives, which earns their tokens.
 * **Replies nobody reads.** ``h2`` answers every PING and SETTINGS on its own, into its outbound
   queue. A peer that never reads can make that queue grow one byte per byte it sends. Two bounds:
-  the shell stops reading a side while more than :attr:`BudgetSettings.max_unsent` bytes wait to
-  be written to it (``h2``'s queue plus what the shell holds, see
-  :meth:`bridge.core.relay.Relay.unsent`), and a peer that sends more than
+  the relay hands a peer no more relayed DATA while :attr:`BudgetSettings.max_unsent_data` bytes
+  wait to be written to it, the shell stops reading a side while more than
+  :attr:`BudgetSettings.max_unsent` bytes beyond that wait (``h2``'s queue plus what the shell
+  holds, see :meth:`bridge.core.relay.Relay.reading_paused`), and a peer that sends more than
   :attr:`BudgetSettings.max_unread_replies` reply-forcing frames while none of our output to it
   is being written is closed (ENHANCE_YOUR_CALM), as nghttp2 does with its retained-ACK limit.
 * **Header blocks.** A HEADERS frame without END_HEADERS keeps ``h2`` buffering CONTINUATIONs
@@ -76,9 +79,19 @@ class BudgetSettings:
     burst: int = 100
     #: one token back per this many bytes of gRPC payload relayed from or to the connection
     earn_bytes: int = 1024
+    #: tokens back per DATA frame sent to the peer (its WINDOW_UPDATEs for it: stream and
+    #: connection)
+    per_data_frame: int = 2
     #: tokens back per second of the shell's time
     per_second: float = 10.0
-    #: the shell stops reading a side while more bytes than this wait to be written to it
+    #: relayed DATA handed to a peer's h2 connection and not yet written to its socket: the
+    #: relay hands over no more (the source is not acknowledged, its window closes), so what is
+    #: held for a peer is bounded by this and our own windows, not by the window the peer grants
+    max_unsent_data: int = 256 * 1024
+    #: the shell stops reading a side while more bytes than this *beyond* ``max_unsent_data``
+    #: wait to be written to it (replies h2 queued on its own: PING/SETTINGS ACKs, ...). Relayed
+    #: DATA alone never pauses a reader: two bridges facing each other, both with a full queue
+    #: of DATA for the other, would each stop reading the other and deadlock.
     max_unsent: int = 256 * 1024
     #: reply-forcing frames (PING, SETTINGS) received while our output to that peer is stuck
     max_unread_replies: int = 1000
@@ -111,11 +124,15 @@ class FrameBudget:
 
     # -- earning ------------------------------------------------------------------------------
 
-    def earn(self, payload_bytes: int) -> None:
-        """Useful gRPC payload relayed from or to this connection."""
-        if payload_bytes > 0:
+    def earn(self, payload_bytes: int, *, frames_sent: int = 0) -> None:
+        """Useful gRPC payload relayed from or to this connection; ``frames_sent`` DATA frames
+        of it were sent to the peer. Each of those earns :attr:`BudgetSettings.per_data_frame`
+        tokens: a receiver may acknowledge every DATA frame with a stream and a connection
+        WINDOW_UPDATE (gRPC's C core does, for small messages), which is not a flood."""
+        if payload_bytes > 0 or frames_sent > 0:
             self.tokens = min(float(self.settings.burst),
-                              self.tokens + payload_bytes / self.settings.earn_bytes)
+                              self.tokens + payload_bytes / self.settings.earn_bytes
+                              + frames_sent * self.settings.per_data_frame)
 
     def tick(self, now: float) -> None:
         """The shell's clock (seconds, monotonic). Refills tokens; raises :class:`Flood` when

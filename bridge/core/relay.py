@@ -383,11 +383,12 @@ class _Pipe:
             item = self.out[0]
             while item.data:
                 window = dst.local_flow_control_window(sid)
-                n = min(window, dst.max_outbound_frame_size, len(item.data))
+                room = relay.settings.budget.max_unsent_data - dst_end.unsent
+                n = min(window, room, dst.max_outbound_frame_size, len(item.data))
                 if n <= 0:
                     break
                 dst.send_data(sid, item.data[:n].tobytes())
-                dst_end.budget.earn(n)
+                dst_end.budget.earn(n, frames_sent=1)
                 item.data = item.data[n:]
                 self.queued -= n
             if item.data:
@@ -537,10 +538,16 @@ class Relay:
 
     def unsent(self, side: Side) -> int:
         """Bytes produced for ``side`` and not yet written: h2's outbound queue (including the
-        ACKs h2 sends on its own) plus what the shell reported as being written. The shell stops
-        reading ``side`` while this is over ``settings.budget.max_unsent``."""
+        ACKs h2 sends on its own) plus what the shell reported as being written."""
         e = self._ends[side]
         return e.unsent if e is not None else 0
+
+    def reading_paused(self, side: Side) -> bool:
+        """Whether the shell must not read ``side`` now: more is waiting to be written to it
+        than relayed DATA can account for (``max_unsent_data``, which the relay never exceeds)
+        plus ``max_unsent`` -- replies it asked for and does not read."""
+        b = self.settings.budget
+        return self.unsent(side) > b.max_unsent_data + b.max_unsent
 
     def writing(self, side: Side, n: int) -> None:
         """The shell took ``n`` bytes from :meth:`data_to_send` and is writing them."""
@@ -549,10 +556,12 @@ class Relay:
             e.writing(n)
 
     def wrote(self, side: Side, n: int) -> None:
-        """The shell wrote ``n`` bytes to ``side``'s socket."""
+        """The shell wrote ``n`` bytes to ``side``'s socket; relayed data held back for want
+        of room (``max_unsent_data``) moves on."""
         e = self._ends[side]
         if e is not None:
             e.wrote(n)
+            self._flush()
 
     def deadline(self, side: Side) -> float | None:
         """When :meth:`tick` must be called again for ``side`` (its unfinished header block's

@@ -5,8 +5,9 @@ block on writes, so neither peer can deadlock the other; memory stays bounded be
 only produces what the HTTP/2 windows allow.
 
 Each side's budget (:mod:`bridge.core.budget`) is enforced here too: a reader does not read
-while more than ``budget.max_unsent`` bytes wait to be written to its side (a peer that does not
-read what it asks for, e.g. PING ACKs, stops being read), writers report what they wrote, and the
+while the relay says so (:meth:`~bridge.core.relay.Relay.reading_paused`: more waits to be
+written to that side than relayed data accounts for; a peer that does not read what it asks
+for, e.g. PING ACKs, stops being read), writers report what they wrote, and the
 readers pass time to the relay before each read and at its deadline (token refill, an unfinished
 header block's limit): nothing wakes up for an idle connection.
 
@@ -316,13 +317,12 @@ class RelayRunner:
         return float("inf") if d is None else d
 
     async def _room(self, side: Side) -> None:
-        """Wait while more than ``max_unsent`` bytes wait to be written to ``side``: a peer that
-        does not read what it is sent (PING/SETTINGS ACKs included) is not read either."""
-        limit = self.relay.settings.budget.max_unsent
-        if self.relay.unsent(side) <= limit:
+        """Wait while the relay says not to read ``side`` (:meth:`Relay.reading_paused`): a
+        peer that does not read what it asked for (PING/SETTINGS ACKs) is not read either."""
+        if not self.relay.reading_paused(side):
             return
         self.read_pauses[side] += 1
-        while self.relay.unsent(side) > limit and not self.relay.finished:
+        while self.relay.reading_paused(side) and not self.relay.finished:
             with trio.move_on_at(self._deadline(side)):
                 await self._drained[side].wait()
             self._tick()
@@ -378,7 +378,7 @@ class RelayRunner:
                         self._kick_all()
                         return
                     self.relay.wrote(side, len(data))
-                    self._drained[side].set()
+                    self._kick_all()  # held-back data moved on; the source's window reopened
                     continue
                 if self.relay.finished:
                     return

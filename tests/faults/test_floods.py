@@ -283,7 +283,8 @@ async def test_runner_stops_reading_a_peer_that_does_not_read() -> None:
     the status "buffered" figure; reading resumes once the peer reads."""
     from bridge.core.budget import BudgetSettings  # (a test of the fix: not on be2d1a4)
 
-    budget = BudgetSettings(burst=10**9, max_unread_replies=10**9, max_unsent=8192)
+    budget = BudgetSettings(burst=10**9, max_unread_replies=10**9, max_unsent=8192,
+                            max_unsent_data=0)  # (no relayed data here)
     policy = ConnectionPolicy(GossipState(own_onion=OnionPeer(ONION_SELF, PORT)),
                               PolicySettings(), remote_label="inbound peer #1")
     relay = Relay(policy, kaspad_side=Side.UP, upstream_authority=b"127.0.0.1:16111",
