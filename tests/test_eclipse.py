@@ -245,3 +245,49 @@ async def test_bridge_stores_the_onions_of_one_message_in_one_transaction(
     stored = {e.host for e in book.entries(NET)}
     assert len(stored) == 4096 * 3 // 4 // 16  # the source group's quota of the new table
     book.close()
+
+
+async def test_running_bridge_writes_learned_addresses_off_the_event_loop(
+        tmp_path: Path) -> None:
+    """A running bridge hands gossiped addresses to a writer thread: storing a 2500-entry
+    Addresses message (~0.1-0.3 s of book work on this box) must not stall every relay and
+    /health. The hook returns at once; the batch lands in the book from another thread."""
+    import threading
+
+    from tests.costs import StallMeter
+
+    path = tmp_path / "data" / "peers.sqlite"
+    opts = BridgeOptions(kaspad_p2p=("127.0.0.1", 1), candidates=[], book_path=path,
+                         slot_ports=[0], inbound=None, onlynet=frozenset({"onion"}))
+    # (onion-only: the IPs are stored, not dialed, so the pool does not pick among them; a
+    # pick over a full book costs ~25-100 ms of its own on this box, see the closing note)
+    bridge = Bridge(opts)
+    book = bridge.book
+    assert book is not None and bridge.gossip.on_learn_ips is not None
+    threads: list[bool] = []
+    learn_many = book.learn_many
+
+    def spy(*a: Any, **kw: Any) -> int:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return learn_many(*a, **kw)
+
+    book.learn_many = spy  # type: ignore[method-assign]
+    rng = random.Random(11)
+    batches = [[(f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.1", 16111)
+                for _ in range(BATCH)] for _ in range(4)]
+    meter = StallMeter()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bridge.run)
+        with meter.installed():
+            for k, batch in enumerate(batches):
+                bridge.gossip.on_learn_ips(batch, f"gossip:peer 5.{k}.7.8:16111")
+            with trio.fail_after(60):
+                while bridge.book_stats["batches"] < len(batches):
+                    await trio.sleep(0.01)
+        stored = len(book.entries(NET))
+        nursery.cancel_scope.cancel()
+    print(f"\n{len(batches)} x {BATCH} gossiped addresses stored ({stored} in the book); "
+          f"{meter}")
+    assert threads and not any(threads), "learn_many ran on the trio thread"
+    assert stored >= 4 * 192 * 3 // 4  # (each source's quota, roughly)
+    assert meter.longest < 0.25, str(meter)  # (wall time: generous for a loaded box)

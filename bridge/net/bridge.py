@@ -61,6 +61,9 @@ from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.probe import harvest
 from bridge.net.runner import RelayRunner, StallPolicy
 
+#: learned-address batches (each up to one Addresses message) waiting for the book's writer
+BOOK_QUEUE = 32
+
 log = logging.getLogger("bridge")
 
 #: kaspad's client gives up if response HEADERS take longer than 10 s (facts §1.4); answer by 9.
@@ -208,24 +211,15 @@ class Bridge:
             return source
 
         def store_learned() -> None:
-            """One book transaction per source for the onions one Addresses message taught us
-            (one per onion stalled the loop ~1 s for 2500 of them; issue G). The book's
-            quotas hold however the entries are batched."""
+            """The onions one Addresses message taught us (one task step), one batch per
+            source (one book transaction each instead of one per onion; issue G)."""
             by_source: dict[str, list[tuple[str, int]]] = {}
             for peer, source in learned:
                 by_source.setdefault(book_source(source), []).append(
                     (peer.address.host, peer.port))
             learned.clear()
-            assert self.book is not None
-            try:
-                for source, endpoints in by_source.items():
-                    self.book.learn_many(options.network, endpoints, source=source)
-            except AddressBookError:  # closed meanwhile (shutdown): it is a cache
-                return
-            except Exception:  # runs as a trio callback: an error here would end the daemon
-                log.exception("storing %d learned onions failed", sum(map(len, by_source.values())))
-                return
-            self.pool.poke()
+            for source, endpoints in by_source.items():
+                self._store(endpoints, source, poke=True)
 
         def on_learn(peer: OnionPeer, source: str) -> None:
             """Discovery: every onion learned from gossip becomes a candidate. With a book,
@@ -246,14 +240,20 @@ class Bridge:
 
         self.gossip.on_learn = on_learn
         if self.book is not None:
-            book, network = self.book, options.network
 
             def on_learn_ips(ips: list[tuple[str, int]], source: str) -> None:
                 """Passive harvest of IP peers (dialed only if peers.onlynet allows)."""
-                if book.learn_many(network, ips, source=source) and onlynet - {"onion"}:
-                    self.pool.poke()
+                self._store(ips, source, poke=bool(onlynet - {"onion"}))
 
             self.gossip.on_learn_ips = on_learn_ips
+        #: learned addresses on their way to the book, written by a worker thread
+        #: (:meth:`_book_writer`): a 2500-entry batch costs the book ~0.1-0.3 s of CPU, which
+        #: must not stall every relay and /health. Bounded: when the writer falls behind,
+        #: new batches are dropped and counted (the book is a cache; gossip repeats).
+        self._book_in, self._book_out = trio.open_memory_channel[
+            tuple[list[tuple[str, int]], str, bool]](BOOK_QUEUE)
+        self._book_writing = False
+        self.book_stats = {"batches": 0, "dropped_batches": 0, "failed_batches": 0}
         self.dialer = dialer or Dialer(options.dial)
         self.pool = WarmPool(self.selector, self.dialer, size=options.pool_size,
                              relay_settings=options.relay,
@@ -285,6 +285,48 @@ class Bridge:
         cap = self.options.max_slot_connections
         return cap if cap is not None else max(8, 4 * len(self.options.slot_ports))
 
+    def _store(self, endpoints: list[tuple[str, int]], source: str, *, poke: bool) -> None:
+        """Queue learned addresses for the book (written inline when no writer runs, e.g. a
+        test calling the gossip hooks of a bridge that is not running)."""
+        if not endpoints:
+            return
+        if not self._book_writing:
+            if self._write_batch(endpoints, source) and poke:
+                self.pool.poke()
+            return
+        try:
+            self._book_in.send_nowait((endpoints, source, poke))
+        except trio.WouldBlock:
+            self.book_stats["dropped_batches"] += 1
+            log.debug("address book writer busy: %d addresses from %s not stored",
+                      len(endpoints), source)
+
+    def _write_batch(self, endpoints: list[tuple[str, int]], source: str) -> int:
+        """Store one batch; how many entries are new. Runs in the writer's thread."""
+        book = self.book
+        assert book is not None
+        try:
+            added = book.learn_many(self.options.network, endpoints, source=source)
+        except AddressBookError:  # closed meanwhile (shutdown): it is a cache
+            return 0
+        except Exception:  # a bug here must not end the daemon (the book is a cache)
+            self.book_stats["failed_batches"] += 1
+            log.exception("storing %d learned addresses failed", len(endpoints))
+            return 0
+        self.book_stats["batches"] += 1
+        return added
+
+    async def _book_writer(self) -> None:
+        """Writes learned addresses to the book in a worker thread, one batch at a time (the
+        book serialises its calls; a shutdown waits for the batch being written)."""
+        self._book_writing = True
+        try:
+            async for endpoints, source, poke in self._book_out:
+                if await trio.to_thread.run_sync(self._write_batch, endpoints, source) and poke:
+                    self.pool.poke()
+        finally:
+            self._book_writing = False
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await self._run(task_status)
@@ -305,6 +347,8 @@ class Bridge:
                     partial(self._serve, self._inbound_handler, port, host, slot=False))
                 self.inbound_port = _port_of(listeners)
             nursery.start_soon(self.pool.run)
+            if self.book is not None:
+                nursery.start_soon(self._book_writer)
             if self.options.seeders and self.book is not None:
                 nursery.start_soon(self._seed_loop)
             log.info("bridge up: slots %s on %s, inbound %s, %d candidates",
