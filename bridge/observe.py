@@ -284,6 +284,18 @@ class DaemonCollector(Collector):
                                           value=bridge.book.errors)
                 yield gauge("ktb_book_failing", "1 while address book writes are failing",
                             1 if bridge.book.failing else 0)
+                entries = CounterMetricFamily(
+                    "ktb_book_learned_refused", "Learned addresses not stored (not_public, "
+                    "dropped: over their source group's quota) or evicted", labels=["reason"])
+                for k, v in bridge.book.stats.items():
+                    entries.add_metric([k], v)
+                yield entries
+                batches = CounterMetricFamily(
+                    "ktb_book_batches", "Learned-address batches by outcome (stored, dropped "
+                    "while the writer was behind, failed)", labels=["outcome"])
+                for k, v in bridge.book_stats.items():
+                    batches.add_metric([k], v)
+                yield batches
             cands = bridge.selector.snapshot()
             yield gauge("ktb_candidates", "Known upstream candidates", len(cands))
             now = trio.current_time()

@@ -238,7 +238,10 @@ def build_snapshot(daemon: Daemon, *, totals: Totals | None = None,
         book = bridge.book
         snap["book"] = None if book is None else {
             "path": str(book.path), "errors": book.errors, "failing": book.failing,
-            "last_error": book.last_error}
+            "last_error": book.last_error,
+            # learned entries refused (not public, over their source's quota) or evicted, and
+            # the writer's batches (stored, dropped while it was behind, failed)
+            "entries": dict(book.stats), "batches": dict(bridge.book_stats)}
         snap["candidates"] = {
             "total": len(cands),
             "in_use": sum(1 for c in cands.values() if c.get("in_use")),
