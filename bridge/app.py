@@ -51,6 +51,8 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         max_inbound=cfg.inbound.max_connections,
         max_pending=cfg.inbound.max_pending,
         inbound_handshake_timeout=cfg.inbound.handshake_timeout,
+        inbound_accept_rate=cfg.inbound.accept_rate or None,
+        inbound_accept_burst=cfg.inbound.accept_burst,
         stall=(StallPolicy(cfg.relay.stall_timeout, cfg.relay.min_message_rate)
                if cfg.relay.stall_timeout > 0 else None),
         policy=PolicySettings(advertise_address=cfg.relay.advertise_address, via_tor=True,

@@ -249,6 +249,10 @@ class InboundConfig:
     max_connections: int = 64  # relayed to kaspad at once; more are answered UNAVAILABLE
     max_pending: int = 64  # idle (no stream yet); the oldest is closed for a newcomer
     handshake_timeout: float = 10.0  # seconds for an inbound peer's HTTP/2 preface
+    #: new connections accepted per second after a burst (0: unpaced); the rest wait in the
+    #: kernel's accept queue, so a connection flood cannot crowd out relays already running
+    accept_rate: float = 20.0
+    accept_burst: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +430,8 @@ _SCHEMA: Final[Mapping[str, _Spec]] = {
     "inbound.max_connections": _Spec("int", 64, lo=1, hi=4096),
     "inbound.max_pending": _Spec("int", 64, lo=1, hi=4096),
     "inbound.handshake_timeout": _Spec("float", 10.0, lo=1, hi=3600),
+    "inbound.accept_rate": _Spec("float", 20.0, lo=0, hi=100000),
+    "inbound.accept_burst": _Spec("int", 64, lo=1, hi=4096),
     "tor.socks": _Spec("str", "127.0.0.1:9050"),
     "tor.onion_socks": _Spec("str", ""),
     "tor.control": _Spec("str", "127.0.0.1:9051"),
@@ -990,7 +996,9 @@ def _build(raw: _Raw, home: str | None) -> Config:
     inbound = InboundConfig(listen=inbound_listen, allow_non_loopback=inbound_non_loopback,
                             max_connections=b.int_("inbound.max_connections"),
                             max_pending=b.int_("inbound.max_pending"),
-                            handshake_timeout=b.float_("inbound.handshake_timeout"))
+                            handshake_timeout=b.float_("inbound.handshake_timeout"),
+                            accept_rate=b.float_("inbound.accept_rate"),
+                            accept_burst=b.int_("inbound.accept_burst"))
 
     # [tor]
     # "auto": ask tor over the control port (GETINFO net/listeners/socks)

@@ -9,8 +9,8 @@ no payload to relay, and what an unfinished header block may pin:
   HEADERS, CONTINUATION, PUSH_PROMISE, empty or padded DATA, unknown types) spend one token of a
   bucket of :attr:`BudgetSettings.burst` tokens. Tokens come back with useful work: one per
   :attr:`BudgetSettings.earn_bytes` bytes of gRPC payload relayed from or to that connection,
-  :attr:`BudgetSettings.per_data_frame` per DATA frame sent to it (the WINDOW_UPDATEs a
-  receiver may answer each one with),
+  :attr:`BudgetSettings.per_data_frame` WINDOW_UPDATEs are free per DATA frame sent to it (a
+  receiver may answer each one with a stream and a connection update),
   and :attr:`BudgetSettings.per_second` per second of time the shell passes in
   (:meth:`FrameBudget.tick`; the core has no clock). An empty bucket closes the connection with
   GOAWAY ENHANCE_YOUR_CALM (:class:`Flood`). This is the shape mature servers settled on after the
@@ -54,6 +54,8 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDO
 _ACK = 0x1
 _END_HEADERS = 0x4
 _PADDED = 0x8
+#: bound on WINDOW_UPDATEs owed to a peer (see FrameBudget.earn)
+_MAX_OWED = 1 << 20
 _NAMES = {DATA: "DATA", HEADERS: "HEADERS", PRIORITY: "PRIORITY", RST_STREAM: "RST_STREAM",
           SETTINGS: "SETTINGS", PUSH_PROMISE: "PUSH_PROMISE", PING: "PING", GOAWAY: "GOAWAY",
           WINDOW_UPDATE: "WINDOW_UPDATE", CONTINUATION: "CONTINUATION"}
@@ -79,8 +81,8 @@ class BudgetSettings:
     burst: int = 100
     #: one token back per this many bytes of gRPC payload relayed from or to the connection
     earn_bytes: int = 1024
-    #: tokens back per DATA frame sent to the peer (its WINDOW_UPDATEs for it: stream and
-    #: connection)
+    #: WINDOW_UPDATEs the peer may send per DATA frame we sent it, outside the bucket (stream
+    #: and connection)
     per_data_frame: int = 2
     #: tokens back per second of the shell's time
     per_second: float = 10.0
@@ -120,19 +122,26 @@ class FrameBudget:
         self.block_since: float | None = None
         #: reply-forcing frames since our output to this peer last made progress
         self.unread_replies = 0
+        #: WINDOW_UPDATEs the peer may send for DATA frames we sent it (see :meth:`earn`)
+        self.window_updates_owed = 0
         self._now: float | None = None
 
     # -- earning ------------------------------------------------------------------------------
 
     def earn(self, payload_bytes: int, *, frames_sent: int = 0) -> None:
         """Useful gRPC payload relayed from or to this connection; ``frames_sent`` DATA frames
-        of it were sent to the peer. Each of those earns :attr:`BudgetSettings.per_data_frame`
-        tokens: a receiver may acknowledge every DATA frame with a stream and a connection
-        WINDOW_UPDATE (gRPC's C core does, for small messages), which is not a flood."""
-        if payload_bytes > 0 or frames_sent > 0:
+        of it were sent to the peer. Each of those allows the peer
+        :attr:`BudgetSettings.per_data_frame` WINDOW_UPDATEs outside the bucket: a receiver may
+        acknowledge every DATA frame with a stream and a connection WINDOW_UPDATE (gRPC's C
+        core does, for small messages, and may send them in a batch later), which is not a
+        flood. (Kept apart from the bucket so a batch of them is not cut at ``burst``.)"""
+        if payload_bytes > 0:
             self.tokens = min(float(self.settings.burst),
-                              self.tokens + payload_bytes / self.settings.earn_bytes
-                              + frames_sent * self.settings.per_data_frame)
+                              self.tokens + payload_bytes / self.settings.earn_bytes)
+        if frames_sent > 0:
+            self.window_updates_owed = min(
+                self.window_updates_owed + frames_sent * self.settings.per_data_frame,
+                _MAX_OWED)
 
     def tick(self, now: float) -> None:
         """The shell's clock (seconds, monotonic). Refills tokens; raises :class:`Flood` when
@@ -200,6 +209,9 @@ class FrameBudget:
             if self.unread_replies > s.max_unread_replies:
                 raise Flood(f"sent {self.unread_replies} PING/SETTINGS frames whose answers it "
                             "does not read")
+        if ftype == WINDOW_UPDATE and self.window_updates_owed > 0:
+            self.window_updates_owed -= 1  # acknowledges DATA we sent: paid for
+            return
         name = _NAMES.get(ftype, f"type-{ftype}")
         if ftype == DATA:
             name = "empty DATA" if length == 0 else "padded DATA"

@@ -130,6 +130,13 @@ class BridgeOptions:
     max_pending: int = 64
     #: seconds an inbound connection has to send its HTTP/2 preface
     inbound_handshake_timeout: float = 10.0
+    #: inbound connections accepted per second after ``inbound_accept_burst`` (None: unpaced).
+    #: Anyone can connect to the onion, and every new connection costs HTTP/2 set-up and a
+    #: frame budget's worth of work before it can be closed; pacing accepts keeps a flood of
+    #: new connections from starving the relays already running (the rest wait in the
+    #: kernel's accept queue; Tor's own onion-service DoS defences sit in front of that)
+    inbound_accept_rate: float | None = 20.0
+    inbound_accept_burst: int = 64
     #: kaspad's 10 s response-HEADERS deadline, with a margin (facts §1.4). A slot's remote must
     #: have answered *and* sent its Version by then (the bridge checks it before kaspad sees it)
     response_deadline: float = KASPAD_RESPONSE_DEADLINE
@@ -267,7 +274,7 @@ class Bridge:
         self._pending: dict[int, RelayRunner] = {}
         self.inbound_active = 0  # inbound relays holding a kaspad connection
         self.inbound_stats = {"accepted": 0, "evicted": 0, "refused_full": 0,
-                              "refused_duplicate": 0}
+                              "refused_duplicate": 0, "accept_paced": 0}
         self._ids = itertools.count(1)
         #: ``slot_no_request``: local slot connections closed before their gRPC request (no
         #: upstream used); ``slot_full``: closed at once, ``max_slot_connections`` reached;
@@ -373,8 +380,12 @@ class Bridge:
                            handler: Callable[[trio.SocketStream], Awaitable[None]], slot: bool,
                            nursery: trio.Nursery) -> None:
         what = "slot" if slot else "inbound"
+        rate = None if slot else self.options.inbound_accept_rate
+        pacer = _Pacer(rate, self.options.inbound_accept_burst) if rate else None
         async with listener:
             while True:
+                if pacer is not None and await pacer.wait():
+                    self.inbound_stats["accept_paced"] += 1
                 try:
                     stream = await listener.accept()
                 except OSError as exc:
@@ -633,6 +644,30 @@ class Bridge:
                 self.inbound_active -= 1
             del self.relays[rid]
             self._finish(runner, policy, None)
+
+
+class _Pacer:
+    """Token bucket for accepts: ``burst`` at once, then ``rate`` per second."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(max(burst, 1))
+        self.tokens = self.burst
+        self.last = trio.current_time()
+
+    def _refill(self) -> None:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+
+    async def wait(self) -> bool:
+        """Take a token, sleeping until there is one; whether it had to wait."""
+        self._refill()
+        waited = self.tokens < 1
+        if waited:
+            await trio.sleep((1 - self.tokens) / self.rate)
+            self._refill()
+        self.tokens -= 1
+        return waited
 
 
 def _port_of(listeners: list[trio.SocketListener]) -> int:

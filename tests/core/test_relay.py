@@ -645,3 +645,20 @@ def test_settings_with_too_many_entries() -> None:
             assert not relay.finished, relay.closed
         else:
             assert relay.closed is not None and "33 entries" in str(relay.closed.error)
+
+
+def test_window_updates_for_data_sent_are_paid_for_even_in_a_batch() -> None:
+    """A receiver may acknowledge each DATA frame with a stream and a connection WINDOW_UPDATE
+    and send them later in one batch (grpcio did, 298 in a row, in a 10 000-message relay):
+    those are not a flood, whatever the bucket's size. Beyond what our DATA frames account
+    for, WINDOW_UPDATEs spend the bucket like any frame without payload."""
+    from bridge.core.budget import WINDOW_UPDATE, BudgetSettings, Flood, FrameBudget
+
+    b = FrameBudget(BudgetSettings(burst=10, per_second=0.0))
+    b.earn(300 * 300, frames_sent=300)  # 300 small DATA frames sent to the peer
+    for _ in range(600):
+        b.frame(4, WINDOW_UPDATE, 0)
+    for _ in range(10):  # then only the bucket pays
+        b.frame(4, WINDOW_UPDATE, 0)
+    with pytest.raises(Flood):
+        b.frame(4, WINDOW_UPDATE, 0)
