@@ -246,6 +246,7 @@ class Bridge:
                     store_learned()
 
         self.gossip.on_learn = on_learn
+        self._store_learned = store_learned
         if self.book is not None:
 
             def on_learn_ips(ips: list[tuple[str, int]], source: str) -> None:
@@ -326,7 +327,6 @@ class Bridge:
     async def _book_writer(self) -> None:
         """Writes learned addresses to the book in a worker thread, one batch at a time (the
         book serialises its calls; a shutdown waits for the batch being written)."""
-        self._book_writing = True
         try:
             async for endpoints, source, poke in self._book_out:
                 if await trio.to_thread.run_sync(self._write_batch, endpoints, source) and poke:
@@ -334,11 +334,26 @@ class Bridge:
         finally:
             self._book_writing = False
 
+    def _drain_book_queue(self) -> None:
+        """At shutdown: what was learned and not stored yet is written before the book closes
+        (inline: the writer has stopped)."""
+        self._book_writing = False
+        if self.book is None:
+            return
+        self._store_learned()
+        while True:
+            try:
+                endpoints, source, _poke = self._book_out.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            self._write_batch(endpoints, source)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await self._run(task_status)
         finally:
             if self.book is not None:
+                self._drain_book_queue()
                 self.book.close()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
@@ -355,6 +370,7 @@ class Bridge:
                 self.inbound_port = _port_of(listeners)
             nursery.start_soon(self.pool.run)
             if self.book is not None:
+                self._book_writing = True  # batches queue from now on (the writer drains them)
                 nursery.start_soon(self._book_writer)
             if self.options.seeders and self.book is not None:
                 nursery.start_soon(self._seed_loop)
