@@ -329,7 +329,12 @@ class Bridge:
         book serialises its calls; a shutdown waits for the batch being written)."""
         try:
             async for endpoints, source, poke in self._book_out:
-                if await trio.to_thread.run_sync(self._write_batch, endpoints, source) and poke:
+                # shielded: a batch taken from the queue is written even if the bridge is
+                # stopping (run_sync checks for cancellation before it starts the thread, which
+                # lost the batch; a write takes well under a second)
+                with trio.CancelScope(shield=True):
+                    added = await trio.to_thread.run_sync(self._write_batch, endpoints, source)
+                if added and poke:
                     self.pool.poke()
         finally:
             self._book_writing = False
