@@ -13,8 +13,9 @@ G2 is what a slot gets once H is gone.
 from __future__ import annotations
 
 import os
+import queue
 import resource
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -256,3 +257,24 @@ async def start_inbound_rig(nursery: trio.Nursery, make_emulator: Callable[..., 
     bridge = Bridge(BridgeOptions(**opts))  # type: ignore[arg-type]
     await nursery.start(bridge.run)
     return InboundRig(bridge, kaspad, kport, good)
+
+
+async def block_arrives(emulators: Iterable[KaspadEmulator], block_id: int,
+                        timeout: float = 10.0) -> None:
+    """Wait until a block with ``block_id`` reaches one of ``emulators``' sessions."""
+    emus = list(emulators)
+
+    def arrived() -> bool:
+        for emu in emus:
+            for peer in emu.sessions:
+                try:
+                    got = peer.wait_received("block", 0.05)
+                except queue.Empty:
+                    continue
+                if got.request_id == block_id:
+                    return True
+        return False
+
+    with trio.fail_after(timeout):
+        while not await trio.to_thread.run_sync(arrived):
+            await trio.sleep(0.05)

@@ -38,6 +38,7 @@ from tests.faults.rig import (
     RESPONSE_DEADLINE,
     STALL,
     SlotRig,
+    block_arrives,
     close_wait,
     open_fds,
     raise_nofile,
@@ -130,20 +131,7 @@ async def relays_to(rig: SlotRig, session: PeerSession, block_id: int) -> None:
     emu = rig.good[target]
     msg = make_block_message(50_000, request_id=block_id)
     session.send(msg)
-
-    def arrived() -> bool:
-        for s in emu.sessions:
-            try:
-                got = s.wait_received("block", 0.05)
-            except queue.Empty:
-                continue
-            if got.request_id == block_id:
-                return True
-        return False
-
-    with trio.fail_after(10):
-        while not await thread(arrived):
-            await trio.sleep(0.05)
+    await block_arrives([emu], block_id)
 
 
 async def steady(rig: SlotRig, hostile: ScriptedRemote | None) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import resource
 from collections.abc import Callable
 
@@ -35,6 +34,7 @@ from tests.costs import StallMeter, rss_bytes
 from tests.faults.remote import Ctx, RawClient, ScriptedRemote
 from tests.faults.rig import (
     SlotRig,
+    block_arrives,
     close_wait,
     open_fds,
     start_slot_rig,
@@ -77,21 +77,7 @@ async def honest_kaspad_relays(rig: SlotRig, block_id: int) -> None:
     s = rig.kaspad.dial("127.0.0.1", rig.bridge.slot_ports[0])
     assert await thread(lambda: s.wait_handshake(10)), s
     s.send(make_block_message(20_000, request_id=block_id))
-
-    def arrived() -> bool:
-        for emu in rig.good.values():
-            for peer in emu.sessions:
-                try:
-                    got = peer.wait_received("block", 0.05)
-                except queue.Empty:
-                    continue
-                if got.request_id == block_id:
-                    return True
-        return False
-
-    with trio.fail_after(10):
-        while not await thread(arrived):
-            await trio.sleep(0.05)
+    await block_arrives(rig.good.values(), block_id)
     s.close()
     await thread(lambda: s.wait_closed(5))
 
