@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,24 @@ SAMPLE_EVERY = 0.02
 #: a case whose target passes this RSS is stopped (SIGKILL): the machine is shared
 RSS_CAP_KIB = 4 * 1024 * 1024
 ATTACKER_NICE = 10
+
+#: ``--attacker-cpu N``: the attacker process runs on CPU N only and everything else (daemon,
+#: world, nghttpx) on the other CPUs, so the attacker's own CPU use cannot be taken from the
+#: target or the honest relay (on a real deployment the attacker's CPU is not the bridge host's).
+#: ``None``: no pinning (the attacker is only niced).
+PIN: tuple[set[int], set[int]] | None = None
+
+
+def _pinned(attacker: bool) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that applies :data:`PIN` to the child (None when not pinning)."""
+    if PIN is None:
+        return None
+    cpus = PIN[0] if attacker else PIN[1]
+
+    def apply() -> None:
+        os.sched_setaffinity(0, cpus)
+
+    return apply
 HEALTH_EVERY = 0.05
 HEALTH_TIMEOUT = 10.0
 #: acceptance (issue G): under every flood from 32 connections for 60 s
@@ -222,7 +241,7 @@ listen = "127.0.0.1:{self.metrics}"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "run", "-c", str(cfg)],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                     cwd=rb.REPO, env=ENV)
+                                     cwd=rb.REPO, env=ENV, preexec_fn=_pinned(False))
         self.pid = self.proc.pid
         deadline = time.monotonic() + 30
         while True:
@@ -267,7 +286,8 @@ class NghttpxProc:
             [exe, "--conf=/dev/null", f"--frontend=127.0.0.1,{self.port};no-tls",
              f"--backend=127.0.0.1,{backend};;proto=h2;no-tls", "--workers=1", "--no-via",
              "--log-level=WARN", "--errorlog-file=/dev/null", "--accesslog-file=/dev/null"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_pinned(False))
         self.pid = self.proc.pid
         deadline = time.monotonic() + 10
         while not rb.listening(self.port):
@@ -293,7 +313,7 @@ class Attacker:
         self.proc = subprocess.Popen(["nice", "-n", str(ATTACKER_NICE), sys.executable, "-m",
                                       "bench.floods", json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=rb.REPO, env=ENV)
+                                     cwd=rb.REPO, env=ENV, preexec_fn=_pinned(True))
         assert self.proc.stdout is not None and self.proc.stdin is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -372,7 +392,7 @@ class World:
     def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.flood_world"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=rb.REPO, env=ENV)
+                                     cwd=rb.REPO, env=ENV, preexec_fn=_pinned(False))
         self.socks_port = int(self._read()["socks"])
 
     def _read(self) -> dict[str, Any]:
@@ -661,7 +681,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="no run: write the report from these --save files")
     ap.add_argument("--out", type=Path, default=None,
                     help="write the 'flood' section of this markdown file")
+    ap.add_argument("--attacker-cpu", type=int, default=None,
+                    help="pin the attacker to this CPU and everything else to the others")
     args = ap.parse_args(argv)
+    if args.attacker_cpu is not None:
+        global PIN
+        cpus = os.sched_getaffinity(0)
+        rest = cpus - {args.attacker_cpu}
+        if args.attacker_cpu not in cpus or not rest:
+            ap.error(f"--attacker-cpu {args.attacker_cpu}: needs a CPU of {sorted(cpus)} and "
+                     "at least one other")
+        PIN = ({args.attacker_cpu}, rest)
     cmd = "python3 -m bench.flood_bench " + " ".join(sys.argv[1:] if argv is None else argv)
     load = [report.loadavg()]
     commit = git_commit()
