@@ -358,6 +358,10 @@ class Case:
     socks_connects: int | None = None  # Tor connections the daemon made during the flood
     cpu_pct: float = float("nan")  # target's CPU during the flood, % of one core
     attacker_cpu_pct: float = float("nan")
+    #: the world process (kaspad emulator, honest remote and sender) before / during the flood:
+    #: with a target on the same CPUs, what it loses shows up as honest throughput lost
+    world_cpu_base_pct: float = float("nan")
+    world_cpu_pct: float = float("nan")
     wait_pct: float = float("nan")  # target runnable but not running (run queue), % of time
     rss_capped: bool = False
     shutdown_s: float | None = None
@@ -463,8 +467,11 @@ def run_case(target: str, kind: str, conns: int, seconds: float, baseline: float
             attacker = Attacker(spec)
         time.sleep(1.0)
         t_base = time.monotonic()
+        wcpu_base = rb.tree_cpu(world.proc.pid)[0]
         time.sleep(baseline)
         t_flood = time.monotonic()
+        wcpu0 = rb.tree_cpu(world.proc.pid)[0]
+        case.world_cpu_base_pct = (wcpu0 - wcpu_base) / (t_flood - t_base) * 100
         case.rss_start_kib = sampler.mark()
         cpu0, wait0 = rb.tree_cpu(pid)[0], rb.tree_wait(pid)
         if poller:
@@ -482,6 +489,7 @@ def run_case(target: str, kind: str, conns: int, seconds: float, baseline: float
         case.rss_capped = sampler.capped
         case.attacker_cpu_pct = (rb.tree_cpu(attacker.proc.pid)[0] - acpu0) / (t_end - t_flood) \
             * 100
+        case.world_cpu_pct = (rb.tree_cpu(world.proc.pid)[0] - wcpu0) / (t_end - t_flood) * 100
         with contextlib.suppress(Exception):
             case.cpu_pct = (rb.tree_cpu(pid)[0] - cpu0) / (t_end - t_flood) * 100
             case.wait_pct = (rb.tree_wait(pid) - wait0) / (t_end - t_flood) * 100
@@ -529,7 +537,8 @@ def summary_line(c: Case) -> str:
             f"(start {c.rss_start_kib / 1024:.0f}, end {c.rss_end_kib / 1024:.0f}); {h}"
             f"honest {c.tput_flood:.1f}/{c.tput_base:.1f} msg/s ({c.tput_ratio():.0%}; after "
             f"{c.tput_after:.1f}); "
-            f"CPU {c.cpu_pct:.0f} % (attacker {c.attacker_cpu_pct:.0f} %), run-queue wait "
+            f"CPU {c.cpu_pct:.0f} % (attacker {c.attacker_cpu_pct:.0f} %, world "
+            f"{c.world_cpu_base_pct:.0f} -> {c.world_cpu_pct:.0f} %), run-queue wait "
             f"{c.wait_pct:.0f} %; "
             f"attacker conns {made}, closed {shut}"
             + (f" (median {med:.2f} s)" if med is not None else "")
@@ -600,7 +609,10 @@ def section(cases: list[Case]) -> str:
          "seconds to close; GOAWAY codes seen); **Tor conns** = SOCKS connections the daemon "
          "made during the flood; **CPU** = the target's CPU time during the flood, % of one "
          "core (the attacker process's in brackets; the attacker runs at nice "
-         f"{ATTACKER_NICE}: a real attacker's CPU is not the bridge host's); **wait** = time "
+         f"{ATTACKER_NICE}: a real attacker's CPU is not the bridge host's; with "
+         "`--attacker-cpu N` it is also pinned to CPU N and everything else to the other "
+         "CPUs; *world* = the process of the kaspad emulator and the honest peers, before → "
+         "during the flood); **wait** = time "
          "the target was runnable but waiting for a CPU (run queue, `/proc/<pid>/schedstat`), "
          "% of the flood; **stop** = seconds from SIGTERM to exit "
          "after the case.", "",
@@ -634,7 +646,10 @@ def section(cases: list[Case]) -> str:
                  + (f" ({med:.2f})" if med is not None else "") + " | "
                  + (", ".join(str(x) for x in codes) or "—") + " | "
                  + ("—" if c.socks_connects is None else str(c.socks_connects))
-                 + f" | {_f(c.cpu_pct)} ({_f(c.attacker_cpu_pct)}) | {_f(c.wait_pct)} "
+                 + f" | {_f(c.cpu_pct)} ({_f(c.attacker_cpu_pct)}"
+                 + ("" if c.world_cpu_pct != c.world_cpu_pct else
+                    f"; world {_f(c.world_cpu_base_pct)} → {_f(c.world_cpu_pct)}")
+                 + f") | {_f(c.wait_pct)} "
                  f"| {stop}{err} |")
     L += ["", "**Acceptance (issue G: from 32 connections at once for 60 s: RSS grows by at "
           f"most {RSS_BOUND_MIB} MiB, /health p99 within {HEALTH_P99_MS} ms, honest relays "
