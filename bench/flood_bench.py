@@ -205,7 +205,7 @@ class DaemonProc:
 
     def __init__(self, workdir: Path, kaspad_port: int, socks_port: int, peers: list[str],
                  slots: int, pool: int) -> None:
-        from bridge.demo import free_port_range
+        from bridge.rig.demo import free_port_range
         from bridge.rig.tornet import free_ports
 
         self.slot_base = free_port_range(slots)

@@ -82,8 +82,8 @@ def bridge_child(spec: dict[str, Any]) -> None:
     import trio
 
     from bridge.core.peers import Target
-    from bridge.net.bridge import Bridge, BridgeOptions
     from bridge.net.pool import DialPolicy
+    from bridge.runtime.bridge import Bridge, BridgeOptions
 
     logging.basicConfig(level=spec.get("log_level", "WARNING"), stream=sys.stderr,
                         format=f"[bridge {spec['role']}] %(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,7 @@ import sys
 
 def main() -> None:
     try:
-        from bridge.cli import main as cli_main
+        from bridge.cli.main import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         raise SystemExit(130) from None

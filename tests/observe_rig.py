@@ -16,9 +16,9 @@ from typing import Any
 import trio
 
 from bridge.config import Config, load_config
-from bridge.daemon import Daemon
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import free_ports
+from bridge.runtime.daemon import Daemon
 from tests.integration.conftest import ONION_B
 from tests.peers.socks_server import ScriptedSocks5Server
 

@@ -24,8 +24,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from bridge import book as book_mod
-from bridge.book import AddressBook, AddressBookError
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
 from bridge.core.policy import GossipState, OnionPeer
@@ -38,6 +36,8 @@ from bridge.core.selection import (
     normalize_endpoint,
     source_rank,
 )
+from bridge.store import book as book_mod
+from bridge.store.book import AddressBook, AddressBookError
 
 NET = "kaspa-mainnet"
 TESTNET = "kaspa-testnet-10"
@@ -93,7 +93,7 @@ def test_open_permission_message(db: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def deny(*args: object, **kwargs: object) -> int:
         raise PermissionError(13, "Permission denied", str(db))
 
-    monkeypatch.setattr("bridge.book.os.open", deny)
+    monkeypatch.setattr("bridge.store.book.os.open", deny)
     with pytest.raises(AddressBookError, match="permissions of") as ei:
         AddressBook(db)
     assert str(db) in str(ei.value) and "startup aborted" in ei.value.describe()
@@ -115,7 +115,7 @@ def test_open_locked_by_another_process(db: Path) -> None:
 def test_open_garbage_is_moved_aside(db: Path, caplog: pytest.LogCaptureFixture) -> None:
     db.write_bytes(b"this is not a database" * 100)
     (db.parent / (db.name + "-wal")).write_bytes(b"junk")
-    with caplog.at_level(logging.WARNING, logger="bridge.book"), AddressBook(db) as b:
+    with caplog.at_level(logging.WARNING, logger="bridge.store.book"), AddressBook(db) as b:
         assert b.count() == 0
         assert b.moved_aside is not None
         b.learn(NET, "1.2.3.4", 1, source="seed", now=1)
@@ -607,7 +607,7 @@ TestBookModel.settings = settings(max_examples=80, stateful_step_count=30, deadl
 _CHILD = textwrap.dedent(
     """
     import sys
-    from bridge.book import AddressBook
+    from bridge.store.book import AddressBook
 
     def ip(j):
         return f"44.{(j >> 16) & 255}.{(j >> 8) & 255}.{j & 255}"
@@ -690,7 +690,7 @@ def test_write_errors_are_logged_once_and_recover(db: Path,
     """Regression (issue 6 E, disk full): a failed write used to raise sqlite3.OperationalError
     into the relay (the daemon crashed); now it returns the neutral value, logs one ERROR per
     failure period, and the first write after a quiet period logs the recovery."""
-    caplog.set_level(logging.INFO, logger="bridge.book")
+    caplog.set_level(logging.INFO, logger="bridge.store.book")
     with AddressBook(db, recover_after=0.2) as b:
         b.learn(NET, "10.0.0.1", 16111, source="config")
         _fill_up(b)

@@ -101,7 +101,7 @@ bootstrap_timeout = 60.0
 
 def test_every_key_is_a_flag_with_flag_over_env_over_file(tmp_path: Path) -> None:
     from bridge.config import FLAG_TO_KEY, KNOWN_KEYS, load_config, parse_flags
-    from bridge.errors import ConfigError
+    from bridge.core.errors import ConfigError
 
     assert set(FLAG_TO_KEY.values()) == set(KNOWN_KEYS)
     with pytest.raises(ConfigError, match="visible to every user"):

@@ -21,8 +21,8 @@ from bridge.config import (
     network_p2p_port,
     parse_hostport,
 )
+from bridge.core.errors import ConfigError, Fault, OnionAddressError
 from bridge.core.onion import OnionAddress
-from bridge.errors import ConfigError, Fault, OnionAddressError
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"
@@ -856,7 +856,7 @@ def test_refresh_interval_floor_by_network(network: str, floor: float) -> None:
 
 
 def test_refresh_interval_zero_is_off_in_the_bridge_options() -> None:
-    from bridge.app import bridge_options
+    from bridge.runtime.wiring import bridge_options
 
     assert bridge_options(load_config(None, env=ENV)).refresh_interval == 600.0
     off = load_config(None, env={**ENV, "KTB_PEERS__REFRESH_INTERVAL": "0"})
@@ -890,8 +890,8 @@ def test_slot_cap_and_upstream_timeouts_reach_the_bridge() -> None:
 
     import trio
 
-    from bridge.app import bridge_options
-    from bridge.net.bridge import Bridge, BridgeOptions
+    from bridge.runtime.bridge import Bridge, BridgeOptions
+    from bridge.runtime.wiring import bridge_options
 
     async def cap(options: BridgeOptions) -> int:  # the cap the slot listener enforces
         return Bridge(dataclasses.replace(options, book_path=None)).max_slot_connections

@@ -9,10 +9,10 @@ import pytest
 import trio
 
 from bridge.config import load_config
-from bridge.daemon import Daemon, StartupError
-from bridge.demo import bridge_config
+from bridge.rig.demo import bridge_config
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import TorNetwork, free_ports
+from bridge.runtime.daemon import Daemon, StartupError
 
 
 def _cfg(tmp_path: Path, **over: object) -> object:
@@ -146,7 +146,7 @@ def test_open_files_limit_is_raised_to_what_the_bounds_allow(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from bridge.daemon import FD_OVERHEAD, fd_need
+    from bridge.runtime.daemon import FD_OVERHEAD, fd_need
 
     cfg = load_config(None, env={"HOME": str(tmp_path)}, overrides={
         "inbound.max_connections": 4096, "inbound.max_pending": 4096})
@@ -154,7 +154,7 @@ def test_open_files_limit_is_raised_to_what_the_bounds_allow(tmp_path: Path) -> 
     assert need == 2 * 4096 + 4096 + 2 * 16 + 2 + 4 + FD_OVERHEAD  # 16: 4 per slot port
     script = (
         "import resource, sys\n"
-        "from bridge.daemon import ensure_fd_limit\n"
+        "from bridge.runtime.daemon import ensure_fd_limit\n"
         "soft, hard = map(int, sys.argv[1:3])\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
         "print(repr(ensure_fd_limit(int(sys.argv[3]))))\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from bridge.cli.doctor import report, run_checks, socks_probe
 from bridge.config import load_config
-from bridge.doctor import report, run_checks, socks_probe
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import TorNetwork, free_ports
 from bridge.tor.keys import save_key
@@ -155,7 +155,7 @@ connect = ["{ONION_B.host}:16511"]
                                                       (None, "ok")])
 async def test_kaspad_advertising_a_routable_address_is_caught(
         tmp_path: Path, advertised: bytes | None, verdict: str) -> None:
-    from bridge.doctor import check_kaspad
+    from bridge.cli.doctor import check_kaspad
 
     emu = KaspadEmulator(EmulatorConfig(
         advertised_address=(advertised, 16511) if advertised else None))

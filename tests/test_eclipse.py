@@ -18,12 +18,12 @@ import pytest
 import trio
 import trio.testing
 
-from bridge.book import AddressBook
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
 from bridge.core.policy import GossipState, OnionPeer
-from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import DialPolicy
+from bridge.runtime.bridge import Bridge, BridgeOptions
+from bridge.store.book import AddressBook
 from tests.costs import python_memory
 
 NET = "kaspa-mainnet"

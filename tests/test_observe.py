@@ -11,10 +11,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.core.relay import Closed
-from bridge.daemon import Daemon
-from bridge.observe import ObserveError, ObserveServer, RelayLedger
 from bridge.rig.tornet import TorNetwork, free_ports
-from bridge.status import render_text
+from bridge.runtime.daemon import Daemon
+from bridge.runtime.observe import ObserveError, ObserveServer, RelayLedger
+from bridge.runtime.status import render_text
 from bridge.tor.control import BootstrapStatus
 from bridge.tor.keys import load_key
 from bridge.tor.supervisor import TorState, TorStatus
@@ -189,8 +189,8 @@ async def test_busy_metrics_port_aborts_startup(tmp_path: Path) -> None:
 
 
 def test_ledger_records_closed_relay_errors() -> None:
-    from bridge.errors import BridgeError, Fault
-    from bridge.status import RecentErrors, Totals
+    from bridge.core.errors import BridgeError, Fault
+    from bridge.runtime.status import RecentErrors, Totals
 
     class R:
         policy = type("P", (), {"counters": {"onions_added": 2}})()
@@ -200,7 +200,7 @@ def test_ledger_records_closed_relay_errors() -> None:
             return {"bytes_from_kaspad": 10, "bytes_from_remote": 20, "messages_from_kaspad": 1,
                     "messages_from_remote": 2, "buffered": 0}
 
-    from bridge.net.bridge import RelayInfo
+    from bridge.runtime.bridge import RelayInfo
 
     info = RelayInfo(7, "inbound", 16300, None, R(), 0.0)  # type: ignore[arg-type]
     totals, errors = Totals(), RecentErrors()

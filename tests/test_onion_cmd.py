@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.onion_cmd import (
+from bridge.cli.onion import (
     TOR_SECRET_HEADER,
     OnionCommandError,
     backup,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import trio
 
-from bridge.daemon import Daemon
 from bridge.rig.tornet import free_ports
-from bridge.status import build_snapshot, health, render_text
+from bridge.runtime.daemon import Daemon
+from bridge.runtime.status import build_snapshot, health, render_text
 from tests.integration.conftest import ONION_B
 from tests.observe_rig import daemon_config, start_pair, wait_for
 
@@ -106,7 +106,7 @@ async def test_snapshot_and_render_while_tor_is_missing(tmp_path: Path,
 
 
 def test_recent_errors_collapse_repeats_and_stay_bounded() -> None:
-    from bridge.status import RecentErrors
+    from bridge.runtime.status import RecentErrors
 
     errs = RecentErrors(limit=3)
     for _ in range(5):

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.errors import ProtocolError
+from bridge.core.errors import ProtocolError
 
 #: HTTP/2 error code ENHANCE_YOUR_CALM (RFC 9113 §7)
 ENHANCE_YOUR_CALM = 0xB

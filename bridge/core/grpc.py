@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 
 from bridge.core import proto
-from bridge.errors import DecodeError, FramingError
+from bridge.core.errors import DecodeError, FramingError
 
 PREFIX_LEN = 5
 #: Decompressed bytes we are willing to look at to find the payload tag (ids + tag fit in ~30).

@@ -16,7 +16,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 
-from bridge.errors import OnionAddressError
+from bridge.core.errors import OnionAddressError
 
 __all__ = [
     "ONION_SUFFIX",

@@ -26,10 +26,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from bridge.core import addrman, grpc, proto
-from bridge.core.nodes import NodeRegistry
-from bridge.core.onion import OnionAddress
-from bridge.core.peers import Target
-from bridge.errors import (
+from bridge.core.errors import (
     DecodeError,
     DuplicatePeer,
     Fault,
@@ -37,6 +34,9 @@ from bridge.errors import (
     PolicyViolation,
     SelfConnection,
 )
+from bridge.core.nodes import NodeRegistry
+from bridge.core.onion import OnionAddress
+from bridge.core.peers import Target
 
 MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (facts §4.1)
 MAX_ADDRESSES_RECEIVE = proto.MAX_ADDRESSES  # kaspad disconnects above this

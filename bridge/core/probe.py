@@ -44,10 +44,10 @@ import h2.events
 import h2.exceptions
 
 from bridge.core import grpc, proto
+from bridge.core.errors import BridgeError, Fault, ProtocolError, SelfConnection
+from bridge.core.errors import OnionAddressError as _OnionError
 from bridge.core.onion import OnionAddress
 from bridge.core.relay import P2P_PATH, Endpoint, FrameScanner, RelaySettings, errname
-from bridge.errors import BridgeError, Fault, ProtocolError, SelfConnection
-from bridge.errors import OnionAddressError as _OnionError
 
 __all__ = [
     "DEFAULT_PROTOCOL_VERSION",

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from bridge.errors import DecodeError
+from bridge.core.errors import DecodeError
 
 VARINT = 0
 I64 = 1

@@ -44,8 +44,7 @@ import h2.settings
 
 from bridge.core import grpc, h2fast, proto
 from bridge.core.budget import ENHANCE_YOUR_CALM, BudgetSettings, Flood, FrameBudget
-from bridge.core.policy import Action, ConnectionPolicy, Direction
-from bridge.errors import (
+from bridge.core.errors import (
     BridgeError,
     DecodeError,
     DuplicatePeer,
@@ -54,6 +53,7 @@ from bridge.errors import (
     PolicyViolation,
     ProtocolError,
 )
+from bridge.core.policy import Action, ConnectionPolicy, Direction
 
 h2fast.install()  # output-identical; saves a 16 KiB hexlify per received DATA frame
 

@@ -1,9 +1,9 @@
 """Upstream selection policy over address-book entries (sans-IO, clock-free).
 
-Issue C item 3. The persistent store (:class:`bridge.book.AddressBook`) holds what is known about
-each peer; this module decides whom to dial next. Nothing here touches SQLite, sockets or a clock:
-``now`` is always passed in and randomness comes from an injected :class:`random.Random`, so a
-given seed and call sequence always yields the same picks.
+Issue C item 3. The persistent store (:class:`bridge.store.book.AddressBook`) holds what is
+known about each peer; this module decides whom to dial next. Nothing here touches SQLite,
+sockets or a clock: ``now`` is always passed in and randomness comes from an injected
+:class:`random.Random`, so a given seed and call sequence always yields the same picks.
 
 Rules, in order (:func:`choose`):
 
@@ -333,7 +333,7 @@ def spread_violations(in_use: Iterable[Target], policy: SelectionPolicy | None =
 
 
 class PeerStore(Protocol):
-    """What :class:`BookSelector` needs from a store (``bridge.book.AddressBook`` has it).
+    """What :class:`BookSelector` needs from a store (``bridge.store.book.AddressBook`` has it).
 
     ``now`` arguments are wall-clock seconds; ``None`` lets the store read its own clock.
     """

@@ -36,9 +36,9 @@ import h2.events
 import h2.exceptions
 import trio
 
+from bridge.core.errors import BridgeError, Fault
 from bridge.core.peers import Selector, Target
 from bridge.core.relay import Endpoint, RelaySettings, new_upstream_connection
-from bridge.errors import BridgeError, Fault
 from bridge.net.socks import DialError, ProxyEndpoint, open_socks_stream
 
 log = logging.getLogger("bridge.pool")

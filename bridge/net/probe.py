@@ -20,6 +20,7 @@ import trio
 
 from bridge.config import NETWORK_P2P_PORTS
 from bridge.core import proto
+from bridge.core.errors import SelfConnection
 from bridge.core.peers import Target
 from bridge.core.probe import (
     DEFAULT_MIN_PROTOCOL_VERSION,
@@ -36,7 +37,6 @@ from bridge.core.probe import (
     ProbeClient,
     ProbeError,
 )
-from bridge.errors import SelfConnection
 from bridge.net.socks import ProxyEndpoint, open_socks_stream
 
 log = logging.getLogger("bridge.probe")
@@ -140,7 +140,7 @@ async def harvest(
     Raises :class:`bridge.net.socks.DialError` when the SOCKS dial fails,
     :class:`bridge.core.probe.ProbeError` (``PeerRejected``, ``PeerViolation``,
     ``IncompatiblePeer``, ``PeerClosed``, ``ProbeTimeout``) or
-    :class:`bridge.errors.SelfConnection` afterwards; each carries ``fault``.
+    :class:`bridge.core.errors.SelfConnection` afterwards; each carries ``fault``.
     """
     t = timeouts or HarvestTimeouts()
     started = trio.current_time()

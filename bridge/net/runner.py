@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import trio
 
+from bridge.core.errors import BridgeError, Fault
 from bridge.core.relay import Dropped, Endpoint, Relay, Side
-from bridge.errors import BridgeError, Fault
 
 log = logging.getLogger("bridge.relay")
 

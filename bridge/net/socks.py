@@ -15,7 +15,7 @@ import trio
 from python_socks import ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.trio import Proxy
 
-from bridge.errors import BridgeError, Fault
+from bridge.core.errors import BridgeError, Fault
 
 
 @dataclass(frozen=True)

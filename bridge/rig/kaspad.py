@@ -38,7 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bridge.proc import spawn
+from bridge.tor.proc import spawn
 
 #: The kaspad version the project pins (also in kaspad_install.sh).
 KASPAD_VERSION = "2.1.0"

@@ -198,9 +198,9 @@ class KaspadRig:
 
     def _configure(self, node: RigNode) -> None:
         """Bridge config (tor) or kaspad --addpeer flags (direct), once every onion is known."""
-        from bridge.app import kaspad_flags
         from bridge.config import load_config
-        from bridge.demo import free_port_range
+        from bridge.rig.demo import free_port_range
+        from bridge.runtime.wiring import kaspad_flags
 
         if self.via == "direct":
             flags = [f"--addpeer=127.0.0.1:{self.nodes[j].kaspad.p2p_port}" for j in node.dials]
@@ -289,7 +289,7 @@ class KaspadRig:
     def wait_bridges_ready(self, nodes: Sequence[RigNode], timeout: float = 120.0) -> bool:
         """Until each bridge is healthy (onion published) and, if it dials, has a warm upstream
         (its /status endpoint). False after ``timeout`` (kaspad will retry; not fatal)."""
-        from bridge.status import StatusUnavailable, fetch
+        from bridge.runtime.status import StatusUnavailable, fetch
 
         deadline = time.monotonic() + timeout
         todo = [n for n in nodes if n.bridge is not None and n.metrics_port is not None]

@@ -55,8 +55,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypedDict
 
-from bridge.proc import spawn
 from bridge.rig.control import ControlConnection, ControlError
+from bridge.tor.proc import spawn
 
 AUTHORITY: Final = "authority"
 RELAY: Final = "relay"

@@ -6,7 +6,7 @@ Each message says what is wrong and whose side it is on (``Fault.TOR`` for the d
 
 from __future__ import annotations
 
-from bridge.errors import BridgeError, Fault
+from bridge.core.errors import BridgeError, Fault
 
 
 class TorControlError(BridgeError):

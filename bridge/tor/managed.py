@@ -26,9 +26,9 @@ from typing import Any
 
 import trio
 
-from bridge.proc import spawn
 from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.errors import ManagedTorError
+from bridge.tor.proc import spawn
 from bridge.tor.supervisor import Backoff
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trio
 
-from bridge.errors import BridgeError
+from bridge.core.errors import BridgeError
 from bridge.tor.control import (
     DEFAULT_EVENTS,
     BootstrapStatus,

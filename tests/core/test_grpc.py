@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core import grpc, proto
-from bridge.errors import DecodeError, FramingError
+from bridge.core.errors import DecodeError, FramingError
 from tests.costs import python_memory
 
 MAX = 1 << 20

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from bridge.core import grpc, proto
+from bridge.core.errors import Fault, PolicyViolation
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import (
     ConnectionPolicy,
@@ -26,7 +27,6 @@ from bridge.core.policy import (
     PolicySettings,
 )
 from bridge.core.relay import Relay, Side, new_upstream_connection
-from bridge.errors import Fault, PolicyViolation
 from tests.core.relay_harness import (
     READY,
     REQUEST_ADDRESSES,

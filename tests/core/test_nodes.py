@@ -10,12 +10,12 @@ import h2.errors
 import pytest
 
 from bridge.core import proto
+from bridge.core.errors import DuplicatePeer
 from bridge.core.nodes import NodeRegistry
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Target
 from bridge.core.policy import ConnectionPolicy, Direction, GossipState, PolicySettings
 from bridge.core.relay import Relay, RelaySettings, Side, new_upstream_connection
-from bridge.errors import DuplicatePeer
 from tests.core.relay_harness import READY, VERACK, Peer, block, pump, version
 
 ONION_A = OnionAddress.from_pubkey(bytes(range(1, 33)))

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.core.errors import OnionAddressError
 from bridge.core.onion import OnionAddress, is_onion_host, onion_checksum
-from bridge.errors import OnionAddressError
 
 # rend-spec-v3 §6 example address.
 SPEC_ADDR = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion"

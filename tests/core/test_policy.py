@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core import proto
+from bridge.core.errors import Fault, PolicyViolation
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import (
     MAX_ADDRESSES_RECEIVE,
@@ -22,7 +23,6 @@ from bridge.core.policy import (
     OnionPeer,
     PolicySettings,
 )
-from bridge.errors import Fault, PolicyViolation
 from bridge.rig.proto_gen import pb
 
 TO_REMOTE = Direction.TO_REMOTE

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core import grpc, proto
+from bridge.core.errors import Fault, SelfConnection
 from bridge.core.onion import OnionAddress
 from bridge.core.probe import (
     AddressesReceived,
@@ -27,7 +28,6 @@ from bridge.core.probe import (
     ProbeTimeout,
     kaspad_gzip,
 )
-from bridge.errors import Fault, SelfConnection
 from tests.core.relay_harness import (
     READY,
     REQUEST_ADDRESSES,

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core import proto
+from bridge.core.errors import DecodeError
 from bridge.core.onion import OnionAddress
-from bridge.errors import DecodeError
 from bridge.rig.proto_gen import pb
 
 U64 = (1 << 64) - 1

@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core import grpc, proto
+from bridge.core.errors import Fault
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import Relay, RelaySettings, Side, new_upstream_connection
-from bridge.errors import Fault
 from tests.core.relay_harness import (
     READY,
     REQUEST_ADDRESSES,

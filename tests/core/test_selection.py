@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core.addrman import is_public_host
+from bridge.core.errors import OnionAddressError
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
 from bridge.core.selection import (
@@ -29,7 +30,6 @@ from bridge.core.selection import (
     spread_violations,
     weight,
 )
-from bridge.errors import OnionAddressError
 
 NET = "kaspa-mainnet"
 ONIONS = [OnionAddress.from_pubkey(bytes([i]) * 32) for i in range(1, 6)]

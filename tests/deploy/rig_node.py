@@ -106,10 +106,10 @@ def _bridge_cfg(name: str, *, control: int | None, kaspad_port: int, peers: list
 def peer(shared: Path) -> int:
     import trio
 
-    from bridge.app import kaspad_flags
-    from bridge.daemon import Daemon
     from bridge.rig.kaspad import KaspadNode
     from bridge.rig.tornet import TorNetwork, free_ports
+    from bridge.runtime.daemon import Daemon
+    from bridge.runtime.wiring import kaspad_flags
 
     net = TorNetwork.attach(TORNET_DIR)
     socks = net.client.socks_port

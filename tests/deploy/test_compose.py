@@ -52,9 +52,9 @@ from typing import Any
 
 import pytest
 
-from bridge.app import kaspad_flags
 from bridge.config import load_config
 from bridge.rig.kaspad import VIOLATION_RE, KaspadError, find_kaspad, find_protos
+from bridge.runtime.wiring import kaspad_flags
 from tests.deploy.images import wheelhouse_path
 
 ROOT = Path(__file__).resolve().parents[2]

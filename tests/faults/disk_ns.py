@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.proc import spawn
+from bridge.tor.proc import spawn
 
 FILLER = ".filler"
 

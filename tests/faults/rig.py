@@ -23,11 +23,11 @@ import trio
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
 from bridge.core.policy import OnionPeer
-from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import DialPolicy
 from bridge.net.runner import StallPolicy
 from bridge.net.socks import ProxyEndpoint
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator, PeerSession
+from bridge.runtime.bridge import Bridge, BridgeOptions
 from tests.peers.socks_server import ScriptedSocks5Server
 
 ONION_H = OnionAddress.from_pubkey(bytes(range(1, 33)))

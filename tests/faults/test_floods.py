@@ -359,7 +359,7 @@ async def test_inbound_accepts_are_paced() -> None:
     ~185 connections/s halved an honest relay's throughput). The inbound listener accepts
     ``inbound_accept_burst`` at once, then ``inbound_accept_rate`` per second; the rest wait in
     the kernel's accept queue and are served in turn."""
-    from bridge.net.bridge import Bridge, BridgeOptions  # (pacing: not on be2d1a4)
+    from bridge.runtime.bridge import Bridge, BridgeOptions  # (pacing: not on be2d1a4)
 
     opts = BridgeOptions(kaspad_p2p=("127.0.0.1", 1), candidates=[], slot_ports=[],
                          inbound=("127.0.0.1", 0), inbound_accept_rate=10.0,

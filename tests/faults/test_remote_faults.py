@@ -19,16 +19,16 @@ import h2.connection
 import pytest
 import trio
 
-from bridge.app import bridge_options
 from bridge.config import load_config
 from bridge.core import grpc
+from bridge.core.errors import ConfigError
 from bridge.core.peers import Target
 from bridge.core.policy import OnionPeer
-from bridge.errors import ConfigError
-from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import DialPolicy
 from bridge.net.runner import StallPolicy
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator, PeerSession, make_block_message
+from bridge.runtime.bridge import Bridge, BridgeOptions
+from bridge.runtime.wiring import bridge_options
 from tests.faults.remote import Ctx, RawClient, ScriptedRemote, handshake_bytes
 from tests.faults.rig import (
     H2_HANDSHAKE_TIMEOUT,

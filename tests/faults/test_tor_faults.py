@@ -37,10 +37,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from bridge.daemon import Daemon
-from bridge.demo import bridge_config
+from bridge.rig.demo import bridge_config
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import TorInstance, TorNetwork, _tail, free_ports
+from bridge.runtime.daemon import Daemon
 from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.errors import OnionKeyError
 from bridge.tor.keys import KEY_FILE_NAME, OnionKey, load_key, save_key
@@ -450,8 +450,8 @@ def test_startup_with_unwritable_data_dir_fails_naming_the_path(
         tmpfs: PrivateTmpfs, tmp_path: Path) -> None:
     """Decided behaviour: a data directory that cannot be written aborts startup with an error
     naming it — also when the onion key (and the book) already exist there (see
-    bridge/daemon.py): a read-only data dir is a deployment mistake, and running on would lose
-    every peer learned."""
+    bridge/runtime/daemon.py): a read-only data dir is a deployment mistake, and running on would
+    lose every peer learned."""
     (closed,) = free_ports(1)
     data = tmpfs.mountpoint / "data"
     cfg = _daemon_config(tmp_path / "bridge.toml", data, **{
@@ -480,7 +480,7 @@ def test_startup_with_unwritable_data_dir_fails_naming_the_path(
     book = data / "peers.sqlite"
     res = subprocess.run(tmpfs.ns_argv([
         sys.executable, "-c",
-        f"from bridge.book import AddressBook; b = AddressBook({str(book)!r}); "
+        f"from bridge.store.book import AddressBook; b = AddressBook({str(book)!r}); "
         "b.learn('kaspa-simnet', '127.0.0.1', 16511, source='config'); b.close()"]),
         cwd=str(PROJECT), capture_output=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr

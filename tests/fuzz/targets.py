@@ -44,8 +44,7 @@ import h2.exceptions
 import h2.settings
 
 from bridge.core import grpc, onion, policy, probe, proto
-from bridge.core.relay import Relay, RelaySettings, Side, new_upstream_connection
-from bridge.errors import (
+from bridge.core.errors import (
     BridgeError,
     DecodeError,
     Fault,
@@ -53,6 +52,7 @@ from bridge.errors import (
     OnionAddressError,
     ProtocolError,
 )
+from bridge.core.relay import Relay, RelaySettings, Side, new_upstream_connection
 from tests.core.relay_harness import READY, REQUEST_ADDRESSES, REQUEST_HEADERS, VERACK
 from tests.costs import python_memory
 

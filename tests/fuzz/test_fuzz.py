@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.core import grpc, onion, policy, probe, proto, relay
+from bridge.core.errors import DecodeError
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import Relay, Side, new_upstream_connection
-from bridge.errors import DecodeError
 from tests.core.relay_harness import READY, VERACK, Peer, pump, version
 from tests.fuzz import targets
 from tests.fuzz.targets import TARGETS, ContractViolation, CostBound, contract, guarded

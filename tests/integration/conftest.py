@@ -21,10 +21,10 @@ from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
 from bridge.core.policy import GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import RelaySettings
-from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import DialPolicy
 from bridge.net.socks import ProxyEndpoint
 from bridge.rig.emulator import KaspadEmulator
+from bridge.runtime.bridge import Bridge, BridgeOptions
 from tests.peers.socks_server import ScriptedSocks5Server
 
 ONION_B = OnionAddress.from_pubkey(bytes(range(32)))

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from bridge.daemon import Daemon
-from bridge.demo import bridge_config
+from bridge.rig.demo import bridge_config
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import TorNetwork
+from bridge.runtime.daemon import Daemon
 
 pytestmark = pytest.mark.tor
 log = logging.getLogger("test")

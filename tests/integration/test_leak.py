@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from bridge.daemon import Daemon
-from bridge.demo import bridge_config, free_port_range
+from bridge.rig.demo import bridge_config, free_port_range
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import TorNetwork, free_ports
+from bridge.runtime.daemon import Daemon
 
 pytestmark = pytest.mark.tor
 
@@ -45,7 +45,7 @@ def hook(event, args):
         out.write(json.dumps([event, h if h is None or isinstance(h, str) else repr(h)]) + "\n")
 sys.addaudithook(hook)
 sys.argv = ["kaspa-tor-bridge", "run", "-c", sys.argv[2]]
-from bridge.cli import main
+from bridge.cli.main import main
 main()
 '''
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import trio
 
-from bridge.daemon import Daemon
-from bridge.demo import bridge_config
+from bridge.rig.demo import bridge_config
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator, make_block_message
 from bridge.rig.tornet import TorNetwork
+from bridge.runtime.daemon import Daemon
 
 pytestmark = pytest.mark.tor
 log = logging.getLogger("test")

@@ -21,7 +21,7 @@ import pytest
 
 from bridge.rig.nodes import KaspadRig, RigNode, mine, wait_synced
 from bridge.rig.tornet import TorNetwork
-from bridge.status import fetch
+from bridge.runtime.status import fetch
 from tests.kaspad.conftest import MEASURED, assert_no_violations
 
 UA_RE = re.compile(r"^/kaspad:\d+\.\d+\.\d+/")

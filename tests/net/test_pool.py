@@ -10,15 +10,15 @@ import pytest
 import trio
 import trio.testing
 
+from bridge.core.errors import Fault
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Target
 from bridge.core.relay import RelaySettings
-from bridge.errors import Fault
 from bridge.net import pool as pool_mod
-from bridge.net.bridge import Bridge, BridgeOptions
 from bridge.net.pool import Dialer, DialPolicy, WarmPool
 from bridge.net.socks import DialError, ProxyEndpoint
 from bridge.rig.tornet import free_ports
+from bridge.runtime.bridge import Bridge, BridgeOptions
 from tests.costs import rss_bytes
 from tests.faults.rig import open_fds, task_count, task_names, until
 from tests.peers.socks_server import ScriptedSocks5Server

@@ -25,9 +25,9 @@ from typing import Any
 import trio
 
 from bridge.config import Config, load_config
-from bridge.daemon import Daemon
-from bridge.errors import BridgeError, Fault
+from bridge.core.errors import BridgeError, Fault
 from bridge.rig.tornet import TorNetwork, free_ports, is_reserved, reserve
+from bridge.runtime.daemon import Daemon
 
 Echo = Callable[[str], Any]
 

@@ -16,9 +16,9 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import trio
 import typer
 
-from bridge.app import kaspad_flags
 from bridge.config import Config, flag_help, load_config, parse_flags
-from bridge.errors import BridgeError, ConfigError
+from bridge.core.errors import BridgeError, ConfigError
+from bridge.runtime.wiring import kaspad_flags
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run an unmodified rusty-kaspa kaspad over Tor.")
@@ -136,7 +136,7 @@ def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
         raise typer.Exit(2) from exc
     cfg = _load(config, overrides)
     setup_logging(cfg.log_level, cfg.log_format)
-    from bridge.daemon import Daemon
+    from bridge.runtime.daemon import Daemon
 
     try:
         trio.run(Daemon(cfg).run)
@@ -173,7 +173,7 @@ def status(
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
 ) -> None:
     """Live view of the running daemon (read from its metrics.listen endpoint)."""
-    from bridge.status import StatusUnavailable, fetch, render
+    from bridge.runtime.status import StatusUnavailable, fetch, render
 
     cfg = _load(config, {})
     listen = cfg.metrics.listen
@@ -213,7 +213,7 @@ def doctor(
     timeout: Annotated[float, typer.Option(help="seconds per network check")] = 10.0,
 ) -> None:
     """Check Tor control/auth, Tor SOCKS, kaspad, files and config; say how to fix each."""
-    from bridge.doctor import Check, report, run_checks
+    from bridge.cli.doctor import Check, report, run_checks
 
     try:
         cfg = load_config(config)
@@ -237,7 +237,7 @@ KeyFileOpt = Annotated[Path | None, typer.Option(
 @_interruptible
 def onion_show(config: ConfigOpt = None, key_file: KeyFileOpt = None) -> None:
     """Print the onion address of the key file (never the key)."""
-    from bridge.onion_cmd import show
+    from bridge.cli.onion import show
 
     try:
         info = show(_onion_key_file(config, key_file))
@@ -255,7 +255,7 @@ def onion_backup(
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
 ) -> None:
     """Copy the onion key to a new 0600 file."""
-    from bridge.onion_cmd import backup
+    from bridge.cli.onion import backup
 
     try:
         info = backup(_onion_key_file(config, key_file), to, force=force)
@@ -275,7 +275,7 @@ def onion_import(
     force: Annotated[bool, typer.Option(help="replace an existing, different key")] = False,
 ) -> None:
     """Install an onion key (validated; the source must not be readable by others)."""
-    from bridge.onion_cmd import import_key
+    from bridge.cli.onion import import_key
 
     try:
         res = import_key(source, _onion_key_file(config, key_file), force=force)
@@ -300,7 +300,7 @@ def demo(
     """Self-contained demo: private Tor network, two emulated kaspad nodes behind two bridges,
     onion services, onion gossip; prints a summary and tears everything down."""
     setup_logging("warning")
-    from bridge.demo import run_demo
+    from bridge.rig.demo import run_demo
 
     try:
         ok = run_demo(duration=duration, workdir=workdir, echo=typer.echo)

@@ -11,7 +11,8 @@ request head, a read deadline and a cap on concurrent connections.
   Prometheus would otherwise link this host to its onion).
 * ``/health`` — 200 ``{"status": "ok"}`` when the listeners are up and, in tor-only mode or with
   ``tor.listen_onion``, Tor is usable (and the onion published); else 503 with the reasons.
-* ``/status`` — the JSON snapshot of :mod:`bridge.status` (used by ``kaspa-tor-bridge status``).
+* ``/status`` — the JSON snapshot of :mod:`bridge.runtime.status` (used by
+  ``kaspa-tor-bridge status``).
   It names peers and the own onion, which is why the server refuses non-loopback addresses and
   any ``Host`` header that is not a loopback name (DNS-rebinding from a local browser).
 
@@ -34,8 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bridge import __version__
-from bridge.errors import BridgeError, Fault
-from bridge.status import (
+from bridge.core.errors import BridgeError, Fault
+from bridge.runtime.status import (
     DIRECTIONS,
     REWRITE_KEYS,
     RecentErrors,
@@ -47,10 +48,10 @@ from bridge.status import (
 from bridge.tor.supervisor import TorState
 
 if TYPE_CHECKING:
-    from bridge.daemon import Daemon
-    from bridge.net.bridge import Bridge, RelayInfo
+    from bridge.runtime.bridge import Bridge, RelayInfo
+    from bridge.runtime.daemon import Daemon
 
-log = logging.getLogger("bridge.observe")
+log = logging.getLogger("bridge.runtime.observe")
 
 MAX_REQUEST_HEAD = 8192
 READ_TIMEOUT = 5.0

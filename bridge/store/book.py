@@ -99,6 +99,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from bridge.core import addrman
+from bridge.core.errors import BridgeError, Fault
 from bridge.core.policy import OnionPeer
 from bridge.core.selection import (
     NETWORKS,
@@ -110,7 +111,6 @@ from bridge.core.selection import (
     normalize_endpoint,
     source_rank,
 )
-from bridge.errors import BridgeError, Fault
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
@@ -120,7 +120,7 @@ __all__ = [
     "AddressBookError",
 ]
 
-log = logging.getLogger("bridge.book")
+log = logging.getLogger("bridge.store.book")
 
 SCHEMA_VERSION: Final = 2
 DEFAULT_MAX_ENTRIES: Final = 4096

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
 
+from bridge.core.errors import ConfigError, OnionAddressError
 from bridge.core.onion import OnionAddress, is_onion_host
-from bridge.errors import ConfigError, OnionAddressError
 
 __all__ = [
     "ENV_PREFIX",
@@ -230,7 +230,7 @@ class SlotsConfig:
 
     @property
     def connection_cap(self) -> int:
-        """``max_connections`` with 0 resolved (the rule of bridge.net.bridge's default)."""
+        """``max_connections`` with 0 resolved (the rule of bridge.runtime.bridge's default)."""
         return self.max_connections or max(8, 4 * self.count)
 
     @property

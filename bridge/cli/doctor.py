@@ -28,8 +28,8 @@ from typing import Literal
 import trio
 
 from bridge.config import Config, HostPort, UnixSocket
+from bridge.core.errors import BridgeError
 from bridge.core.relay import RelaySettings, new_upstream_connection
-from bridge.errors import BridgeError
 from bridge.tor.control import ControlAuth, ControlEndpoint, TorControl
 from bridge.tor.errors import (
     AuthenticationError,
@@ -393,7 +393,7 @@ async def check_daemon(cfg: Config, timeout: float) -> list[Check]:
     if m is None:
         return [Check("bridge daemon", "skip", "metrics.listen is not set: cannot ask a "
                       "running bridge for its health")]
-    from bridge.status import StatusUnavailable, fetch
+    from bridge.runtime.status import StatusUnavailable, fetch
 
     try:
         data = await trio.to_thread.run_sync(lambda: fetch(m.host, m.port, "/health", timeout))

@@ -43,7 +43,7 @@ from typing import Any
 
 import trio
 
-from bridge.book import AddressBook, AddressBookError
+from bridge.core.errors import BridgeError, DuplicatePeer, Fault, SelfConnection
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Selector, Target, filter_kinds
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
@@ -56,10 +56,10 @@ from bridge.core.relay import (
     new_upstream_connection,
 )
 from bridge.core.selection import BookSelector, SelectionPolicy, source_rank
-from bridge.errors import BridgeError, DuplicatePeer, Fault, SelfConnection
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.probe import harvest
 from bridge.net.runner import RelayRunner, StallPolicy
+from bridge.store.book import AddressBook, AddressBookError
 
 #: learned-address batches (each up to one Addresses message) waiting for the book's writer
 BOOK_QUEUE = 32

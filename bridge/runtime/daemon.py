@@ -8,7 +8,7 @@ filesystem, disk full, permissions). This holds even when the onion key already 
 read-only data directory is a deployment mistake (e.g. a volume mounted ``:ro``), and running on
 would silently lose every peer learned and every backoff. Once running, a disk that fills up or
 turns read-only no longer stops anything: the address book logs the first failed write and
-carries on (see :mod:`bridge.book`), and relaying is unaffected.
+carries on (see :mod:`bridge.store.book`), and relaying is unaffected.
 """
 
 from __future__ import annotations
@@ -26,20 +26,20 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from bridge.app import bridge_options
 from bridge.config import Config, HostPort, UnixSocket
+from bridge.core.errors import BridgeError, Fault
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import GossipState, OnionPeer
-from bridge.errors import BridgeError, Fault
-from bridge.net.bridge import Bridge
 from bridge.net.pool import Dialer
 from bridge.net.socks import ProxyEndpoint
+from bridge.runtime.bridge import Bridge
+from bridge.runtime.wiring import bridge_options
 from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.managed import ManagedTor, ManagedTorConfig
 from bridge.tor.supervisor import OnionSpec, TorStatus, TorSupervisor
 
 if TYPE_CHECKING:
-    from bridge.observe import ObserveServer
+    from bridge.runtime.observe import ObserveServer
 
 log = logging.getLogger("bridge")
 
@@ -255,7 +255,7 @@ class Daemon:
             log.warning("%s", fd_warning)
         observe = None
         if cfg.metrics.listen is not None:
-            from bridge.observe import ObserveServer
+            from bridge.runtime.observe import ObserveServer
 
             observe = ObserveServer(self, cfg.metrics.listen.host, cfg.metrics.listen.port)
         self._check_data_dir()

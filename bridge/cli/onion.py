@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.errors import BridgeError, Fault
+from bridge.core.errors import BridgeError, Fault
 from bridge.tor.errors import OnionKeyError
 from bridge.tor.keys import OnionKey, load_key, read_private_file, save_key
 

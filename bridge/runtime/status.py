@@ -5,7 +5,7 @@ at request time. :func:`health` is the verdict ``/health`` serves. :func:`render
 snapshot with rich; it only uses the JSON (the CLI renders what it fetched over HTTP).
 
 The snapshot is for the local operator: it names upstream peers (onion or IP) and the bridge's
-own onion. It is only served on loopback (see :mod:`bridge.observe`). It never contains the
+own onion. It is only served on loopback (see :mod:`bridge.runtime.observe`). It never contains the
 control password or the onion key.
 """
 
@@ -25,8 +25,8 @@ from bridge import __version__
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from bridge.daemon import Daemon
-    from bridge.net.bridge import RelayInfo
+    from bridge.runtime.bridge import RelayInfo
+    from bridge.runtime.daemon import Daemon
 
 SNAPSHOT_VERSION = 1
 REWRITE_KEYS = ("onions_added", "onions_removed", "invalid_removed", "dropped",

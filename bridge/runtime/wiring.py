@@ -6,11 +6,11 @@ from bridge.config import Config, HostPort
 from bridge.core.peers import Target
 from bridge.core.policy import OnionPeer, PolicySettings
 from bridge.core.relay import RelaySettings
-from bridge.net.bridge import BridgeOptions
 from bridge.net.pool import DialPolicy
 from bridge.net.probe import seeder_targets
 from bridge.net.runner import StallPolicy
 from bridge.net.socks import ProxyEndpoint
+from bridge.runtime.bridge import BridgeOptions
 
 
 def _proxy(hp: HostPort | None) -> ProxyEndpoint | None:

@@ -1,0 +1,1 @@
+"""Wiring: builds the components from a config, runs them together (the daemon), observes them."""

@@ -1,0 +1,1 @@
+"""Persistent state on disk: the address book (SQLite)."""
