@@ -16,8 +16,8 @@ no payload to relay, and what an unfinished header block may pin:
   GOAWAY ENHANCE_YOUR_CALM (:class:`Flood`). This is the shape mature servers settled on after the
   2019 HTTP/2 DoS advisories (ping, settings, reset, empty-frame and priority floods) and 2023's
   rapid reset: a burst allowance that refills with time or useful traffic. An honest peer never
-  comes near it: kaspad sends no HTTP/2 PING at all (neither keep-alive nor BDP pings, facts
-  §1.4), one SETTINGS, one connection WINDOW_UPDATE (§1.6), then WINDOW_UPDATEs in proportion
+  comes near it: kaspad sends no HTTP/2 PING at all (neither keep-alive nor BDP pings, protocol.md
+  §2.4), one SETTINGS, one connection WINDOW_UPDATE (§2.4), then WINDOW_UPDATEs in proportion
   to the DATA it receives, which earns their tokens.
 * **Replies nobody reads.** ``h2`` answers every PING and SETTINGS on its own, into its outbound
   queue. A peer that never reads can make that queue grow one byte per byte it sends. Two bounds:

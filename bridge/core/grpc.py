@@ -1,7 +1,7 @@
 """gRPC length-prefixed message framing, incremental and sans-IO.
 
 A gRPC message on an HTTP/2 stream is ``[flag u8][length u32 BE][payload]``; message boundaries
-do not line up with DATA frames (facts §1.2). :class:`MessageReader` turns arbitrary chunks into
+do not line up with DATA frames (protocol.md §2.2). :class:`MessageReader` turns any chunks into
 :class:`MessageStart` / :class:`MessageChunk` / :class:`MessageEnd` events without ever holding a
 whole message, so large pass-through messages can be streamed.
 
@@ -38,7 +38,7 @@ INFLATE_RATIO = 64
 INFLATE_BURST = 4 * 1024 * 1024
 #: Largest piece inflated (and scanned, then dropped) at a time.
 INFLATE_PIECE = 256 * 1024
-#: kaspad's own limit on a decoded message (1 GiB, as tonic is configured, facts §1.2).
+#: kaspad's own limit on a decoded message (1 GiB, as tonic is configured, protocol.md §2.3).
 MAX_INFLATED = 1 << 30
 
 

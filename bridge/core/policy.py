@@ -2,7 +2,7 @@
 
 Sans-IO and clock-free. One :class:`ConnectionPolicy` per relayed connection decides, from a
 message's payload type alone, whether it passes byte for byte, must be decoded and rewritten (or
-kept by the bridge), or ends the connection (facts §3.2, §4.1, §8, §10). Only Version and
+kept by the bridge), or ends the connection (protocol.md §6, §7.1, §11, §6.3). Only Version and
 Addresses are ever rewritten. The only message the bridge sends of its own is RequestAddresses to
 an ADDRv2 remote after the handshake; its reply is kept, never forwarded to kaspad.
 
@@ -38,7 +38,7 @@ from bridge.core.nodes import NodeRegistry
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
 
-MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (facts §4.1)
+MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (protocol.md §7.1)
 MAX_ADDRESSES_RECEIVE = proto.MAX_ADDRESSES  # kaspad disconnects above this
 #: The largest inflated KaspadMessage of each rewritten type the bridge decodes, sized to real
 #: messages (a Version is under 1 KiB; an Addresses is at most 2500 entries of about 100 bytes):
@@ -201,7 +201,7 @@ class ConnectionPolicy:
         self._stage = {Direction.TO_REMOTE: _Handshake.START, Direction.TO_KASPAD: _Handshake.START}
         self._kaspad_got_addresses = 0
         #: who asked the remote for addresses, in wire order: "kaspad" or "bridge". The remote
-        #: answers RequestAddresses in order (facts §4.1), so replies are matched FIFO.
+        #: answers RequestAddresses in order (protocol.md §7.1), so replies are matched FIFO.
         self._asked: deque[str] = deque()
         self._consume = False  # the Addresses being collected is the bridge's, not kaspad's
         self.counters: dict[str, int] = {
@@ -252,7 +252,7 @@ class ConnectionPolicy:
                 asker = self._asked.popleft() if self._asked else None
                 if asker != "kaspad" or self._kaspad_got_addresses:
                     # The bridge's own request, or unsolicited: kaspad accepts one solicited
-                    # Addresses per connection (§4.1) and would disconnect on another, so the
+                    # Addresses per connection (§7.1) and would disconnect on another, so the
                     # bridge keeps it (harvests it) and kaspad never sees it.
                     self._consume = True
                     if asker is None:

@@ -2,7 +2,7 @@
 
 The bridge runs it itself, e.g. against a DNS seeder hostname dialed through Tor (the exit
 resolves the name and connects to one of the nodes it lists). It behaves like kaspad's outbound
-connection (facts §1.7, §1.8, §3.1, §4.1):
+connection (protocol.md §2.5, §3.2, §5.1, §7.1):
 
 1. HTTP/2 prior knowledge with hyper's client SETTINGS (ENABLE_PUSH=0, INITIAL_WINDOW_SIZE=2 MiB,
    MAX_FRAME_SIZE=16384, MAX_HEADER_LIST_SIZE=16384, connection window 5 MiB), then
@@ -18,7 +18,7 @@ connection (facts §1.7, §1.8, §3.1, §4.1):
 What kaspad disconnects on fails the probe with a typed :class:`ProbeError` naming the culprit:
 a Reject, an unknown or empty payload, anything but Version/Verack/Ready before we validated the
 peer, a duplicate handshake message, an unsolicited Pong, a ``response_id`` we never asked for,
-an Addresses entry kaspad cannot convert (all-or-nothing, §2.4) or more than 2500 entries. Other
+an Addresses entry kaspad cannot convert (all-or-nothing, §4.4) or more than 2500 entries. Other
 known messages after the handshake (InvRelayBlock(sink) at start-up, InvTransactions, ...) are
 ignored, as kaspad would route them to a flow.
 
@@ -70,11 +70,11 @@ __all__ = [
     "kaspad_gzip",
 ]
 
-DEFAULT_PROTOCOL_VERSION = 8  # the Tor fork (facts §3.6)
+DEFAULT_PROTOCOL_VERSION = 8  # the Tor fork (protocol.md §5.3)
 DEFAULT_MIN_PROTOCOL_VERSION = 7  # the fork accepts 7 (v7 flows) on every network
-DEFAULT_USER_AGENT = "/kaspad:1.0.1/kaspad:1.0.1/"  # fork 1.0.1 (facts §3.3)
-TONIC_USER_AGENT = "tonic/0.12.3"  # the fork's tonic (facts §1.7)
-MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this (facts §4.1)
+DEFAULT_USER_AGENT = "/kaspad:1.0.1/kaspad:1.0.1/"  # fork 1.0.1 (protocol.md §5.2)
+TONIC_USER_AGENT = "tonic/0.12.3"  # the fork's tonic (protocol.md §2.5)
+MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this (protocol.md §7.1)
 MAX_ADDRESSES_SEND = 1000
 MAX_USER_AGENT_LEN = 256
 MAX_REJECT_REASON = 2048
@@ -84,7 +84,7 @@ IGNORABLE_REJECTS = frozenset({"LOOPBACK_CONNECTION", "DUPLICATE_CONNECTION"})
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 _HANDSHAKE_TAGS = frozenset({proto.VERSION, proto.VERACK, proto.READY})
 
-# hyper 1.x client defaults (facts §1.6): stream window 2 MiB, connection window 5 MiB.
+# hyper 1.x client defaults (protocol.md §2.4): stream window 2 MiB, connection window 5 MiB.
 _STREAM_WINDOW = 2 * 1024 * 1024
 _CONN_WINDOW = 5 * 1024 * 1024
 _MAX_FRAME = 16384
@@ -121,7 +121,7 @@ class PeerRejected(ProbeError):
 
     @property
     def ignorable(self) -> bool:
-        """kaspad logs these quietly (duplicate/loopback connection, facts §3.2)."""
+        """kaspad logs these quietly (duplicate/loopback connection, protocol.md §6.1)."""
         return self.reason in IGNORABLE_REJECTS
 
 
@@ -241,7 +241,7 @@ def _window_update_frame(increment: int) -> bytes:
 
 
 def _fork_onion_shape_error(host: str) -> str | None:
-    """The fork's own onion check (facts §8.4): what kaspad would disconnect on."""
+    """The fork's own onion check (protocol.md §11.3): what kaspad would disconnect on."""
     h = host.lower()
     if not h.endswith(".onion"):
         return f"onion {host[:80]!r} does not end in .onion"
@@ -422,7 +422,7 @@ class ProbeClient:
             return events
         phase = self._st.phase
         text = f"timeout expired after {_fmt_secs(seconds)}"
-        reject = text if phase is not Phase.HEADERS else None  # kaspad's Reject text (§3.2)
+        reject = text if phase is not Phase.HEADERS else None  # kaspad's Reject text (§6.1)
         self._fail(ProbeTimeout(f"{text} waiting for the peer's {phase.value}", phase=phase),
                    events, reject=reject)
         return events
@@ -539,7 +539,7 @@ class ProbeClient:
     # -- Kaspa P2P --------------------------------------------------------------------------
 
     def _version_payload(self) -> bytes:
-        # Tag order as prost writes it (facts §2.3); no address, disableRelayTx=false omitted.
+        # Tag order as prost writes it (protocol.md §4.3); no address, disableRelayTx=false omitted.
         fields = [proto.make_varint_field(proto.V_PROTOCOL, self.protocol_version)]
         if self.services:
             fields.append(proto.make_varint_field(proto.V_SERVICES, self.services))
@@ -626,7 +626,7 @@ class ProbeClient:
     def _version_problem(self, payload_version: PeerVersionInfo) -> tuple[ProbeError |
                                                                           SelfConnection,
                                                                           str | None] | None:
-        """kaspad's checks in its order (facts §3.1 step 4): (error, Reject text)."""
+        """kaspad's checks in its order (protocol.md §5.1 step 4): (error, Reject text)."""
         pv = payload_version
         if len(pv.node_id) != 16:
             text = f"Identity error: invalid peer id length {len(pv.node_id)}"
@@ -649,7 +649,7 @@ class ProbeClient:
         return None
 
     def _entry_problem(self, na: proto.NetAddress) -> str | None:
-        """What kaspad's conversion fails on for one NetAddress (facts §2.4, §8.3)."""
+        """What kaspad's conversion fails on for one NetAddress (protocol.md §4.4, §11.2)."""
         onion = na.onion
         if onion is not None:
             err = _fork_onion_shape_error(onion)

@@ -2,7 +2,7 @@
 
 Messages are kept as a list of :class:`Field` values that remember their original bytes, so a
 message that is decoded and re-encoded without changes comes out identical, unknown fields
-included. Only the fields the rewrite policy touches are interpreted (facts §2).
+included. Only the fields the rewrite policy touches are interpreted (protocol.md §4).
 
 Bounded decoding (issue 10, defects 2, 3 and 6; docs/fuzzing.md, "Costs"). Whatever a peer sends,
 the work done here is bounded by the shape of real messages, not by the size of the input: an
@@ -31,7 +31,7 @@ I64 = 1
 LEN = 2
 I32 = 5
 
-# KaspadMessage payload field numbers (facts §2.1).
+# KaspadMessage payload field numbers (protocol.md §4.1).
 ADDRESSES = 1
 BLOCK = 2
 REQUEST_ADDRESSES = 6
@@ -58,7 +58,7 @@ PAYLOAD_NAMES: dict[int, str] = {
     20: "Version", 22: "Reject", 50: "Ready",
 }
 
-#: Version.services bit announcing ADDRv2 (onion gossip) support, as in the RK Tor fork (§8.2).
+#: Version.services bit for ADDRv2 (onion gossip) support, as in the Tor fork (protocol.md §11.1).
 SERVICE_ADDRV2 = 1 << 23
 
 MAX_VARINT_BYTES = 10
@@ -75,7 +75,7 @@ MAX_VERSION_BYTES = 64 * 1024
 #: The largest NetAddress an honest node sends: timestamp (11 bytes), a 16-byte IP (18) or a
 #: v3 onion (64), port (6), with room for one more varint; about 100 bytes.
 MAX_NET_ADDRESS_BYTES = 128
-#: kaspad disconnects on an Addresses message with more entries (facts §4.1).
+#: kaspad disconnects on an Addresses message with more entries (protocol.md §7.1).
 MAX_ADDRESSES = 2500
 #: A whole Addresses KaspadMessage, inflated: 2500 maximal entries (each with its 3-byte tag and
 #: length) plus the envelope.
@@ -432,7 +432,7 @@ class Envelope:
         return cls(tag, payload, others)
 
     def encode(self) -> bytes:
-        """Payload first, then the other fields (prost's tag order, facts §2.3)."""
+        """Payload first, then the other fields (prost's tag order, protocol.md §4.3)."""
         return make_len_field(self.tag, self.payload).raw + encode_fields(self.others)
 
 
@@ -534,7 +534,7 @@ class NetAddress:
         return f.as_int if f is not None else 0
 
     def kaspad_accepts(self) -> bool:
-        """Would upstream kaspad convert this entry (facts §2.4)? ip 4/16 bytes, port ≤ 65535,
+        """Would upstream kaspad convert this entry (protocol.md §4.4)? ip 4/16 bytes, port ≤ 65535,
         and every known field with its declared wire type (prost rejects the whole message
         otherwise)."""
         if self._raw is not None:  # canonical: wire types were checked while decoding

@@ -16,8 +16,8 @@ Screening the remote (``screen=True``: the bridge's slot relays, ``kaspad_side=D
 remote's response HEADERS are held back from kaspad, and kaspad's bytes from the remote, until the
 remote's Version has arrived and the policy accepted it (not our own kaspad, not a node id already
 connected to kaspad, see :mod:`bridge.core.nodes`). kaspad sends nothing before the response
-HEADERS and a kaspad remote sends its Version right after them without waiting for ours (facts
-§1.7, §3.1), so this costs no round trip; the warm pool's upstreams only have the HTTP/2 preface
+HEADERS and a kaspad remote sends its Version right after them without waiting for ours (protocol.md
+§2.5, §5.1), so this costs no round trip; the warm pool's upstreams only have the HTTP/2 preface
 done, and the Version is the first place the remote's node id can be seen. Until then kaspad has
 seen nothing of this remote, so when the Version shows a duplicate
 (:class:`~bridge.errors.DuplicatePeer`) the relay *drops that upstream* instead of closing: it
@@ -58,7 +58,7 @@ from bridge.core.policy import Action, ConnectionPolicy, Direction
 h2fast.install()  # output-identical; saves a 16 KiB hexlify per received DATA frame
 
 P2P_PATH = b"/protowire.P2P/MessageStream"
-#: RequestAddresses{includeAllSubnetworks: false} exactly as kaspad sends it (facts §2.3)
+#: RequestAddresses{includeAllSubnetworks: false} exactly as kaspad sends it (protocol.md §4.3)
 REQUEST_ADDRESSES_MSG = bytes.fromhex("3200")
 GRPC_UNAVAILABLE = 14
 GRPC_UNIMPLEMENTED = 12

@@ -19,7 +19,7 @@ Rules, in order (:func:`choose`):
    ports). IPv4-mapped IPv6 addresses count as IPv4. Loopback addresses are exempt by default
    (``SelectionPolicy.exempt_loopback``): they are local test rigs, where /16 spreading is
    meaningless, and an exempt peer neither blocks nor is blocked by a group.
-3. **Preference** (soft, weighted random like kaspad's address manager, facts §4.2):
+3. **Preference** (soft, weighted random like kaspad's address manager, protocol.md §7.2):
    ``weight = 64**-min(failures, 4) * bonus / (eligible peers in the same group)`` where
    ``bonus`` is ``recent_bonus`` for a peer that succeeded within ``recent_window`` seconds or an
    operator-configured (``config``) peer, ``tried_bonus`` for one that succeeded at some point,

@@ -1,6 +1,6 @@
 """Upstream dialing and the warm pool.
 
-kaspad gives a slot 10 s for response HEADERS and then 4 s for the peer's Version (facts §1.8).
+kaspad gives a slot 10 s for response HEADERS and 4 s for the peer's Version (protocol.md §3.2).
 A Tor circuit to an onion service can take longer than that to build, so the bridge keeps
 ``size`` upstream connections *warm*: SOCKS done and the HTTP/2 preface exchanged (the server's
 SETTINGS received). A kaspad slot connection takes one and only has to open a stream on it.
@@ -19,7 +19,7 @@ stuck circuit) is closed, logged once with the fault on the remote, and its cand
 with a failure backoff. Writes are never shielded from cancellation, so the daemon's shutdown
 does not wait for such a remote; :meth:`WarmPool.take` never waits for an entry in the middle of
 a write either (that entry is not ready). The idle wait itself has no timeout: an idle warm
-connection is meant to stay quiet (kaspad sends no HTTP/2 PING, facts §1.4), and a keep-alive
+connection is meant to stay quiet (kaspad sends no HTTP/2 PING, protocol.md §3.1), and a keep-alive
 PING of ours would be penalised by grpc servers when no stream is open. Frames received while
 idle spend the connection's budget (:mod:`bridge.core.budget`), which is refilled with time as
 in a relay.

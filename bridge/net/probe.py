@@ -41,7 +41,7 @@ from bridge.net.socks import ProxyEndpoint, open_socks_stream
 
 log = logging.getLogger("bridge.probe")
 
-#: DNS seeders of each network (rusty-kaspa ``consensus/core/src/config/params.rs``, facts §7).
+#: DNS seeders per network (rusty-kaspa ``consensus/core/src/config/params.rs``, protocol.md §9).
 DNS_SEEDERS: Final[dict[str, tuple[str, ...]]] = {
     "kaspa-mainnet": (
         "mainnet-dnsseed-1.kaspanet.org",
@@ -75,7 +75,7 @@ def seeder_targets(network: str) -> list[tuple[str, int]]:
 
 @dataclass(frozen=True, slots=True)
 class HarvestTimeouts:
-    """Seconds. ``headers``/``version``/``ready`` are kaspad's own budgets (facts §1.4, §3.1);
+    """Seconds. ``headers``/``version``/``ready`` are kaspad's own budgets (protocol.md §3.1, §5.1);
     ``dial`` covers the SOCKS handshake including Tor's circuit and the exit's DNS lookup."""
 
     dial: float = 60.0

@@ -1,9 +1,9 @@
 """A kaspad P2P peer emulator built on grpcio (threaded), for testing the relay end to end.
 
-It follows shared/docs/kaspa-p2p-facts.md: one bidirectional ``/protowire.P2P/MessageStream`` per
+It follows docs/protocol.md: one bidirectional ``/protowire.P2P/MessageStream`` per
 peer and one TCP connection per peer, the Version -> Verack -> Ready handshake with kaspad's
-timeouts and validation order (§3), the one-shot address exchange (§4.1), application-level
-ping/pong (§5), gzip like kaspad (§1.2) and the fork's ADDRv2/onion rules (§8.2-8.4). Everything
+timeouts and validation order (§5), the one-shot address exchange (§7.1), application-level
+ping/pong (§8), gzip like kaspad (§2.2) and the fork's ADDRv2/onion rules (§11). Everything
 real kaspad would disconnect on is recorded in ``PeerSession.violations``; when ``strict`` the
 session is then closed the way kaspad closes it (with a ``Reject`` where kaspad sends one, silently
 where it does not). A few things kaspad tolerates but a relay must never cause (a duplicate
@@ -67,7 +67,7 @@ raw h2 peer (see the wire-level tests), and what this module does about it:
   each way (kaspad: 1 GiB decode, unlimited encode).
 * Threads: the grpcio sync server holds one pool thread per live inbound stream
   (``max_workers`` bounds concurrent inbound peers); each session also has a reader and a driver
-  thread. kaspad is async and serializes inbound handshakes in its hub (facts §1.8); the emulator
+  thread. kaspad is async and serializes inbound handshakes (protocol.md §3.2); the emulator
   runs them in parallel.
 
 Not emulated: IBD, block/tx relay logic (those messages land in ``PeerSession.received``),
@@ -317,7 +317,7 @@ def make_block_message(
 
 
 def check_onion(host: str) -> str | None:
-    """The fork's onion validation (facts §8.4). Returns an error string or None."""
+    """The fork's onion validation (protocol.md §11.3). Returns an error string or None."""
     h = host.lower()
     if not h.endswith(".onion"):
         return f"invalid onion address {host!r}: missing .onion suffix"

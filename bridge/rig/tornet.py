@@ -1,6 +1,6 @@
 """A private Tor network on loopback: directory authorities, relays, clients and onion hosts.
 
-Follows ``docs/tor-private-network.md`` (shared docs): keys are generated on the fly with
+Follows ``docs/tor-test-network.md``: keys are generated on the fly with
 ``tor-gencert`` and ``tor --list-fingerprint``, start is staged (authorities and relays first,
 then, once every relay is listed in the microdescriptor consensus, the clients and onion hosts,
 which are polled with ``GETINFO status/bootstrap-phase`` until ``PROGRESS=100``). Exits resolve

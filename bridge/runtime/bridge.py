@@ -66,10 +66,10 @@ BOOK_QUEUE = 32
 
 log = logging.getLogger("bridge")
 
-#: kaspad's client gives up if response HEADERS take longer than 10 s (facts §1.4); answer by 9.
+#: kaspad's client gives up if response HEADERS take over 10 s (protocol.md §3.1); answer by 9.
 KASPAD_RESPONSE_DEADLINE = 9.0
 #: Version.protocolVersion the seeder harvest announces: upstream master accepts only >= 10
-#: (facts §3.6) and the Tor fork accepts anything >= 8, so 10 reaches both.
+#: (protocol.md §5.3) and the Tor fork accepts anything >= 8, so 10 reaches both.
 SEED_PROTOCOL_VERSION = 10
 #: accept(2) errors that mean "out of resources for now" (descriptors, kernel memory): the
 #: listener waits :data:`ACCEPT_RETRY` seconds and tries again
@@ -137,7 +137,7 @@ class BridgeOptions:
     #: kernel's accept queue; Tor's own onion-service DoS defences sit in front of that)
     inbound_accept_rate: float | None = 20.0
     inbound_accept_burst: int = 64
-    #: kaspad's 10 s response-HEADERS deadline, with a margin (facts §1.4). A slot's remote must
+    #: kaspad's 10 s response-HEADERS deadline, with margin (protocol.md §3.1). A slot's remote must
     #: have answered *and* sent its Version by then (the bridge checks it before kaspad sees it)
     response_deadline: float = KASPAD_RESPONSE_DEADLINE
     #: a slot whose upstream was dropped as a duplicate (node id connected already) takes
@@ -586,7 +586,7 @@ class Bridge:
             is_self = isinstance(err, SelfConnection)
             remote_fault = err is not None and err.fault is Fault.REMOTE
             # Answered the stream but never sent its Version: kaspad's 4 s handshake timeout
-            # (facts §3.1) closed it; not a peer to prefer next time.
+            # (protocol.md §5.1) closed it; not a peer to prefer next time.
             remote_fault = remote_fault or (runner.relay.response_started
                                             and not policy.remote.node_id)
             # A success only for a remote that handshook; ended before it could (kaspad left,

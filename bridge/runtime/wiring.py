@@ -62,7 +62,7 @@ def bridge_options(cfg: Config) -> BridgeOptions:
 
 
 def kaspad_flags(cfg: Config) -> list[str]:
-    """The flags an unmodified kaspad needs to use this bridge (facts §6.2/§6.3).
+    """The flags an unmodified kaspad needs to use this bridge (protocol.md §10.1).
 
     ``--addpeer`` (not ``--connect``, which would disable kaspad's listener and so the onion
     inbound) per slot. In tor-only mode kaspad must not reach the network itself.

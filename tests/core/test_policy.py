@@ -1,4 +1,4 @@
-"""Tests for bridge.core.policy: the per-connection rewrite policy (facts §3.2, §4.1, §8, §10)."""
+"""Tests for bridge.core.policy: the rewrite policy (protocol.md §6, §7.1, §11, §6.3)."""
 
 from __future__ import annotations
 
@@ -445,7 +445,7 @@ def test_kaspad_gets_exactly_one_addresses_even_if_it_asked_twice() -> None:
     pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES)
     pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES)
     assert _to_kaspad(pol) is not None
-    assert _to_kaspad(pol) is None  # kaspad's ReceiveAddressesFlow has ended (facts §4.1)
+    assert _to_kaspad(pol) is None  # kaspad's ReceiveAddressesFlow has ended (protocol.md §7.1)
 
 
 def test_bridge_refresh_reply_is_consumed_in_fifo_order() -> None:

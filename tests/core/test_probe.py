@@ -141,7 +141,7 @@ def test_preface_settings_and_request_headers_like_tonic_over_hyper() -> None:
         (b"content-type", b"application/grpc"), (b"grpc-encoding", b"gzip"),
         (b"grpc-accept-encoding", b"gzip,identity"), (b"user-agent", b"tonic/0.12.3"),
     ]
-    # no DATA before the response HEADERS (kaspad's client waits for them, facts §1.8)
+    # no DATA before the response HEADERS (kaspad's client waits for them, protocol.md §3.2)
     assert pump(client2, peer) == [] and peer.messages == []
     assert client2.phase is Phase.HEADERS
 

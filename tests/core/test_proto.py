@@ -282,10 +282,10 @@ def test_replace_field() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# facts §2.3 byte examples
+# protocol.md §4.3 byte examples
 
 
-FACT_EXAMPLES = [
+PROTOCOL_EXAMPLES = [
     ("9a0100", proto.VERACK, None, None, _pb_kaspad(verack=pb.VerackMessage())),
     ("920300", proto.READY, None, None, _pb_kaspad(ready=pb.ReadyMessage())),
     ("3200", proto.REQUEST_ADDRESSES, None, None,
@@ -303,11 +303,11 @@ FACT_EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize(("hex_", "tag", "resp", "req", "pb_bytes"), FACT_EXAMPLES)
-def test_fact_examples(hex_: str, tag: int, resp: int | None, req: int | None,
+@pytest.mark.parametrize(("hex_", "tag", "resp", "req", "pb_bytes"), PROTOCOL_EXAMPLES)
+def test_protocol_examples(hex_: str, tag: int, resp: int | None, req: int | None,
                        pb_bytes: bytes) -> None:
     raw = bytes.fromhex(hex_)
-    assert raw == pb_bytes  # the facts' table agrees with the protobuf runtime
+    assert raw == pb_bytes  # protocol.md's table agrees with the protobuf runtime
     assert proto.payload_tag(raw) == tag
     assert proto.peek_payload_tag(raw) == tag
     env = proto.Envelope.decode(raw)
@@ -371,7 +371,7 @@ def _check_every_prefix(msg: bytes, tag: int, key_end: int) -> None:
             assert got == tag, (msg.hex(), i)
 
 
-@pytest.mark.parametrize(("hex_", "tag", "resp", "req", "pb_bytes"), FACT_EXAMPLES)
+@pytest.mark.parametrize(("hex_", "tag", "resp", "req", "pb_bytes"), PROTOCOL_EXAMPLES)
 def test_peek_every_prefix_fact_examples(hex_: str, tag: int, resp: int | None,
                                          req: int | None, pb_bytes: bytes) -> None:
     _check_every_prefix(bytes.fromhex(hex_), tag, _key_len(tag))
@@ -498,7 +498,7 @@ def test_envelope_round_trip_property(tag: int, payload: bytes, resp: int | None
 # NetAddress / Addresses
 
 
-def test_from_onion_matches_facts_example() -> None:
+def test_from_onion_matches_protocol_example() -> None:
     host = "a" * 56 + ".onion"
     raw = proto.NetAddress.from_onion(host, 16111).encode()
     assert raw == bytes.fromhex("20ef7d2a3e") + host.encode()

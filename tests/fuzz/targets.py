@@ -361,7 +361,7 @@ _OTHER_KNOWN = sorted(proto.KNOWN_PAYLOADS - {proto.VERSION, proto.VERACK, proto
 
 
 def kaspad_message(src: Source) -> bytes:
-    """A decompressed KaspadMessage: real shapes from facts §2 plus broken ones."""
+    """A decompressed KaspadMessage: real shapes from protocol.md §4 plus broken ones."""
     kind = src.below(20)
     if kind == 0:  # zeros: a benign message, so the happy path keeps the connection up
         msg = proto.make_len_field(proto.PING, proto.make_varint_field(1, some_int(src)).raw).raw

@@ -75,7 +75,7 @@ def msg(**kw: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------
-# Wire encoding of the generated protos (facts §2.3, §8.3 byte examples)
+# Wire encoding of the generated protos (protocol.md §4.3, §11.2 byte examples)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,7 @@ def test_handshake(emu: Factory, server_v2: bool, client_v2: bool) -> None:
 
 def test_dial_back_is_duplicate_while_connected_then_allowed(emu: Factory) -> None:
     """A and B both serve. B->A handshakes; A->B is then a DUPLICATE (same node id, same IP
-    127.0.0.1: facts §3.4); once B->A is closed, A->B handshakes."""
+    127.0.0.1: protocol.md §5.4); once B->A is closed, A->B handshakes."""
     a, b = emu(addrv2=True), emu(addrv2=True)
     a.start_server()
     b.start_server()
