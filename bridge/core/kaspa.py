@@ -25,6 +25,7 @@ __all__ = [
     "SIMNET",
     "TESTNET_10",
     "Network",
+    "find_network",
     "get_network",
     "network_p2p_port",
 ]
@@ -104,6 +105,15 @@ def get_network(name: str) -> Network:
     except KeyError:
         allowed = ", ".join(NETWORKS)
         raise ValueError(f"unknown network {name!r}; allowed: {allowed}") from None
+
+
+def find_network(name: str) -> Network | None:
+    """The network called ``name`` or, as the Tor layer names them, ``short_name``
+    (``simnet``); ``None`` if there is none."""
+    found = NETWORKS.get(name)
+    if found is None:
+        found = next((n for n in NETWORKS.values() if n.short_name == name), None)
+    return found
 
 
 def network_p2p_port(name: str) -> int:
