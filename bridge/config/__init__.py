@@ -13,10 +13,11 @@ v3 onion.
 The modules: :mod:`~bridge.config.keys` declares every key once (type, default, bounds, doc;
 its environment variable, flag, ``--help`` line and ``config/reference.toml`` entry are derived
 from it), :mod:`~bridge.config.types` holds the value types (:class:`HostPort`, ...),
-:mod:`~bridge.config.model` the frozen dataclasses, :mod:`~bridge.config.load` the file,
-environment and flag layers, :mod:`~bridge.config.build` the validation across keys, and
-:mod:`~bridge.config.reference` renders the reference file. The networks come from
-:mod:`bridge.core.kaspa`.
+:mod:`~bridge.config.model` the frozen dataclasses, :mod:`~bridge.config.load` the file and
+environment layers, :mod:`~bridge.config.flags` the command-line ones,
+:mod:`~bridge.config.raw` typed access to the layered values, :mod:`~bridge.config.build` the
+validation across keys, and :mod:`~bridge.config.reference` renders the reference file. The
+networks come from :mod:`bridge.core.kaspa`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from bridge.config.build import ONION_KEY_FILE_NAME, PUBLIC_REFRESH_FLOOR
+from bridge.config.flags import FLAG_TO_KEY, flag_help, parse_flags, parse_set, set_help
 from bridge.config.keys import (
     ENV_PREFIX,
     KEYS,
@@ -39,17 +41,7 @@ from bridge.config.keys import (
     env_var_name,
     is_secret_key,
 )
-from bridge.config.load import (
-    FLAG_TO_KEY,
-    NON_CONFIG_ENV,
-    as_dict,
-    defaults,
-    flag_help,
-    load_config,
-    parse_flags,
-    parse_set,
-    set_help,
-)
+from bridge.config.load import NON_CONFIG_ENV, as_dict, defaults, load_config
 from bridge.config.model import (
     Config,
     InboundConfig,

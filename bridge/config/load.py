@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from bridge.config.build import PASSWORD_ENV_ALIAS, Raw, build
+from bridge.config.build import PASSWORD_ENV_ALIAS, build
 from bridge.config.keys import (
     ENV_PREFIX,
     KEYS,
@@ -36,20 +36,18 @@ from bridge.config.keys import (
     shown,
 )
 from bridge.config.model import Config
+from bridge.config.raw import Raw
 from bridge.config.types import HostPort, UnixSocket
 from bridge.core.errors import ConfigError
 from bridge.core.onion import OnionAddress
 
 __all__ = [
-    "FLAG_TO_KEY",
     "NON_CONFIG_ENV",
     "as_dict",
     "defaults",
-    "flag_help",
     "load_config",
-    "parse_flags",
-    "parse_set",
-    "set_help",
+    "parse_text_value",
+    "unknown_key_error",
 ]
 
 _BOOL_WORDS: Final[Mapping[str, bool]] = {
@@ -79,7 +77,7 @@ def _suggest(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _unknown_key_error(key: str, source: str) -> ConfigError:
+def unknown_key_error(key: str, source: str) -> ConfigError:
     section = key.split(".", 1)[0] if "." in key else None
     if section in SECTIONS:
         known = ", ".join(k.split(".", 1)[1] for k in KEYS if k.startswith(f"{section}."))
@@ -165,7 +163,7 @@ def _from_file(path: Path) -> Raw:
             for sub, subvalue in value.items():
                 key = f"{name}.{sub}"
                 if key not in KEYS:
-                    raise _unknown_key_error(key, source)
+                    raise unknown_key_error(key, source)
                 raw[key] = (_check_type(key, subvalue, source), source)
         elif name in KEYS:
             if isinstance(value, dict):
@@ -176,11 +174,11 @@ def _from_file(path: Path) -> Raw:
                 )
             raw[name] = (_check_type(name, value, source), source)
         else:
-            raise _unknown_key_error(name, source)
+            raise unknown_key_error(name, source)
     return raw
 
 
-def _parse_env_value(key: str, text: str, source: str) -> object:
+def parse_text_value(key: str, text: str, source: str) -> object:
     spec = KEYS[key]
 
     def bad(why: str = "") -> ConfigError:
@@ -253,101 +251,8 @@ def _from_env(env: Mapping[str, str]) -> Raw:
                 )
             continue  # some other KTB_ variable (e.g. KTB_IN_NETNS of the test script)
         source = f"env {name}"
-        raw[key] = (_parse_env_value(key, env[name], source), source)
+        raw[key] = (parse_text_value(key, env[name], source), source)
     return raw
-
-
-FLAG_TO_KEY: Final[Mapping[str, str]] = {flag_name(k): k for k in KEYS}
-
-
-def flag_help() -> list[tuple[str, str]]:
-    """``(flag, what it takes)`` for every key, for the CLI's help text (not the control
-    password: never on the command line)."""
-    return [(flag_name(k), describe_allowed(s)) for k, s in KEYS.items()
-            if not is_secret_key(k)]
-
-
-def parse_flags(args: Sequence[str]) -> dict[str, object]:
-    """Command-line flags for every config key: ``--slots-count 8``, ``--slots-count=8``,
-    ``--tor-listen-onion`` / ``--no-tor-listen-onion`` for booleans; list keys repeat
-    (``--peers-connect A --peers-connect B``) or take a comma-separated list. Returns
-    overrides for :func:`load_config`; errors name the flag."""
-    out: dict[str, object] = {}
-    lists: dict[str, list[object]] = {}
-    i = 0
-    while i < len(args):
-        token = args[i]
-        i += 1
-        name, eq, value = token.partition("=")
-        negated = name.startswith("--no-") and name[:2] + name[5:] in FLAG_TO_KEY
-        key = FLAG_TO_KEY.get("--" + name[5:] if negated else name)
-        if key is None or not name.startswith("--"):
-            close = difflib.get_close_matches(name, list(FLAG_TO_KEY), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"unknown option {name}{hint}", source="command line")
-        if is_secret_key(key):
-            raise ConfigError(
-                "a password on the command line is visible to every user (ps); use the "
-                f"{PASSWORD_ENV_ALIAS} environment variable or tor.control_password_file",
-                source="command line", key=key)
-        spec = KEYS[key]
-        if spec.kind == "bool" and not eq:
-            out[key] = not negated
-            continue
-        if negated:
-            raise ConfigError(f"{name} takes no value", source="command line", key=key)
-        if not eq:
-            # The next token is the value, unless it is another option (never parsed as this
-            # one's value: "--slots-count --tor-control-password=x" must not echo the password)
-            if i >= len(args) or args[i].startswith("--"):
-                raise ConfigError(f"{name} needs a value: {describe_allowed(spec)}",
-                                  source="command line", key=key)
-            value = args[i]
-            i += 1
-        parsed = _parse_env_value(key, value, name)
-        if spec.kind == "list":
-            assert isinstance(parsed, tuple)
-            lists.setdefault(key, []).extend(parsed)
-        else:
-            out[key] = parsed
-    for key, items in lists.items():
-        out[key] = tuple(items)
-    return out
-
-
-def set_help() -> list[tuple[str, str]]:
-    """``(dotted key, what it takes)`` for every key ``--set`` accepts (not the secret ones)."""
-    return [(k, describe_allowed(s)) for k, s in KEYS.items() if not is_secret_key(k)]
-
-
-def parse_set(items: Sequence[str]) -> dict[str, object]:
-    """``--set section.key=value`` options (repeatable; the value is parsed like the key's
-    environment variable; a list key repeats or takes a comma-separated list). Returns
-    overrides for :func:`load_config`; errors name ``--set`` and the key, never a secret."""
-    out: dict[str, object] = {}
-    lists: dict[str, list[object]] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        source = "--set"
-        if not eq:  # the text is not shown: it could be a mistyped secret
-            raise ConfigError("expected 'section.key=value', e.g. --set slots.count=8",
-                              source=source, key=key if key in KEYS else None)
-        if key not in KEYS:
-            raise _unknown_key_error(key, source)
-        if is_secret_key(key):
-            raise ConfigError(
-                "a password on the command line is visible to every user (ps); use the "
-                f"{PASSWORD_ENV_ALIAS} environment variable or tor.control_password_file",
-                source=source, key=key)
-        parsed = _parse_env_value(key, value, source)
-        if KEYS[key].kind == "list":
-            assert isinstance(parsed, tuple)
-            lists.setdefault(key, []).extend(parsed)
-        else:
-            out[key] = parsed
-    for key, list_items in lists.items():
-        out[key] = tuple(list_items)
-    return out
 
 
 def _from_overrides(overrides: Mapping[str, object]) -> Raw:
@@ -357,7 +262,7 @@ def _from_overrides(overrides: Mapping[str, object]) -> Raw:
             continue
         source = flag_name(key)
         if key not in KEYS:
-            raise _unknown_key_error(key, source)
+            raise unknown_key_error(key, source)
         raw[key] = (_check_type(key, value, source), source)
     return raw
 
