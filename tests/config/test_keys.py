@@ -23,7 +23,7 @@ from bridge.config.keys import (
     describe_allowed,
 )
 from bridge.config.model import SECTIONS as MODEL_SECTIONS
-from bridge.config.reference import render_reference
+from bridge.config.reference import GENERATED, render_reference
 from bridge.core.errors import ConfigError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "config" / "reference.toml"
@@ -162,9 +162,13 @@ def test_every_key_is_in_reference_toml_with_its_default() -> None:
         assert KEYS[key].doc.split()[0] in REFERENCE.read_text(), key
 
 
-def test_reference_toml_is_up_to_date() -> None:
-    """Regenerate with: python3 -m bridge.config.reference config/reference.toml"""
-    assert REFERENCE.read_text(encoding="utf-8") == render_reference()
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_generated_files_are_up_to_date(name: str) -> None:
+    """Regenerate with: python3 -m bridge.config.reference --examples config"""
+    text = (REFERENCE.parent / name).read_text(encoding="utf-8")
+    assert text == render_reference(GENERATED[name])
+    assert text.startswith("".join(f"# {line}".rstrip() + "\n"
+                                   for line in GENERATED[name].splitlines()))
 
 
 def test_reference_toml_loads_to_the_defaults() -> None:
@@ -182,6 +186,11 @@ def test_reference_cli_writes_the_file(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert out.read_text(encoding="utf-8") == render_reference()
+    res = subprocess.run([sys.executable, "-m", "bridge.config.reference", "--examples",
+                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for name, header in GENERATED.items():
+        assert (tmp_path / name).read_text(encoding="utf-8") == render_reference(header)
     res = subprocess.run([sys.executable, "-m", "bridge.config.reference", "--bogus"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "usage" in res.stderr
