@@ -771,8 +771,8 @@ def test_secret_env_and_flag_values_are_never_echoed(monkeypatch: pytest.MonkeyP
     """Every generic error path a secret's value could take: an unparsable environment value,
     an out-of-range number, a value not among the choices (the password key made numeric / a
     choice here, as a future secret key could be)."""
-    from bridge.config.raw import Builder
     from bridge.config.keys import KEYS, Bounds, Key
+    from bridge.config.raw import Builder
 
     monkeypatch.setitem(KEYS, "tor.control_password",
                         Key("tor.control_password", "int", 0, "", bounds=Bounds(lo=1, hi=2)))

@@ -126,9 +126,9 @@ def _interruptible(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-def _load(config: Path | None, overrides: dict[str, Any]) -> Config:
+def _load(config: Path | None, overrides: dict[str, Any], source: str | None = None) -> Config:
     try:
-        return load_config(config, overrides=overrides)
+        return load_config(config, overrides=overrides, overrides_source=source)
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -176,7 +176,7 @@ def kaspad_flags_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Print the flags kaspad needs to use this bridge (copy-paste ready)."""
-    cfg = _load(config, _set_overrides(set_))
+    cfg = _load(config, _set_overrides(set_), "--set")
     flags = kaspad_flags(cfg)
     if compose:
         typer.echo("command:")
@@ -197,7 +197,7 @@ def status(
     """Live view of the running daemon (read from its metrics.listen endpoint)."""
     from bridge.runtime.status import StatusUnavailable, fetch, render
 
-    cfg = _load(config, _set_overrides(set_))
+    cfg = _load(config, _set_overrides(set_), "--set")
     listen = cfg.metrics.listen
     if listen is None:
         where = f" in {config}" if config is not None else ""
@@ -239,7 +239,7 @@ def doctor(
     from bridge.cli.doctor import Check, report, run_checks
 
     try:
-        cfg = load_config(config, overrides=parse_set(set_ or []))
+        cfg = load_config(config, overrides=parse_set(set_ or []), overrides_source="--set")
     except ConfigError as exc:
         report([Check("config", "fail", str(exc), "fix the named key")], typer.echo)
         raise typer.Exit(1) from exc

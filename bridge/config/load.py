@@ -255,12 +255,12 @@ def _from_env(env: Mapping[str, str]) -> Raw:
     return raw
 
 
-def _from_overrides(overrides: Mapping[str, object]) -> Raw:
+def _from_overrides(overrides: Mapping[str, object], source_name: str | None) -> Raw:
     raw: Raw = {}
     for key, value in overrides.items():
         if value is None:  # an unset CLI option
             continue
-        source = flag_name(key)
+        source = source_name or flag_name(key)
         if key not in KEYS:
             raise unknown_key_error(key, source)
         raw[key] = (_check_type(key, value, source), source)
@@ -272,13 +272,15 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    overrides_source: str | None = None,
 ) -> Config:
     """Load and validate the configuration.
 
     ``path``: TOML file, or ``None`` for defaults only. ``env`` defaults to ``os.environ``;
     only ``KTB_*`` variables are looked at (unknown ``KTB_X__Y`` names and near-misses of known
     names are errors, other ``KTB_*`` names are ignored). ``overrides`` maps dotted keys to native
-    values (``None`` = not given) and wins over everything; errors name them as ``--dotted-key``.
+    values (``None`` = not given) and wins over everything; errors name them as ``--dotted-key``,
+    or as ``overrides_source`` when given (``"--set"``).
     """
     if env is None:
         env = os.environ
@@ -286,7 +288,7 @@ def load_config(
     if path is not None:
         raw.update(_from_file(Path(path)))
     raw.update(_from_env(env))
-    raw.update(_from_overrides(overrides or {}))
+    raw.update(_from_overrides(overrides or {}, overrides_source))
     # Normalise numeric defaults/values so the builder sees exact types.
     for key, (value, source) in raw.items():
         if KEYS[key].kind == "float" and isinstance(value, int) and not isinstance(value, bool):

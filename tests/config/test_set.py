@@ -25,6 +25,9 @@ def test_parse_set_parses_by_the_declarations() -> None:
     cfg = load_config(None, env={"HOME": "/h", "KTB_SLOTS__COUNT": "3"},
                       overrides=parse_set(["slots.count=5", "data_dir=/srv/ktb"]))
     assert cfg.slots.count == 5 and cfg.data_dir == Path("/srv/ktb")  # over the environment
+    cfg = load_config(None, env={"HOME": "/h"}, overrides=parse_set(["slots.count=5"]),
+                      overrides_source="--set")
+    assert cfg.sources["slots.count"] == "--set" and cfg.sources["pool.size"] == "default"
 
 
 @pytest.mark.parametrize(("items", "key", "fragment"), [
@@ -67,6 +70,9 @@ def test_kaspad_flags_takes_set() -> None:
                                   "--listen=127.0.0.1:16511", "--disable-upnp"]
     res = _bridge("kaspad-flags", "--set", "slots.cnt=2")
     assert res.returncode == 2 and "did you mean 'slots.count'" in res.stderr
+    res = _bridge("kaspad-flags", "--set", "peers.allow_direct=true")  # a cross-key error
+    assert res.returncode == 2
+    assert "--set: peers.allow_direct: peers.allow_direct = true is only allowed" in res.stderr
 
 
 @pytest.mark.parametrize("command", ["kaspad-flags", "status", "doctor"])
