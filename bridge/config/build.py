@@ -146,11 +146,11 @@ def _inbound(b: Builder) -> InboundConfig:
             "set inbound.allow_non_loopback = true to override",
         )
     return InboundConfig(listen=inbound_listen, allow_non_loopback=inbound_non_loopback,
-                            max_connections=b.int_("inbound.max_connections"),
-                            max_pending=b.int_("inbound.max_pending"),
-                            handshake_timeout=b.float_("inbound.handshake_timeout"),
-                            accept_rate=b.float_("inbound.accept_rate"),
-                            accept_burst=b.int_("inbound.accept_burst"))
+                         max_connections=b.int_("inbound.max_connections"),
+                         max_pending=b.int_("inbound.max_pending"),
+                         handshake_timeout=b.float_("inbound.handshake_timeout"),
+                         accept_rate=b.float_("inbound.accept_rate"),
+                         accept_burst=b.int_("inbound.accept_burst"))
 
 
 def _tor(b: Builder, network: str, p2p_port: int, data_dir: Path) -> TorConfig:

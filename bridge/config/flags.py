@@ -8,7 +8,7 @@ is never taken from the command line (it would be visible to every user in ``ps`
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
 from bridge.config.build import PASSWORD_ENV_ALIAS
@@ -28,13 +28,39 @@ def flag_help() -> list[tuple[str, str]]:
             if not is_secret_key(k)]
 
 
+def _refuse_secret(key: str, source: str) -> None:
+    if is_secret_key(key):
+        raise ConfigError(
+            "a password on the command line is visible to every user (ps); use the "
+            f"{PASSWORD_ENV_ALIAS} environment variable or tor.control_password_file",
+            source=source, key=key)
+
+
+def _collect(pairs: Iterable[tuple[str, object]]) -> dict[str, object]:
+    """Overrides from ``(key, parsed value)`` in command-line order: a list key's values add
+    up, any other key's last value wins."""
+    out: dict[str, object] = {}
+    lists: dict[str, list[object]] = {}
+    for key, parsed in pairs:
+        if KEYS[key].kind == "list":
+            assert isinstance(parsed, tuple)
+            lists.setdefault(key, []).extend(parsed)
+        else:
+            out[key] = parsed
+    for key, items in lists.items():
+        out[key] = tuple(items)
+    return out
+
+
 def parse_flags(args: Sequence[str]) -> dict[str, object]:
     """Command-line flags for every config key: ``--slots-count 8``, ``--slots-count=8``,
     ``--tor-listen-onion`` / ``--no-tor-listen-onion`` for booleans; list keys repeat
     (``--peers-connect A --peers-connect B``) or take a comma-separated list. Returns
     overrides for :func:`load_config`; errors name the flag."""
-    out: dict[str, object] = {}
-    lists: dict[str, list[object]] = {}
+    return _collect(_flag_values(args))
+
+
+def _flag_values(args: Sequence[str]) -> Iterator[tuple[str, object]]:
     i = 0
     while i < len(args):
         token = args[i]
@@ -46,14 +72,10 @@ def parse_flags(args: Sequence[str]) -> dict[str, object]:
             close = difflib.get_close_matches(name, list(FLAG_TO_KEY), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"unknown option {name}{hint}", source="command line")
-        if is_secret_key(key):
-            raise ConfigError(
-                "a password on the command line is visible to every user (ps); use the "
-                f"{PASSWORD_ENV_ALIAS} environment variable or tor.control_password_file",
-                source="command line", key=key)
+        _refuse_secret(key, "command line")
         spec = KEYS[key]
         if spec.kind == "bool" and not eq:
-            out[key] = not negated
+            yield key, not negated
             continue
         if negated:
             raise ConfigError(f"{name} takes no value", source="command line", key=key)
@@ -65,15 +87,7 @@ def parse_flags(args: Sequence[str]) -> dict[str, object]:
                                   source="command line", key=key)
             value = args[i]
             i += 1
-        parsed = parse_text_value(key, value, name)
-        if spec.kind == "list":
-            assert isinstance(parsed, tuple)
-            lists.setdefault(key, []).extend(parsed)
-        else:
-            out[key] = parsed
-    for key, items in lists.items():
-        out[key] = tuple(items)
-    return out
+        yield key, parse_text_value(key, value, name)
 
 
 def set_help() -> list[tuple[str, str]]:
@@ -85,27 +99,17 @@ def parse_set(items: Sequence[str]) -> dict[str, object]:
     """``--set section.key=value`` options (repeatable; the value is parsed like the key's
     environment variable; a list key repeats or takes a comma-separated list). Returns
     overrides for :func:`load_config`; errors name ``--set`` and the key, never a secret."""
-    out: dict[str, object] = {}
-    lists: dict[str, list[object]] = {}
+    return _collect(_set_values(items))
+
+
+def _set_values(items: Sequence[str]) -> Iterator[tuple[str, object]]:
+    source = "--set"
     for item in items:
         key, eq, value = item.partition("=")
-        source = "--set"
         if not eq:  # the text is not shown: it could be a mistyped secret
             raise ConfigError("expected 'section.key=value', e.g. --set slots.count=8",
                               source=source, key=key if key in KEYS else None)
         if key not in KEYS:
             raise unknown_key_error(key, source)
-        if is_secret_key(key):
-            raise ConfigError(
-                "a password on the command line is visible to every user (ps); use the "
-                f"{PASSWORD_ENV_ALIAS} environment variable or tor.control_password_file",
-                source=source, key=key)
-        parsed = parse_text_value(key, value, source)
-        if KEYS[key].kind == "list":
-            assert isinstance(parsed, tuple)
-            lists.setdefault(key, []).extend(parsed)
-        else:
-            out[key] = parsed
-    for key, list_items in lists.items():
-        out[key] = tuple(list_items)
-    return out
+        _refuse_secret(key, source)
+        yield key, parse_text_value(key, value, source)
