@@ -112,13 +112,9 @@ def _slots(b: Builder) -> SlotsConfig:
             f"slots.base_port {base_port} + slots.count {count} - 1 = {base_port + count - 1} "
             "exceeds 65535; lower slots.base_port or slots.count",
         )
-    slots_non_loopback = b.bool_("slots.allow_non_loopback")
-    if not slots_ip.is_loopback and not slots_non_loopback:
-        raise b.err(
-            "slots.host",
-            f"{slots_host_text!r} is not a loopback address: slots relay into Tor and must not be "
-            "reachable from other hosts; set slots.allow_non_loopback = true to override",
-        )
+    slots_non_loopback = _loopback_only(
+        b, "slots.host", repr(slots_host_text), slots_ip.is_loopback,
+        "slots relay into Tor and must not be reachable from other hosts")
     slot_cap = b.int_("slots.max_connections")
     if 0 < slot_cap < count:
         raise b.err_any(
@@ -135,16 +131,22 @@ def _slots(b: Builder) -> SlotsConfig:
     )
 
 
+def _loopback_only(b: Builder, key: str, shown_value: str, is_loopback: bool, why: str) -> bool:
+    """``<section>.allow_non_loopback``; an error for a non-loopback ``key`` without it."""
+    allow_key = key.split(".", 1)[0] + ".allow_non_loopback"
+    allowed = b.bool_(allow_key)
+    if not is_loopback and not allowed:
+        raise b.err(key, f"{shown_value} is not a loopback address: {why}; set {allow_key} = "
+                    "true to override")
+    return allowed
+
+
 def _inbound(b: Builder) -> InboundConfig:
     """[inbound]"""
     inbound_listen = b.hostport("inbound.listen", default_port=None)
-    inbound_non_loopback = b.bool_("inbound.allow_non_loopback")
-    if not inbound_listen.is_loopback and not inbound_non_loopback:
-        raise b.err(
-            "inbound.listen",
-            f"{inbound_listen} is not a loopback address: only the local Tor should reach it; "
-            "set inbound.allow_non_loopback = true to override",
-        )
+    inbound_non_loopback = _loopback_only(b, "inbound.listen", str(inbound_listen),
+                                          inbound_listen.is_loopback,
+                                          "only the local Tor should reach it")
     return InboundConfig(listen=inbound_listen, allow_non_loopback=inbound_non_loopback,
                          max_connections=b.int_("inbound.max_connections"),
                          max_pending=b.int_("inbound.max_pending"),
@@ -286,8 +288,8 @@ def _peers(b: Builder, network: str, mode: str, p2p_port: int) -> PeersConfig:
             "simnet and devnet allow down to 1 s")
     refresh = b.float_("peers.refresh_interval")
     return PeersConfig(connect=tuple(connect), allow_direct=allow_direct, onlynet=onlynet,
-                        refresh_interval=refresh,
-                        dns_seed=b.bool_("peers.dns_seed"), seeders=tuple(seeders))
+                       refresh_interval=refresh,
+                       dns_seed=b.bool_("peers.dns_seed"), seeders=tuple(seeders))
 
 
 def _relay(b: Builder, mode: str) -> RelayConfig:
