@@ -194,3 +194,24 @@ def test_reference_cli_writes_the_file(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "bridge.config.reference", "--bogus"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "usage" in res.stderr
+
+
+@pytest.mark.parametrize("path", sorted(REFERENCE.parent.glob("*.toml")), ids=lambda p: p.name)
+def test_hand_written_examples_list_the_declared_choices(path: Path) -> None:
+    """An example's inline "a | b | c" comment on a key is the key's declared choices."""
+    section = ""
+    checked = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("["):
+            section = line.strip("[] ")
+            continue
+        code, _, comment = line.partition("#")
+        if "=" not in code or " | " not in comment:
+            continue
+        leaf = code.split("=", 1)[0].strip()
+        key = f"{section}.{leaf}" if section else leaf
+        listed = tuple(w.strip() for w in comment.split("(")[0].split("|"))
+        assert listed == KEYS[key].choices, (path.name, key)
+        checked += 1
+    if path.name in ("hybrid.toml", "managed-tor.toml"):
+        assert checked >= 2

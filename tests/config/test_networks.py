@@ -29,3 +29,18 @@ def test_every_user_follows_the_table(net: Network, tmp_path: Path) -> None:
     assert bridge_options(cfg).seeders == net.seeder_targets()
     for name in (net.name, net.short_name):
         assert OnionSpec.for_network(tmp_path, name, ("127.0.0.1", 1)).virt_port == net.p2p_port
+
+
+def test_the_deploy_env_example_lists_the_table() -> None:
+    """deploy/.env.example explains which network name, kaspad flags and P2P port go together;
+    each row it lists is the table's."""
+    text = (Path(__file__).resolve().parents[2] / "deploy" / ".env.example").read_text()
+    rows = [line[1:].split() for line in text.splitlines()
+            if line.startswith("#   ") and line.split(":")[0][1:].strip() in
+            {n.short_name for n in NETWORKS.values()}]
+    assert len(rows) >= 3
+    for row in rows:
+        net = NETWORKS[row[1]]
+        assert row[0] == f"{net.short_name}:" and int(row[-1]) == net.p2p_port
+        flags = tuple(row[2:-1])
+        assert flags == (net.kaspad_flags or ("(empty)",)), row
