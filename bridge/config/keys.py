@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from bridge.core.kaspa import NETWORKS
+from bridge.core.kaspa import MAINNET, NETWORKS
 
 __all__ = [
     "ENV_PREFIX",
@@ -193,7 +193,7 @@ SECTION_DOCS: Final[Mapping[str, str]] = {
 #   bootstraps (0.001 was a warning flood).
 _DECLARATIONS: Final = (
     # top level
-    Key("network", "str", "kaspa-mainnet", "The Kaspa network kaspad runs on.",
+    Key("network", "str", MAINNET.name, "The Kaspa network kaspad runs on.",
         choices=tuple(NETWORKS)),
     Key("mode", "str", "tor-only",
         "tor-only: every upstream connection goes through Tor and kaspad never reaches the "
