@@ -771,20 +771,21 @@ def test_secret_env_and_flag_values_are_never_echoed(monkeypatch: pytest.MonkeyP
     """Every generic error path a secret's value could take: an unparsable environment value,
     an out-of-range number, a value not among the choices (the password key made numeric / a
     choice here, as a future secret key could be)."""
-    import bridge.config as config
+    from bridge.config.keys import KEYS, Bounds, Key
+    from bridge.config.raw import Builder
 
-    monkeypatch.setitem(config._SCHEMA, "tor.control_password",
-                        config._Spec("int", 0, lo=1, hi=2))
+    monkeypatch.setitem(KEYS, "tor.control_password",
+                        Key("tor.control_password", "int", 0, "", bounds=Bounds(lo=1, hi=2)))
     with pytest.raises(ConfigError) as info:
         load_config(None, env={**ENV, "KTB_TOR__CONTROL_PASSWORD": SECRET})
     assert SECRET not in str(info.value) and "not shown" in str(info.value)
-    builder = config._Builder({"tor.control_password": (987654321, "env X")}, None)
+    builder = Builder({"tor.control_password": (987654321, "env X")}, None)
     with pytest.raises(ConfigError) as info:
         builder.int_("tor.control_password")
     assert "987654321" not in str(info.value) and "out of range" in str(info.value)
-    monkeypatch.setitem(config._SCHEMA, "tor.control_password",
-                        config._Spec("str", "", choices=("a", "b")))
-    builder = config._Builder({"tor.control_password": (SECRET, "env X")}, None)
+    monkeypatch.setitem(KEYS, "tor.control_password",
+                        Key("tor.control_password", "str", "", "", choices=("a", "b")))
+    builder = Builder({"tor.control_password": (SECRET, "env X")}, None)
     with pytest.raises(ConfigError) as info:
         builder.choice("tor.control_password")
     assert SECRET not in str(info.value) and "allowed: a, b" in str(info.value)

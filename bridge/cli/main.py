@@ -16,7 +16,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import trio
 import typer
 
-from bridge.config import Config, flag_help, load_config, parse_flags
+from bridge.config import Config, flag_help, load_config, parse_flags, parse_set, set_help
 from bridge.core.errors import BridgeError, ConfigError
 from bridge.runtime.wiring import kaspad_flags
 
@@ -33,6 +33,26 @@ app.add_typer(kaspad_app, name="kaspad")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file",
                                                 envvar="KTB_CONFIG")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="set a configuration key, e.g. --set slots.count=8 (repeatable; the keys are listed "
+         "below); wins over the environment and the file")]
+
+
+def _set_epilog() -> str:
+    """The keys ``--set`` takes, from their declarations (bridge.config.keys)."""
+    lines = ["--set takes every configuration key (values as in the KTB_… environment "
+             "variables; a list key repeats or takes a comma-separated list):", ""]
+    lines += [f"  {key}  {what}" for key, what in set_help()]
+    return "\n\n".join(lines)
+
+
+def _set_overrides(items: list[str] | None) -> dict[str, Any]:
+    try:
+        return parse_set(items or [])
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 class _JsonFormatter(logging.Formatter):
@@ -106,9 +126,9 @@ def _interruptible(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-def _load(config: Path | None, overrides: dict[str, Any]) -> Config:
+def _load(config: Path | None, overrides: dict[str, Any], source: str | None = None) -> Config:
     try:
-        return load_config(config, overrides=overrides)
+        return load_config(config, overrides=overrides, overrides_source=source)
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -148,14 +168,15 @@ def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
         raise
 
 
-@app.command("kaspad-flags")
+@app.command("kaspad-flags", epilog=_set_epilog())
 def kaspad_flags_cmd(
     config: ConfigOpt = None,
     compose: Annotated[bool, typer.Option(
         help="print as a docker-compose `command:` list")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Print the flags kaspad needs to use this bridge (copy-paste ready)."""
-    cfg = _load(config, {})
+    cfg = _load(config, _set_overrides(set_), "--set")
     flags = kaspad_flags(cfg)
     if compose:
         typer.echo("command:")
@@ -165,17 +186,18 @@ def kaspad_flags_cmd(
         typer.echo("kaspad " + " ".join(shlex.quote(f) for f in flags))
 
 
-@app.command()
+@app.command(epilog=_set_epilog())
 def status(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON snapshot")] = False,
     watch: Annotated[bool, typer.Option(help="refresh until Ctrl-C")] = False,
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+    set_: SetOpt = None,
 ) -> None:
     """Live view of the running daemon (read from its metrics.listen endpoint)."""
     from bridge.runtime.status import StatusUnavailable, fetch, render
 
-    cfg = _load(config, {})
+    cfg = _load(config, _set_overrides(set_), "--set")
     listen = cfg.metrics.listen
     if listen is None:
         where = f" in {config}" if config is not None else ""
@@ -206,17 +228,18 @@ def status(
         pass
 
 
-@app.command()
+@app.command(epilog=_set_epilog())
 @_interruptible
 def doctor(
     config: ConfigOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds per network check")] = 10.0,
+    set_: SetOpt = None,
 ) -> None:
     """Check Tor control/auth, Tor SOCKS, kaspad, files and config; say how to fix each."""
     from bridge.cli.doctor import Check, report, run_checks
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides=parse_set(set_ or []), overrides_source="--set")
     except ConfigError as exc:
         report([Check("config", "fail", str(exc), "fix the named key")], typer.echo)
         raise typer.Exit(1) from exc

@@ -43,6 +43,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
 
+from bridge.core import kaspa
 from bridge.core.addrman import is_public_host
 from bridge.core.onion import OnionAddress, is_onion_host
 from bridge.core.peers import Target
@@ -71,8 +72,8 @@ __all__ = [
 Kind: TypeAlias = Literal["onion", "ipv4", "ipv6"]
 ALL_KINDS: Final[frozenset[Kind]] = frozenset(("onion", "ipv4", "ipv6"))
 
-#: Kaspa networks an address book keeps apart (same names as ``bridge.config.NETWORK_P2P_PORTS``).
-NETWORKS: Final = ("kaspa-mainnet", "kaspa-testnet-10", "kaspa-simnet", "kaspa-devnet")
+#: Kaspa networks an address book keeps apart (the names of :data:`bridge.core.kaspa.NETWORKS`).
+NETWORKS: Final[tuple[str, ...]] = tuple(kaspa.NETWORKS)
 
 #: Where an address came from -> rank. A source of higher rank replaces a lower one when the same
 #: address is learned again; ranks >= 2 (``seed``, ``config``) are never evicted from the book.

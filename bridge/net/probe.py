@@ -18,9 +18,9 @@ from typing import Final
 
 import trio
 
-from bridge.config import NETWORK_P2P_PORTS
 from bridge.core import proto
 from bridge.core.errors import SelfConnection
+from bridge.core.kaspa import NETWORKS, get_network
 from bridge.core.peers import Target
 from bridge.core.probe import (
     DEFAULT_MIN_PROTOCOL_VERSION,
@@ -41,36 +41,15 @@ from bridge.net.socks import ProxyEndpoint, open_socks_stream
 
 log = logging.getLogger("bridge.probe")
 
-#: DNS seeders per network (rusty-kaspa ``consensus/core/src/config/params.rs``, protocol.md §9).
+#: DNS seeders of each network (a view of :data:`bridge.core.kaspa.NETWORKS`).
 DNS_SEEDERS: Final[dict[str, tuple[str, ...]]] = {
-    "kaspa-mainnet": (
-        "mainnet-dnsseed-1.kaspanet.org",
-        "mainnet-dnsseed-2.kaspanet.org",
-        "seeder1.kaspad.net",
-        "seeder2.kaspad.net",
-        "seeder3.kaspad.net",
-        "seeder4.kaspad.net",
-        "kaspadns.kaspacalc.net",
-        "n-mainnet.kaspa.ws",
-        "dnsseeder-kaspa-mainnet.x-con.at",
-    ),
-    "kaspa-testnet-10": (
-        "seeder1-tn.kaspad.net",
-        "dnsseeder-kaspa-testnet.x-con.at",
-        "n-testnet-10.kaspa.ws",
-    ),
-    "kaspa-simnet": (),
-    "kaspa-devnet": (),
-}
+    n.name: n.dns_seeders for n in NETWORKS.values()}
 
 
 def seeder_targets(network: str) -> list[tuple[str, int]]:
     """``(hostname, default P2P port)`` of every DNS seeder of ``network`` (none on
     simnet/devnet). Raises ``ValueError`` for an unknown network."""
-    if network not in NETWORK_P2P_PORTS or network not in DNS_SEEDERS:
-        raise ValueError(f"unknown network {network!r}; allowed: {', '.join(NETWORK_P2P_PORTS)}")
-    port = NETWORK_P2P_PORTS[network]
-    return [(host, port) for host in DNS_SEEDERS[network]]
+    return get_network(network).seeder_targets()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,10 +26,14 @@ import trio
 
 from bridge.config import Config, load_config
 from bridge.core.errors import BridgeError, Fault
+from bridge.core.kaspa import SIMNET
 from bridge.rig.tornet import TorNetwork, free_ports, is_reserved, reserve
 from bridge.runtime.daemon import Daemon
 
 Echo = Callable[[str], Any]
+
+#: The onion services' virtual port: the simnet P2P port.
+VPORT = SIMNET.p2p_port
 
 
 class DemoError(BridgeError):
@@ -88,7 +92,7 @@ def bridge_config(root: Path, name: str, *, socks_port: int, control_port: int,
     slot = free_port_range(slots, avoid={inbound})
     return load_config(None, env={"HOME": os.environ.get("HOME", "/root")}, overrides={
         **(extra or {}),
-        "network": "kaspa-simnet", "mode": "tor-only", "data_dir": str(root / name),
+        "network": SIMNET.name, "mode": "tor-only", "data_dir": str(root / name),
         "kaspad.p2p": f"127.0.0.1:{kaspad_port}",
         "slots.base_port": slot, "slots.count": slots,
         "inbound.listen": f"127.0.0.1:{inbound}",
@@ -102,10 +106,10 @@ def bridge_config(root: Path, name: str, *, socks_port: int, control_port: int,
 async def _demo(net: TorNetwork, root: Path, duration: float, echo: Echo) -> bool:
     from bridge.rig.emulator import EmulatorConfig, KaspadEmulator, make_block_message
 
-    emu_a = KaspadEmulator(EmulatorConfig(network="kaspa-simnet", addrv2=False,
-                                          addresses=[(bytes([203, 0, 113, 7]), 16511)]))
-    emu_b = KaspadEmulator(EmulatorConfig(network="kaspa-simnet", addrv2=False,
-                                          addresses=[(bytes([198, 51, 100, 9]), 16511)]))
+    emu_a = KaspadEmulator(EmulatorConfig(network=SIMNET.name, addrv2=False,
+                                          addresses=[(bytes([203, 0, 113, 7]), VPORT)]))
+    emu_b = KaspadEmulator(EmulatorConfig(network=SIMNET.name, addrv2=False,
+                                          addresses=[(bytes([198, 51, 100, 9]), VPORT)]))
     try:
         port_a = await trio.to_thread.run_sync(emu_a.start_server)
         port_b = await trio.to_thread.run_sync(emu_b.start_server)
@@ -122,17 +126,17 @@ async def _demo(net: TorNetwork, root: Path, duration: float, echo: Echo) -> boo
             await nursery.start(daemon_b.run)
             assert daemon_b.supervisor is not None and daemon_b.bridge is not None
             onion_b = daemon_b.supervisor.onion_address
-            echo(f"[3/5] bridge B put node B online as {onion_b}:16511 "
+            echo(f"[3/5] bridge B put node B online as {onion_b}:{VPORT} "
                  f"(bridge started and onion added in {time.monotonic() - t0:.1f}s)")
             daemon_a = Daemon(bridge_config(root, "bridge-a", socks_port=socks,
                                             control_port=net.onion_hosts[0].control_port,
-                                            kaspad_port=port_a, peers=[f"{onion_b}:16511"]),
+                                            kaspad_port=port_a, peers=[f"{onion_b}:{VPORT}"]),
                               handle_signals=False)
             await nursery.start(daemon_a.run)
             assert daemon_a.supervisor is not None and daemon_a.bridge is not None
             onion_a = daemon_a.supervisor.onion_address
-            echo(f"      bridge A published node A as {onion_a}:16511; "
-                 f"its peer list: {onion_b}:16511")
+            echo(f"      bridge A published node A as {onion_a}:{VPORT}; "
+                 f"its peer list: {onion_b}:{VPORT}")
             t1 = time.monotonic()
             with trio.fail_after(90):
                 while daemon_a.bridge.pool.ready_count < 1:

@@ -95,6 +95,7 @@ import grpc
 from google.protobuf import message as pb_message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from bridge.core.kaspa import SIMNET
 from bridge.rig.proto_gen import pb
 
 KaspadMessage = Any  # pb.KaspadMessage (generated at import time; not a static type)
@@ -151,7 +152,7 @@ CLIENT_OPTIONS: list[tuple[str, Any]] = [
 
 @dataclass
 class EmulatorConfig:
-    network: str = "kaspa-simnet"
+    network: str = SIMNET.name
     protocol_version: int = 8  # the Tor fork's version
     min_peer_protocol_version: int = 7
     # True: Version.services |= ADDR_V2 and accept/gossip onion entries with ADDRv2 peers (fork).

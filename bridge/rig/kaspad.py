@@ -38,12 +38,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bridge.core.kaspa import SIMNET
 from bridge.tor.proc import spawn
 
 #: The kaspad version the project pins (also in kaspad_install.sh).
 KASPAD_VERSION = "2.1.0"
 #: kaspad's simnet pay address for public key 0^32 (any valid simnet address works for mining).
-SIMNET_PAY_ADDRESS = "kaspasim:" + "q" * 53 + "ekcujlt2"
+SIMNET_PAY_ADDRESS = SIMNET.address_prefix + ":" + "q" * 53 + "ekcujlt2"
 #: kaspad's own RPC method (bidirectional stream of KaspadRequest/KaspadResponse).
 RPC_METHOD = "/protowire.RPC/MessageStream"
 

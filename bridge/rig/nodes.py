@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.core.kaspa import SIMNET
 from bridge.rig.kaspad import (
     BlockAdded,
     KaspadError,
@@ -45,7 +46,7 @@ from bridge.tor.keys import OnionKey, save_key
 
 Echo = Callable[[str], Any]
 TOPOLOGIES = ("ring", "mesh", "star")
-SIMNET_P2P_PORT = 16511
+SIMNET_P2P_PORT = SIMNET.p2p_port
 
 
 def edges(topology: str, n: int) -> list[tuple[int, int]]:
@@ -217,7 +218,7 @@ class KaspadRig:
         node.slots = list(range(base, base + count))
         node.inbound_port, node.metrics_port = inbound, metrics
         values: dict[str, object] = {
-            "network": "kaspa-simnet", "mode": "tor-only",
+            "network": SIMNET.name, "mode": "tor-only",
             "data_dir": str(node.home / "bridge"), "log_level": "info",
             "kaspad.p2p": f"127.0.0.1:{node.kaspad.p2p_port}",
             "slots.base_port": base, "slots.count": count,

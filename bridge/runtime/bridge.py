@@ -44,6 +44,7 @@ from typing import Any
 import trio
 
 from bridge.core.errors import BridgeError, DuplicatePeer, Fault, SelfConnection
+from bridge.core.kaspa import MAINNET
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Selector, Target, filter_kinds
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
@@ -156,7 +157,7 @@ class BridgeOptions:
     relay: RelaySettings = field(default_factory=RelaySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     own_onion: OnionPeer | None = None
-    network: str = "kaspa-mainnet"
+    network: str = MAINNET.name
     #: which peer networks are dialed (onlynet): "onion", "ipv4", "ipv6"
     onlynet: frozenset[str] = frozenset({"onion", "ipv4", "ipv6"})
     #: persistent address book (SQLite); None: config candidates + gossip kept in memory

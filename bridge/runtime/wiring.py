@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from bridge.config import Config, HostPort
+from bridge.core.kaspa import get_network
 from bridge.core.peers import Target
 from bridge.core.policy import OnionPeer, PolicySettings
 from bridge.core.relay import RelaySettings
 from bridge.net.pool import DialPolicy
-from bridge.net.probe import seeder_targets
 from bridge.net.runner import StallPolicy
 from bridge.net.socks import ProxyEndpoint
 from bridge.runtime.bridge import BridgeOptions
@@ -40,7 +40,7 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         book_path=cfg.data_dir / "peers.sqlite",
         refresh_interval=cfg.peers.refresh_interval or None,
         # DNS seeding through Tor only in tor-only mode (in hybrid kaspad seeds itself)
-        seeders=(list(cfg.peers.seeders or seeder_targets(cfg.network))
+        seeders=(list(cfg.peers.seeders or get_network(cfg.network).seeder_targets())
                  if cfg.mode == "tor-only" and cfg.peers.dns_seed else []),
         pool_size=cfg.pool.size,
         slot_wait=cfg.pool.slot_wait,
@@ -67,9 +67,7 @@ def kaspad_flags(cfg: Config) -> list[str]:
     ``--addpeer`` (not ``--connect``, which would disable kaspad's listener and so the onion
     inbound) per slot. In tor-only mode kaspad must not reach the network itself.
     """
-    net = {"kaspa-mainnet": [], "kaspa-testnet-10": ["--testnet", "--netsuffix=10"],
-           "kaspa-simnet": ["--simnet"], "kaspa-devnet": ["--devnet"]}[cfg.network]
-    flags = list(net)
+    flags = list(get_network(cfg.network).kaspad_flags)
     flags += [f"--addpeer={ep}" for ep in cfg.slots.endpoints()]
     if cfg.mode == "tor-only":
         flags += ["--outpeers=0", "--nodnsseed", f"--listen={cfg.kaspad.p2p}", "--disable-upnp"]

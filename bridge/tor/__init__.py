@@ -45,7 +45,6 @@ from bridge.tor.errors import (
 from bridge.tor.keys import KEY_FILE_NAME, OnionKey, default_key_path, load_key, save_key
 from bridge.tor.managed import ManagedTor, ManagedTorConfig
 from bridge.tor.supervisor import (
-    P2P_PORTS,
     Backoff,
     OnionSpec,
     TorState,
@@ -55,7 +54,6 @@ from bridge.tor.supervisor import (
 
 __all__ = [
     "KEY_FILE_NAME",
-    "P2P_PORTS",
     "AuthenticationError",
     "Backoff",
     "BootstrapStatus",

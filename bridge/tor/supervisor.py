@@ -35,6 +35,7 @@ from pathlib import Path
 import trio
 
 from bridge.core.errors import BridgeError
+from bridge.core.kaspa import MAINNET, find_network
 from bridge.tor.control import (
     DEFAULT_EVENTS,
     BootstrapStatus,
@@ -57,10 +58,6 @@ from bridge.tor.keys import OnionKey, load_key, save_key
 
 log = logging.getLogger(__name__)
 
-#: Kaspa P2P ports, the default virtual port of the onion service.
-P2P_PORTS = {"mainnet": 16111, "testnet": 16211, "testnet-10": 16211, "testnet-11": 16311,
-             "simnet": 16511, "devnet": 16611}
-
 
 class TorState(enum.Enum):
     CONNECTING = "connecting"
@@ -77,15 +74,17 @@ class OnionSpec:
 
     key_path: Path
     target: tuple[str, int]
-    virt_port: int = 16111
+    virt_port: int = MAINNET.p2p_port
 
     @classmethod
     def for_network(cls, data_dir: Path, network: str, target: tuple[str, int],
                     virt_port: int | None = None) -> OnionSpec:
         from bridge.tor.keys import default_key_path
 
+        known = find_network(network)  # "simnet" or "kaspa-simnet"; default: mainnet's port
+        default_port = (known or MAINNET).p2p_port
         return cls(default_key_path(data_dir, network), target,
-                   virt_port if virt_port is not None else P2P_PORTS.get(network, 16111))
+                   virt_port if virt_port is not None else default_port)
 
 
 @dataclass(frozen=True)
