@@ -269,6 +269,21 @@ _DECLARATIONS: Final = (
         "Port of the onion service; 0 = the network's P2P port.", bounds=Bounds(0, 65535)),
     Key("tor.onion_key_file", "path", "",
         "The onion service's key; \"\" = <data_dir>/<network>/onion_ed25519_v3.key."),
+    Key("tor.onion_pow", "bool", True,
+        "Proof-of-work defence at the onion's introduction points (tor >= 0.4.8): when the "
+        "onion is flooded, clients must solve a puzzle whose effort tor raises with the load; "
+        "nothing is asked while there is no attack. A tor without it publishes the onion "
+        "without it (logged, shown in status)."),
+    Key("tor.onion_pow_queue_rate", "int", 0,
+        "Introductions per second tor handles from its PoW queue; 0 = tor's default (250).",
+        bounds=Bounds(0, 2**31 - 1)),
+    Key("tor.onion_pow_queue_burst", "int", 0,
+        "Introductions tor keeps queued at most; 0 = tor's default (2500).",
+        bounds=Bounds(0, 2**31 - 1)),
+    Key("tor.onion_max_streams", "int", 16,
+        "Streams one rendezvous circuit may open to the onion (a peer needs one per "
+        "connection); a circuit asking for more is closed. 0 = no limit.",
+        bounds=Bounds(0, 65535)),
     Key("tor.bootstrap_timeout", "float", 120.0,
         "Seconds to wait for Tor to finish bootstrapping before each warning.",
         bounds=Bounds(1, 86400)),

@@ -83,6 +83,10 @@ class TorConfig:
     listen_onion: bool
     onion_virtual_port: int  # resolved: never 0
     onion_key_file: Path  # resolved: <data_dir>/<network>/onion_ed25519_v3.key by default
+    onion_pow: bool
+    onion_pow_queue_rate: int  # 0: tor's default
+    onion_pow_queue_burst: int  # 0: tor's default
+    onion_max_streams: int  # 0: no limit
     bootstrap_timeout: float
     managed: bool
     extra_torrc: tuple[str, ...]

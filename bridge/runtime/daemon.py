@@ -34,7 +34,7 @@ from bridge.net.pool import Dialer
 from bridge.net.socks import ProxyEndpoint
 from bridge.runtime.bridge import Bridge
 from bridge.runtime.wiring import bridge_options
-from bridge.tor.control import ControlAuth, ControlEndpoint
+from bridge.tor.control import ControlAuth, ControlEndpoint, OnionDefenses
 from bridge.tor.managed import ManagedTor, ManagedTorConfig
 from bridge.tor.supervisor import OnionSpec, TorStatus, TorSupervisor
 
@@ -230,8 +230,12 @@ class Daemon:
         onion = None
         if tor.listen_onion:
             listen = self.cfg.inbound.listen
+            defenses = OnionDefenses(pow=tor.onion_pow,
+                                     pow_queue_rate=tor.onion_pow_queue_rate or None,
+                                     pow_queue_burst=tor.onion_pow_queue_burst or None,
+                                     max_streams=tor.onion_max_streams)
             onion = OnionSpec(tor.onion_key_file, (listen.host, listen.port),
-                              tor.onion_virtual_port)
+                              tor.onion_virtual_port, defenses)
         return TorSupervisor(endpoint, auth, onion=onion, bootstrap_timeout=tor.bootstrap_timeout,
                              on_change=self._on_tor_change)
 

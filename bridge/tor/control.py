@@ -502,36 +502,71 @@ class TorControl:
         key: OnionKey | None,
         *,
         detached: bool = False,
-        await_publication: bool = False,
         timeout: float = 60.0,
     ) -> tuple[str, OnionKey | None]:
         """ADD_ONION ``virt_port`` → ``target``. ``key=None`` asks Tor for a NEW ED25519-V3 key
         and returns it; otherwise returns ``(service_id, None)``."""
+        added = await self.add_onion_with_defenses(virt_port, target, key, None,
+                                                   detached=detached, timeout=timeout)
+        return added.service_id, added.key
+
+    async def add_onion_with_defenses(
+        self,
+        virt_port: int,
+        target: tuple[str, int],
+        key: OnionKey | None,
+        defenses: OnionDefenses | None,
+        *,
+        detached: bool = False,
+        timeout: float = 60.0,
+    ) -> AddedOnion:
+        """ADD_ONION with Tor's denial-of-service defences for the service (``defenses``).
+
+        A tor that does not know the proof-of-work keywords (before 0.4.8, or built without its
+        ``pow`` module) refuses the command naming them; it is then sent again without them and
+        :attr:`AddedOnion.pow` says so. ``MaxStreams`` is older (0.2.7) and always sent."""
         host, port = target
         tgt = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if key is None:
             ktype, kcontent = "NEW", "ED25519-V3"
         else:
             ktype, kcontent = "ED25519-V3", key.blob_content()
+        want_pow = defenses is not None and defenses.pow
 
-        def work() -> Any:
-            try:
-                return self._ctrl.create_ephemeral_hidden_service(
-                    {virt_port: tgt}, key_type=ktype, key_content=kcontent, detached=detached,
-                    await_publication=await_publication, timeout=timeout if await_publication
-                    else None)
-            except stem.ProtocolError as exc:
-                # stem reports a 5xx ADD_ONION reply (e.g. "550 Onion address collision") as a
-                # ProtocolError; the connection itself is fine
-                if "didn't have an OK status" in str(exc):
-                    reason = str(exc).split("OK status:", 1)[-1].strip()
-                    raise OnionPublishError(
-                        f"tor at {self.endpoint} refused ADD_ONION for port {virt_port} -> "
-                        f"{tgt}: {reason}") from None
-                raise
+        def command(with_pow: bool) -> str:
+            flags = ["Detach"] if detached else []
+            if defenses is not None and defenses.max_streams and \
+                    defenses.max_streams_close_circuit:
+                flags.append("MaxStreamsCloseCircuit")
+            parts = [f"ADD_ONION {ktype}:{kcontent}"]
+            if flags:
+                parts.append("Flags=" + ",".join(flags))
+            if defenses is not None and defenses.max_streams:
+                parts.append(f"MaxStreams={defenses.max_streams}")
+            parts.append(f"Port={virt_port},{tgt}")
+            if with_pow and defenses is not None:
+                parts += defenses.pow_keywords()
+            return " ".join(parts)
+
+        def work() -> tuple[Any, bool]:
+            with_pow = want_pow
+            reply = self._ctrl.msg(command(with_pow))
+            if not reply.is_ok() and with_pow and _refuses_pow(reply):
+                log.warning("tor at %s does not support proof-of-work defences for onion "
+                            "services (%s): publishing without them; tor >= 0.4.8 with its "
+                            "pow module has them", self.endpoint, _reply_text(reply))
+                with_pow = False
+                reply = self._ctrl.msg(command(with_pow))
+            if not reply.is_ok():
+                # e.g. "550 Onion address collision"; the connection itself is fine
+                raise OnionPublishError(
+                    f"tor at {self.endpoint} refused ADD_ONION for port {virt_port} -> "
+                    f"{tgt}: {_reply_text(reply).replace(kcontent, '<key>')}")
+            stem.response.convert("ADD_ONION", reply)
+            return reply, with_pow
 
         try:
-            resp = await self._call("ADD_ONION", work, timeout + 5)
+            resp, pow_on = await self._call("ADD_ONION", work, timeout + 5)
         except ControlCommandFailed as exc:
             raise OnionPublishError(str(exc).replace(kcontent, "<key>"), fault=None) from None
         sid = str(resp.service_id)
@@ -540,7 +575,8 @@ class TorControl:
             if not resp.private_key or resp.private_key_type != "ED25519-V3":
                 raise OnionPublishError(f"ADD_ONION NEW returned no ED25519-V3 key for {sid}")
             new_key = OnionKey.from_blob(str(resp.private_key))
-        return sid, new_key
+        max_streams = defenses.max_streams if defenses is not None else 0
+        return AddedOnion(sid, new_key, pow=pow_on, max_streams=max_streams)
 
     async def remove_onion(self, service_id: str, timeout: float | None = None) -> bool:
         """DEL_ONION; ``False`` if Tor did not know it."""
@@ -569,6 +605,69 @@ class TorControl:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+# --------------------------------------------------------------------------- onion defences
+@dataclass(frozen=True)
+class OnionDefenses:
+    """Tor's denial-of-service defences for an onion service, given with ADD_ONION.
+
+    * **Proof of work** at the introduction point (tor >= 0.4.8, proposal 327): when the service
+      is flooded with introductions, clients must solve a puzzle whose effort tor raises with
+      the load; honest clients pay nothing while there is no attack. ``pow_queue_rate`` /
+      ``pow_queue_burst``: introductions tor handles per second / at most queued (``None``: tor's
+      defaults, 250 and 2500).
+    * ``max_streams``: streams one rendezvous circuit may open (0 = no limit); a peer needs one
+      per connection. With ``max_streams_close_circuit`` a circuit that asks for more is closed.
+    """
+
+    pow: bool = True
+    pow_queue_rate: int | None = None
+    pow_queue_burst: int | None = None
+    max_streams: int = 0
+    max_streams_close_circuit: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_streams <= 65535:
+            raise ValueError(f"max_streams {self.max_streams}: must be 0..65535")
+        for name in ("pow_queue_rate", "pow_queue_burst"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 2**31 - 1:
+                raise ValueError(f"{name} {v}: must be 0..2147483647")
+
+    def pow_keywords(self) -> list[str]:
+        """The ADD_ONION keywords of the proof-of-work defence (empty when it is off)."""
+        if not self.pow:
+            return []
+        out = ["PoWDefensesEnabled=1"]
+        if self.pow_queue_rate is not None:
+            out.append(f"PoWQueueRate={self.pow_queue_rate}")
+        if self.pow_queue_burst is not None:
+            out.append(f"PoWQueueBurst={self.pow_queue_burst}")
+        return out
+
+
+@dataclass(frozen=True)
+class AddedOnion:
+    """What ADD_ONION created: the service id, the key when tor made a NEW one, and the
+    defences tor accepted (``pow`` False: not asked for, or tor does not support it)."""
+
+    service_id: str
+    key: OnionKey | None
+    pow: bool = False
+    max_streams: int = 0
+
+
+def _reply_text(reply: Any) -> str:
+    """A control reply's text without status codes (``Invalid PoWQueueRate``)."""
+    return " ".join(str(text) for _code, _divider, text in reply.content())
+
+
+def _refuses_pow(reply: Any) -> bool:
+    """A tor reply refusing the proof-of-work keywords themselves (unknown keyword, or a tor
+    built without the pow module), as opposed to a collision or a bad key."""
+    code = str(reply.content()[0][0])
+    return code.startswith("5") and "pow" in _reply_text(reply).lower()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -38,9 +38,11 @@ from bridge.core.errors import BridgeError
 from bridge.core.kaspa import MAINNET, find_network
 from bridge.tor.control import (
     DEFAULT_EVENTS,
+    AddedOnion,
     BootstrapStatus,
     ControlAuth,
     ControlEndpoint,
+    OnionDefenses,
     TorControl,
     TorEvent,
 )
@@ -75,16 +77,19 @@ class OnionSpec:
     key_path: Path
     target: tuple[str, int]
     virt_port: int = MAINNET.p2p_port
+    #: Tor's DoS defences for the service (None: ask for none, tor's defaults)
+    defenses: OnionDefenses | None = None
 
     @classmethod
     def for_network(cls, data_dir: Path, network: str, target: tuple[str, int],
-                    virt_port: int | None = None) -> OnionSpec:
+                    virt_port: int | None = None,
+                    defenses: OnionDefenses | None = None) -> OnionSpec:
         from bridge.tor.keys import default_key_path
 
         known = find_network(network)  # "simnet" or "kaspa-simnet"; default: mainnet's port
         default_port = (known or MAINNET).p2p_port
         return cls(default_key_path(data_dir, network), target,
-                   virt_port if virt_port is not None else default_port)
+                   virt_port if virt_port is not None else default_port, defenses)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class TorStatus:
     bootstrap: BootstrapStatus | None = None
     onion_address: str | None = None  # "<56 chars>.onion"
     onion_port: int | None = None
+    #: proof-of-work defence on the published onion: True on, False asked for but this tor
+    #: lacks it (or not asked for), None while nothing is published
+    onion_pow: bool | None = None
+    onion_max_streams: int | None = None  # streams per rendezvous circuit (0: no limit)
     socks_listeners: tuple[tuple[str, int], ...] = ()
     tor_version: str | None = None
     tor_pid: int | None = None
@@ -402,7 +411,7 @@ class TorSupervisor:
         assert spec is not None
         key = self._load_or_none()
         try:
-            sid, new_key = await self._add(ctl, key)
+            added = await self._add(ctl, key)
         except OnionPublishError as exc:
             if key is None or "collision" not in str(exc).lower():
                 raise
@@ -414,7 +423,8 @@ class TorSupervisor:
             log.warning("removing a leftover detached copy of %s.onion and re-adding it as "
                         "ours", key.service_id)
             await ctl.remove_onion(key.service_id)
-            sid, new_key = await self._add(ctl, key)
+            added = await self._add(ctl, key)
+        sid, new_key = added.service_id, added.key
         if new_key is not None:
             try:
                 save_key(spec.key_path, new_key)
@@ -431,15 +441,18 @@ class TorSupervisor:
                                     f"{key.service_id}.onion from {spec.key_path}")
         self._service_id = sid
         self._set(onion_address=f"{sid}.onion", onion_port=spec.virt_port,
-                  onion_published=True)
-        log.info("onion service %s.onion:%d -> %s:%d published", sid, spec.virt_port,
-                 *spec.target)
+                  onion_published=True, onion_pow=added.pow,
+                  onion_max_streams=added.max_streams)
+        log.info("onion service %s.onion:%d -> %s:%d published (proof-of-work defence %s, "
+                 "streams per circuit %s)", sid, spec.virt_port, *spec.target,
+                 "on" if added.pow else "off", added.max_streams or "unlimited")
 
-    async def _add(self, ctl: TorControl, key: OnionKey | None) -> tuple[str, OnionKey | None]:
+    async def _add(self, ctl: TorControl, key: OnionKey | None) -> AddedOnion:
         spec = self.onion
         assert spec is not None
-        return await ctl.add_onion(spec.virt_port, spec.target, key, detached=False,
-                                   timeout=self.publish_timeout)
+        return await ctl.add_onion_with_defenses(spec.virt_port, spec.target, key,
+                                                 spec.defenses, detached=False,
+                                                 timeout=self.publish_timeout)
 
     # ------------------------------------------------------------------ events
     async def _consume_events(self, ctl: TorControl) -> None:

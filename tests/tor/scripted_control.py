@@ -44,6 +44,8 @@ class ScriptedControl:
     commands: list[str] = field(default_factory=list)
     onions: dict[str, str] = field(default_factory=dict)  # service id -> target
     hook: Callable[[str], None] | None = None
+    #: False: ADD_ONION with a proof-of-work keyword is refused as tor < 0.4.8 refuses it
+    pow_supported: bool = True
     _streams: list[trio.SocketStream] = field(default_factory=list)
     _boot_idx: int = 0
 
@@ -183,6 +185,10 @@ class ScriptedControl:
 
     def _add_onion(self, cmd: str) -> bytes:
         parts = cmd.split(" ")
+        pow_kw = next((p.split("=")[0] for p in parts if p.startswith("PoW")), None)
+        if pow_kw is not None and not self.pow_supported:
+            return (f'512 Bad arguments to ADD_ONION: Unrecognized keyword argument '
+                    f'"{pow_kw}"\r\n').encode()
         ktype, _, kcontent = parts[1].partition(":")
         target = next((p[5:] for p in parts if p.startswith("Port=")), "")
         if ktype == "NEW":

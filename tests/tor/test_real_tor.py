@@ -18,7 +18,7 @@ import trio
 
 from bridge.net.socks import DialError, ProxyEndpoint, fresh_credentials, open_socks_stream
 from bridge.rig import TorInstance, TorNetwork
-from bridge.tor.control import ControlAuth, ControlEndpoint, TorControl
+from bridge.tor.control import ControlAuth, ControlEndpoint, OnionDefenses, TorControl
 from bridge.tor.errors import (
     ControlPortUnreachable,
     CookieUnreadable,
@@ -233,6 +233,57 @@ async def test_onion_publish_reach_and_heal_after_restarts(
         await sup.stop()
         n.cancel_scope.cancel()
     _record(record_property, **timings)
+
+
+async def test_onion_dos_defences_with_real_tor(tornet: TorNetwork, tmp_path: Path) -> None:
+    """Issue 12: the onion is published with proof-of-work at the introduction point and a
+    stream limit per rendezvous circuit. This tor (0.4.9, pow module built in) accepts the
+    keywords (a tor that did not would refuse them and ``onion_pow`` would be False), honest
+    clients still reach the service (no effort is asked while it is not under attack), and
+    MaxStreams is enforced: a circuit that opens one stream more than allowed is closed."""
+    host, client = tornet.onion_host, tornet.client
+    assert client.socks_port is not None
+    proxy = ProxyEndpoint("127.0.0.1", client.socks_port)
+    defenses = OnionDefenses(pow=True, pow_queue_rate=50, pow_queue_burst=500, max_streams=2)
+    async with trio.open_nursery() as n:
+        echo_port = await _start_echo(n)
+        sup = TorSupervisor(ctl_ep(host), COOKIE,
+                            onion=OnionSpec(tmp_path / KEY_FILE_NAME, ("127.0.0.1", echo_port),
+                                            16511, defenses),
+                            backoff=Backoff(initial=0.1, cap=1.0))
+        await n.start(sup.run)
+        st = await sup.wait_usable(timeout=60, onion=True)
+        assert st.onion_pow is True and st.onion_max_streams == 2
+        addr = st.onion_address
+        assert addr is not None
+        await _reach(proxy, addr, 16511, within=90)
+        # one circuit (same SOCKS credentials), three streams: the third closes the circuit
+        creds = fresh_credentials()
+        streams = []
+        broken = None
+        for i in range(3):
+            try:
+                s = await open_socks_stream(proxy, addr, 16511, timeout=20, credentials=creds)
+            except DialError as exc:
+                broken = (i, exc)
+                break
+            streams.append(s)
+            try:
+                await s.send_all(b"x")
+                with trio.fail_after(10):
+                    assert await s.receive_some(1) == b"x"
+            except (trio.BrokenResourceError, trio.TooSlowError, AssertionError) as exc:
+                broken = (i, exc)
+                break
+        assert broken is not None and broken[0] == 2, f"third stream was served: {broken}"
+        with trio.move_on_after(10):  # the circuit is gone: the first stream ends too
+            for s in streams[:1]:
+                while await s.receive_some(1):
+                    pass
+        for s in streams:
+            await s.aclose()
+        await sup.stop()
+        n.cancel_scope.cancel()
 
 
 async def test_leftover_detached_onion_is_taken_over(tornet: TorNetwork, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from bridge.tor.control import ControlAuth, ControlEndpoint, TorControl
+from bridge.tor.control import ControlAuth, ControlEndpoint, OnionDefenses, TorControl
 from bridge.tor.errors import (
     AuthenticationError,
     ControlConnectionLost,
@@ -20,6 +20,7 @@ from bridge.tor.errors import (
     ControlTimeout,
     CookieUnreadable,
     NotAControlPort,
+    OnionPublishError,
     PasswordRejected,
     PasswordRequired,
     TorUnavailable,
@@ -317,3 +318,69 @@ async def test_supervisor_reconnects_when_tor_frozen(scripted: ScriptedControl,
         assert "no reply" in (sup.status.last_error or "")
         await sup.stop()
         n.cancel_scope.cancel()
+
+
+# -- onion DoS defences (issue 12) ------------------------------------------------------------
+
+DEFENSES = OnionDefenses(pow=True, pow_queue_rate=100, pow_queue_burst=1000, max_streams=16)
+
+
+def _defended(s: ScriptedControl, tmp_path: Path) -> TorSupervisor:
+    return TorSupervisor(
+        ep(s), NOAUTH,
+        onion=OnionSpec(tmp_path / "simnet" / "onion_ed25519_v3.key", ("127.0.0.1", 1), 16511,
+                        DEFENSES),
+        backoff=Backoff(initial=0.05, cap=0.2), health_interval=0.2, health_timeout=2)
+
+
+async def test_onion_is_published_with_pow_and_stream_limits(scripted: ScriptedControl,
+                                                             tmp_path: Path) -> None:
+    sup = _defended(scripted, tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(sup.run)
+        st = await sup.wait_usable(timeout=10, onion=True)
+        assert st.onion_pow is True and st.onion_max_streams == 16
+        (cmd,) = [c for c in scripted.commands if c.startswith("ADD_ONION")]
+        words = cmd.split(" ")
+        assert "Flags=MaxStreamsCloseCircuit" in words and "MaxStreams=16" in words
+        assert {"PoWDefensesEnabled=1", "PoWQueueRate=100", "PoWQueueBurst=1000"} <= set(words)
+        await sup.stop()
+        n.cancel_scope.cancel()
+
+
+async def test_tor_without_pow_publishes_without_it_and_says_so(
+        scripted: ScriptedControl, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Like Bitcoin Core: a tor that refuses the keyword (< 0.4.8) still gets the onion."""
+    scripted.pow_supported = False
+    caplog.set_level(logging.WARNING)
+    sup = _defended(scripted, tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(sup.run)
+        st = await sup.wait_usable(timeout=10, onion=True)
+        assert st.onion_published and st.onion_pow is False and st.onion_max_streams == 16
+        adds = [c for c in scripted.commands if c.startswith("ADD_ONION")]
+        assert len(adds) == 2 and "PoWDefensesEnabled=1" in adds[0]
+        assert not any(w.startswith("PoW") for w in adds[1].split(" "))
+        assert "MaxStreams=16" in adds[1].split(" ")
+        assert "does not support proof-of-work" in caplog.text
+        await sup.stop()
+        n.cancel_scope.cancel()
+
+
+async def test_a_collision_is_not_taken_for_missing_pow(scripted: ScriptedControl,
+                                                         tmp_path: Path) -> None:
+    """Only a refusal that names the PoW keywords drops them; other errors stay errors."""
+    scripted.overrides["ADD_ONION"] = Override(b"550 Onion address collision\r\n")
+    async with await TorControl.connect(ep(scripted), NOAUTH) as ctl:
+        with pytest.raises(OnionPublishError, match="collision"):
+            await ctl.add_onion_with_defenses(16511, ("127.0.0.1", 1), None, DEFENSES)
+    assert len([c for c in scripted.commands if c.startswith("ADD_ONION")]) == 1
+
+
+def test_defenses_keywords_and_bounds() -> None:
+    assert OnionDefenses(pow=False).pow_keywords() == []
+    assert OnionDefenses().pow_keywords() == ["PoWDefensesEnabled=1"]
+    with pytest.raises(ValueError, match="max_streams"):
+        OnionDefenses(max_streams=70000)
+    with pytest.raises(ValueError, match="pow_queue_rate"):
+        OnionDefenses(pow_queue_rate=-1)
