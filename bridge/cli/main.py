@@ -174,11 +174,23 @@ def kaspad_flags_cmd(
     compose: Annotated[bool, typer.Option(
         help="print as a docker-compose `command:` list")] = False,
     set_: SetOpt = None,
+    systemd: Annotated[bool, typer.Option(
+        help="print a drop-in for kaspad.service (see deploy/systemd)")] = False,
+    kaspad_bin: Annotated[str, typer.Option(
+        help="kaspad binary in the --systemd drop-in")] = "/usr/local/bin/kaspad",
 ) -> None:
     """Print the flags kaspad needs to use this bridge (copy-paste ready)."""
     cfg = _load(config, _set_overrides(set_), "--set")
     flags = kaspad_flags(cfg)
-    if compose:
+    if systemd:
+        from bridge.cli.systemd import kaspad_dropin
+
+        try:
+            typer.echo(kaspad_dropin(cfg, kaspad_bin=kaspad_bin, config_path=config), nl=False)
+        except ValueError as exc:
+            typer.echo(f"kaspad-flags: {exc}", err=True)
+            raise typer.Exit(2) from None
+    elif compose:
         typer.echo("command:")
         for f in flags:
             typer.echo(f"  - {json.dumps(f)}")

@@ -156,7 +156,7 @@ _PORTS = ", ".join(f"{n.short_name} {n.p2p_port}" for n in NETWORKS.values())
 SECTION_DOCS: Final[Mapping[str, str]] = {
     "": "Network, mode, where the bridge keeps its files, logging.",
     "kaspad": "The local kaspad.",
-    "slots": "kaspad --addpeer targets: ports base_port .. base_port+count-1 on host, each one an "
+    "slots": "The ports kaspad dials (--addpeer): base_port .. base_port+count-1 on host, each an "
              "outgoing peer slot that the bridge fills with an upstream peer reached over Tor. "
              "kaspad makes one connection per slot port and sends its request at once; other "
              "local connections (port scans, health checks, a hostile local process) never take "

@@ -35,10 +35,10 @@ needs: one --addpeer per slot, and --outpeers=0 --nodnsseed --disable-upnp so th
 reaches the network itself."""
 
 _COMMON = """\
-Generated from the declarations in bridge/config/keys.py by
-`python3 -m bridge.config.reference --examples config`; do not edit (a test checks that it is up
-to date). Every key below is set to its default, so this file loads to the built-in defaults; a
-config file only needs the keys it changes.
+Generated from the declarations in bridge/config/keys.py by `python3 -m bridge.cli.examples`
+(which adds the kaspad command line); do not edit (a test checks that it is up to date). Every
+key below is set to its default, so this file loads to the built-in defaults; a config file only
+needs the keys it changes.
 
 Precedence (highest first): command-line flags (`kaspa-tor-bridge run --slots-count 8`, or
 `--set slots.count=8`), then the environment (KTB_ + upper-cased dotted key with "." -> "__":

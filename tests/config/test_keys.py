@@ -164,11 +164,19 @@ def test_every_key_is_in_reference_toml_with_its_default() -> None:
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
 def test_generated_files_are_up_to_date(name: str) -> None:
-    """Regenerate with: python3 -m bridge.config.reference --examples config"""
-    text = (REFERENCE.parent / name).read_text(encoding="utf-8")
-    assert text == render_reference(GENERATED[name])
-    assert text.startswith("".join(f"# {line}".rstrip() + "\n"
-                                   for line in GENERATED[name].splitlines()))
+    """Regenerate with: python3 -m bridge.cli.examples (the declarations' text plus the kaspad
+    command line of tests/test_examples.py)."""
+    from bridge.cli.examples import load_example, update_text
+
+    path = REFERENCE.parent / name
+    text = path.read_text(encoding="utf-8")
+    assert text == update_text(render_reference(GENERATED[name]), load_example(path))
+    lines = text.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith("# kaspad's command line"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("# (end of the generated"))
+    without_block = "".join(lines[:first] + lines[end + 2:])
+    assert without_block.startswith("".join(f"# {line}".rstrip() + "\n"
+                                            for line in GENERATED[name].splitlines()))
 
 
 def test_reference_toml_loads_to_the_defaults() -> None:
