@@ -148,7 +148,7 @@ async def test_no_upstream_fails_slot_fast(emulators: Callable[..., KaspadEmulat
     assert closed
     assert time.monotonic() - t0 < 4
     assert not sa.handshake_complete
-    assert rig.bridge_a.closed_count["refused"] == 1
+    assert rig.bridge_a.closed_count.refused == 1
     _ = ONION_B
 
 
