@@ -72,6 +72,7 @@ from bridge.runtime.stats import (
     RewriteStats,
     Totals,
     TrafficStats,
+    relay_stats,
 )
 from bridge.store.book import AddressBook, AddressBookError
 
@@ -201,23 +202,8 @@ class RelayInfo:
         return f"slot:{self.local_port}" if self.kind == "slot" else f"inbound#{self.id}"
 
     def stats(self, now: float) -> RelayStats:
-        st = self.relay.stats()
-        remote = self.relay.policy.remote
-        closed = self.relay.closed
-        return RelayStats(
-            id=self.id, kind=self.kind, label=self.label, local_port=self.local_port,
-            peer=str(self.target) if self.target is not None else None,
-            user_agent=_printable(remote.user_agent) if remote.user_agent else None,
-            handshake=bool(remote.node_id), age=round(max(0.0, now - self.started), 1),
-            traffic=TrafficStats.of(st), buffered=st["buffered"],
-            rewrites=RewriteStats.of(self.relay.policy.counters),
-            closing=closed.reason if closed is not None else None)
-
-
-def _printable(text: str, limit: int = 64) -> str:
-    """A remote-controlled string made safe for a terminal and bounded."""
-    out = "".join(c if c.isprintable() else "?" for c in text)
-    return out if len(out) <= limit else out[: limit - 1] + "…"
+        return relay_stats(self.id, self.kind, self.label, self.local_port, self.target,
+                           self.relay, self.started, now)
 
 
 class Bridge:

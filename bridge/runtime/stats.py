@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from bridge.core.counters import Counters
+from bridge.core.peers import Target
+from bridge.core.relay import Relay
 from bridge.net.pool import DialStats, PoolStats
 from bridge.store.book import BookStats
 from bridge.tor.supervisor import TorStats, TorStatus
@@ -83,6 +85,28 @@ class RelayStats:
     buffered: int  # bytes held by the relay
     rewrites: RewriteStats
     closing: str | None
+
+
+def relay_stats(id: int, kind: str, label: str, local_port: int, target: Target | None,
+                relay: Relay, started: float, now: float) -> RelayStats:
+    """The stats of one live relay (:class:`bridge.runtime.bridge.RelayInfo`)."""
+    st = relay.stats()
+    remote = relay.policy.remote
+    closed = relay.closed
+    return RelayStats(
+        id=id, kind=kind, label=label, local_port=local_port,
+        peer=str(target) if target is not None else None,
+        user_agent=_printable(remote.user_agent) if remote.user_agent else None,
+        handshake=bool(remote.node_id), age=round(max(0.0, now - started), 1),
+        traffic=TrafficStats.of(st), buffered=st["buffered"],
+        rewrites=RewriteStats.of(relay.policy.counters),
+        closing=closed.reason if closed is not None else None)
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    """A remote-controlled string made safe for a terminal and bounded."""
+    out = "".join(c if c.isprintable() else "?" for c in text)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
