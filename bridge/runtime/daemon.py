@@ -126,7 +126,7 @@ class Daemon:
     observe: SideService | None = None
 
     def __post_init__(self) -> None:
-        self.started_at = time.time()
+        self.started_at = time.time()  # reset when run() starts: the uptime's origin
         #: recent warnings and errors (relay errors from the bridge, warnings from the logs)
         self.errors = RecentErrors()
         self._stop = trio.Event()
@@ -323,6 +323,7 @@ class Daemon:
         if cfg.metrics.listen is not None and self.observe is None:
             raise StartupError("metrics.listen is set but this daemon has no metrics server: "
                                "build it with bridge.runtime.service.build_daemon")
+        self.started_at = time.time()
         # warnings from here on are kept for /status (the config's were logged just above)
         handler = ErrorLogHandler(self.errors)
         logger = logging.getLogger("bridge")
