@@ -60,3 +60,29 @@ def test_totals_add_by_kind() -> None:
     assert TrafficStats.of({"bytes_from_kaspad": 5, "bytes_from_remote": 6,
                             "messages_from_kaspad": 7, "messages_from_remote": 8,
                             "buffered": 9}) == TrafficStats(5, 6, 7, 8)
+
+
+def test_log_handler_feeds_warnings_and_pool_failures_into_the_ring() -> None:
+    import logging
+
+    from bridge.runtime.stats import ErrorLogHandler, ErrorRecord, RecentErrors
+
+    errors = RecentErrors()
+    handler = ErrorLogHandler(errors)
+    logger = logging.getLogger("bridge")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        logging.getLogger("bridge.pool").info("upstream %s not ready", "x")
+        logging.getLogger("bridge.relay").info("closed normally")  # not a problem
+        logging.getLogger("bridge.relay").warning("slot:1 closed: %s", "boom")
+        logger.warning("config: odd")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    got = errors.records()
+    assert [(e.source, e.message) for e in got] == [
+        ("pool", "upstream x not ready"), ("relay", "slot:1 closed: boom"),
+        ("bridge", "config: odd")]
+    assert all(isinstance(e, ErrorRecord) and e.at and e.count == 1 for e in got)
