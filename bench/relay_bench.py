@@ -162,7 +162,7 @@ def bridge_child(spec: dict[str, Any]) -> None:
 
     async def watch_first(bridge: Bridge) -> None:
         while not first_ready:
-            if bridge.pool.ready_count or bridge.pool.stats["taken"]:
+            if bridge.pool.ready_count or bridge.pool.events.taken:
                 first_ready.append(time.time())
             await trio.sleep(0.005)
 
@@ -188,7 +188,8 @@ def bridge_child(spec: dict[str, Any]) -> None:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip() == b"ready":
                         await ready(bridge)
-                        print(f"ok {bridge.pool.ready_count} {bridge.closed_count}", flush=True)
+                        print(f"ok {bridge.pool.ready_count} {dict(bridge.closed_count.items())}",
+                              flush=True)
                     elif line.strip() == b"first":  # wall time the first upstream was ready
                         with trio.move_on_after(120):
                             while not first_ready:
@@ -221,9 +222,11 @@ def bridge_child(spec: dict[str, Any]) -> None:
                         counts["relays"] = len(bridge.relays)
                         print(json.dumps(counts), flush=True)
                     elif line.strip() == b"stats":
-                        print(json.dumps({"pool": bridge.pool.stats,
-                                          "dial_failures": bridge.dialer.failures,
-                                          "closed": bridge.closed_count}), flush=True)
+                        fails = bridge.dialer.failures.items()
+                        print(json.dumps({"pool": dict(bridge.pool.events.items()),
+                                          "dial_failures": {k.upper(): v for k, v in fails if v},
+                                          "closed": dict(bridge.closed_count.items())}),
+                              flush=True)
             nursery.cancel_scope.cancel()
 
     profile = spec.get("profile")

@@ -1,9 +1,12 @@
-"""Two real daemons without Tor, for the observability/status tests.
+"""Two real daemons without Tor, for the observability/status tests, and hand-built snapshots.
 
     emulator A -> daemon A slot -> [scripted SOCKS5] -> daemon B inbound -> emulator B
 
 Both run in tor-only mode with ``tor.control = ""`` and ``tor.listen_onion = false`` (no Tor
 needed); daemon A serves ``/metrics``, ``/health`` and ``/status`` on ``metrics.listen``.
+
+:func:`make_snapshot` builds a :class:`~bridge.runtime.stats.Snapshot` by hand, for the tests
+that only check how a snapshot is rendered (``/status`` JSON, the screen, ``/metrics``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,29 @@ from typing import Any
 import trio
 
 from bridge.config import Config, load_config
+from bridge.net.pool import DialStats, FaultCounts, PoolEvents, PoolStats
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import free_ports
 from bridge.runtime.daemon import Daemon
+from bridge.runtime.service import build_daemon
+from bridge.runtime.stats import (
+    BookWriterStats,
+    BridgeStats,
+    CandidateStats,
+    ClosedStats,
+    ErrorRecord,
+    Health,
+    InboundEvents,
+    InboundStats,
+    Listeners,
+    RelayStats,
+    RewriteStats,
+    Snapshot,
+    Totals,
+    TrafficStats,
+)
+from bridge.store.book import BookStats, LearnedStats
+from bridge.tor.supervisor import TorStats, TorStatus
 from tests.integration.conftest import ONION_B
 from tests.peers.socks_server import ScriptedSocks5Server
 
@@ -72,7 +95,7 @@ async def start_pair(nursery: trio.Nursery, tmp_path: Path) -> Pair:
         "kaspad.p2p": f"127.0.0.1:{kaspad_a}", "tor.socks": f"127.0.0.1:{socks_port}",
         "peers.connect": [f"{ONION_B.host}:16511"], "metrics.listen": f"127.0.0.1:{metrics}"}
     cfg_a = daemon_config(tmp_path / "a", **over)
-    a = Daemon(cfg_a, handle_signals=False)
+    a = build_daemon(cfg_a, handle_signals=False)
     await nursery.start(a.run)
     cfg_file = tmp_path / "a.toml"
     cfg_file.write_text(f'network = "kaspa-simnet"\ndata_dir = "{tmp_path / "a"}"\n'
@@ -107,3 +130,56 @@ def http_get(port: int, path: str, *, method: str = "GET", host: str = "127.0.0.
 
 async def aget(port: int, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
     return await trio.to_thread.run_sync(lambda: http_get(port, path, **kw))
+
+
+SLOT_PORTS = (16200, 16201)
+
+
+def relay_stats(id: int, kind: str = "slot", local_port: int = 16200, *,
+                peer: str | None = None, traffic: TrafficStats | None = None,
+                rewrites: RewriteStats | None = None, buffered: int = 0,
+                user_agent: str | None = None) -> RelayStats:
+    label = f"slot:{local_port}" if kind == "slot" else f"inbound#{id}"
+    return RelayStats(id=id, kind=kind, label=label, local_port=local_port, peer=peer,
+                      user_agent=user_agent, handshake=peer is not None, age=12.0,
+                      traffic=traffic or TrafficStats(), buffered=buffered,
+                      rewrites=rewrites or RewriteStats(), closing=None)
+
+
+def make_bridge_stats(*, relays: tuple[RelayStats, ...] = (), totals: Totals | None = None,
+                      pool: PoolEvents | None = None, failures: FaultCounts | None = None,
+                      dials: int = 0, closed: ClosedStats | None = None,
+                      inbound: InboundEvents | None = None, learned: LearnedStats | None = None,
+                      book: bool = True, book_errors: int = 0,
+                      writer: BookWriterStats | None = None,
+                      candidates: CandidateStats | None = None) -> BridgeStats:
+    if totals is None:
+        totals = Totals()
+        for r in relays:
+            totals = totals.add(r.kind, r.traffic, r.rewrites)
+    return BridgeStats(
+        up=True, slot_ports=SLOT_PORTS, inbound_port=16300,
+        pool=PoolStats(1, 1, pool or PoolEvents()),
+        dial=DialStats(dials, failures or FaultCounts()),
+        closed=closed or ClosedStats(),
+        inbound=InboundStats(inbound or InboundEvents(),
+                             sum(1 for r in relays if r.kind == "inbound"), 64, 64),
+        book=BookStats("/data/peers.sqlite", book_errors, 0, None,
+                       learned or LearnedStats()) if book else None,
+        book_writer=writer or BookWriterStats(),
+        candidates=candidates or CandidateStats(3, 1, 1), relays=relays, totals=totals)
+
+
+def make_snapshot(*, bridge: BridgeStats | None = None, tor: TorStatus | None = None,
+                  health: Health | None = None, errors: tuple[ErrorRecord, ...] = (),
+                  own_onion: str | None = None, known_onions: int = 0) -> Snapshot:
+    """A snapshot as a daemon in tor-only mode on simnet would report it."""
+    return Snapshot(
+        bridge_version="0.0.test", time=1_700_000_000.0, uptime=3725.0,
+        network="kaspa-simnet", mode="tor-only", health=health or Health(True),
+        tor=None if tor is None else TorStats("127.0.0.1:9051", tor), own_onion=own_onion,
+        known_onions=known_onions,
+        listeners=Listeners(up=bridge is not None, slot_host="127.0.0.1", slot_ports=SLOT_PORTS,
+                            inbound="127.0.0.1:16300" if bridge is not None else None,
+                            kaspad_p2p="127.0.0.1:16511"),
+        pool_size=1, bridge=bridge, recent_errors=errors)

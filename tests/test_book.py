@@ -267,7 +267,7 @@ def test_eviction_rule(db: Path) -> None:
         # at its quota, the group keeps its entries: the newcomer is dropped ...
         assert not b.learn(NET, "1.0.0.4", 1, source=a, now=4)
         assert not b.learn(NET, "1.0.0.4", 1, source="gossip:peer 5.5.9.9:7", now=4)  # same /16
-        assert b.stats["dropped"] == 2
+        assert b.learned.dropped == 2
         # ... unless one of its own is terrible (3 failures, or not seen for 30 days)
         for _ in range(2):
             b.record_failure(NET, "1.0.0.2", 1, now=5)

@@ -78,7 +78,7 @@ async def test_managed_tor_with_discovered_socks_relays_to_an_onion(
                 while a.bridge.pool.ready_count < 1:
                     await trio.sleep(0.1)
             assert a.bridge.pool.ready_count >= 1, (
-                f"no warm upstream to {onion_b}: pool {a.bridge.pool.stats}, dial failures "
+                f"no warm upstream to {onion_b}: pool {a.bridge.pool.events}, dial failures "
                 f"{a.bridge.dialer.failures}, candidates {a.bridge.selector.snapshot()}, "
                 f"tor {a.supervisor.status}")
             sa = emu_a.dial("127.0.0.1", a.bridge.slot_ports[0])

@@ -282,7 +282,7 @@ async def test_running_bridge_writes_learned_addresses_off_the_event_loop(
             for k, batch in enumerate(batches):
                 bridge.gossip.on_learn_ips(batch, f"gossip:peer 5.{k}.7.8:16111")
             with trio.fail_after(60):
-                while bridge.book_stats["batches"] < len(batches):
+                while bridge.book_stats.batches < len(batches):
                     await trio.sleep(0.01)
         stored = len(book.entries(NET))
         nursery.cancel_scope.cancel()

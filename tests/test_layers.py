@@ -124,3 +124,38 @@ def test_the_import_scanner_sees_each_form(tmp_path: Path, source: str,
     f = tmp_path / "m.py"
     f.write_text("def f():\n    " + source)
     assert [t for _, t in _imports(f, "bridge.core.m")] == [expected]
+
+
+def test_no_import_cycle_among_bridge_modules() -> None:
+    """No module reaches itself through its imports (every import counts: inside functions
+    and under ``TYPE_CHECKING`` too), e.g. no ``daemon ↔ observe ↔ status``."""
+    names = {name for name, _ in _modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in _modules():
+        deps = set()
+        for _, target in _imports(path, name):
+            # "from bridge.x import y": y may be a module of the package bridge.x
+            while target and target not in names:
+                target = target.rpartition(".")[0]
+            if target and target != name and target != "bridge":
+                deps.add(target)
+        graph[name] = deps
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                cycles.append([*path[path.index(dep):], dep])
+            elif dep not in state:
+                visit(dep)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)

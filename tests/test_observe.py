@@ -1,26 +1,46 @@
-"""/metrics, /health and /status on the loopback observability server."""
+"""/metrics, /health and /status on the loopback observability server.
+
+What is rendered from a snapshot is tested from hand-built snapshots (no daemon, no Tor); the
+server, a live relay's series and the secrets end to end with real daemons."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.core.counters import Counters
+from bridge.core.errors import BridgeError, Fault
 from bridge.core.relay import Closed
+from bridge.net.pool import DialStats, FaultCounts
 from bridge.rig.tornet import TorNetwork, free_ports
-from bridge.runtime.daemon import Daemon
-from bridge.runtime.observe import ObserveError, ObserveServer, RelayLedger
+from bridge.runtime.bridge import Bridge, BridgeOptions, RelayInfo
+from bridge.runtime.daemon import Daemon, StartupError
+from bridge.runtime.observe import ObserveError, ObserveServer
+from bridge.runtime.service import build_daemon
+from bridge.runtime.stats import Health, Snapshot, health
 from bridge.runtime.status import render_text
+from bridge.store.book import BookStats
 from bridge.tor.control import BootstrapStatus
 from bridge.tor.keys import load_key
-from bridge.tor.supervisor import TorState, TorStatus
+from bridge.tor.supervisor import TOR_COUNTERS, TorState, TorStatus
 from tests.conftest import TORNET_CONTROL_PASSWORD
 from tests.integration.conftest import ONION_B
-from tests.observe_rig import aget, daemon_config, start_pair, wait_for
+from tests.observe_rig import (
+    aget,
+    daemon_config,
+    make_bridge_stats,
+    make_snapshot,
+    relay_stats,
+    start_pair,
+    wait_for,
+)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -36,12 +56,45 @@ def value(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
     return m[(name, tuple(sorted(labels.items())))]
 
 
+class Source:
+    """A snapshot source for the server: a fixed snapshot, and its health."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    def health(self) -> Health:
+        return self.snap.health
+
+
+def get(server: ObserveServer, path: str) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a GET answered by the server (sans-IO)."""
+    raw = server.respond(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    ctype = next(ln.split(":", 1)[1].strip() for ln in lines
+                 if ln.lower().startswith("content-type:"))
+    return int(lines[0].split(" ")[1]), ctype, body
+
+
+def served(snap: Snapshot) -> tuple[dict[str, Any], dict[tuple[str, tuple[tuple[str, str], ...]],
+                                                          float]]:
+    """(/status JSON, /metrics samples) a server over ``snap`` answers."""
+    server = ObserveServer(Source(snap), "127.0.0.1", 0)
+    status, _, body = get(server, "/status")
+    assert status == 200
+    mstatus, ctype, mbody = get(server, "/metrics")
+    assert mstatus == 200 and ctype.startswith("text/plain; version=0.0.4")
+    return json.loads(body), samples(mbody.decode())
+
+
 async def test_metrics_follow_a_live_relay_and_keep_totals_after_it_closes(
         tmp_path: Path, nursery: trio.Nursery) -> None:
     pair = await start_pair(nursery, tmp_path)
     a = pair.a
     assert a.bridge is not None and a.observe is not None
-    assert isinstance(a.bridge.relays, RelayLedger)
     try:
         await wait_for(lambda: a.bridge is not None and a.bridge.pool.ready_count >= 1)
         slot = a.bridge.slot_ports[0]
@@ -110,49 +163,143 @@ async def test_metrics_follow_a_live_relay_and_keep_totals_after_it_closes(
         await trio.to_thread.run_sync(pair.emu_b.stop)
 
 
-async def test_health_reports_tor_and_onion(tmp_path: Path, nursery: trio.Nursery) -> None:
-    (metrics,) = free_ports(1)
-    cfg = daemon_config(tmp_path, **{"metrics.listen": f"127.0.0.1:{metrics}"})
-    d = Daemon(cfg, handle_signals=False)
-    await nursery.start(d.run)
-    try:
-        status, _, body = await aget(metrics, "/health")
-        assert status == 200 and json.loads(body) == {"status": "ok"}
+def test_health_reports_tor_and_onion() -> None:
+    """/health and the Tor series from snapshots of a tor-only daemon whose Tor bootstraps."""
+    booting = TorStatus(state=TorState.BOOTSTRAPPING,
+                        bootstrap=BootstrapStatus(42, "loading_descriptors", "Loading"))
+    verdict = health(listeners_up=True, tor=booting, needs_tor=True, needs_onion=False)
+    assert verdict == Health(False, ("tor not usable (state bootstrapping, bootstrap 42%)",))
+    snap = make_snapshot(bridge=make_bridge_stats(), tor=booting, health=verdict)
+    server = ObserveServer(Source(snap), "127.0.0.1", 0)
+    status, ctype, body = get(server, "/health")
+    assert status == 503 and ctype == "application/json"
+    assert json.loads(body) == {"status": "unhealthy",
+                                "reasons": ["tor not usable (state bootstrapping, "
+                                            "bootstrap 42%)"]}
+    _, m = served(snap)
+    assert value(m, "ktb_tor_bootstrap_progress") == 42
+    assert value(m, "ktb_tor_usable") == 0
+    assert value(m, "ktb_tor_state", state="bootstrapping") == 1
+    assert value(m, "ktb_tor_state", state="ready") == 0
+    assert value(m, "ktb_healthy") == 0
+    ready = TorStatus(state=TorState.READY, usable=True, restarts_seen=2, reconnects=3)
+    verdict = health(listeners_up=True, tor=ready, needs_tor=True, needs_onion=False)
+    assert verdict == Health(True)  # listen_onion is off: no onion needed
+    snap = make_snapshot(bridge=make_bridge_stats(), tor=ready, health=verdict)
+    server = ObserveServer(Source(snap), "127.0.0.1", 0)
+    status, _, body = get(server, "/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    _, m = served(snap)
+    assert value(m, "ktb_tor_restarts_total") == 2
+    assert value(m, "ktb_tor_reconnects_total") == 3
+    assert health(listeners_up=True, tor=ready, needs_tor=True, needs_onion=True) == Health(
+        False, ("onion service not published",))
 
-        class FakeSupervisor:
-            endpoint = "127.0.0.1:9051"
-            status = TorStatus(state=TorState.BOOTSTRAPPING,
-                               bootstrap=BootstrapStatus(42, "loading_descriptors", "Loading"))
 
-        d.supervisor = FakeSupervisor()  # type: ignore[assignment]
-        status, headers, body = await aget(metrics, "/health")
-        assert status == 503 and headers["content-type"] == "application/json"
-        assert json.loads(body) == {"status": "unhealthy",
-                                    "reasons": ["tor not usable (state bootstrapping, "
-                                                "bootstrap 42%)"]}
-        m = samples((await aget(metrics, "/metrics"))[2].decode())
-        assert value(m, "ktb_tor_bootstrap_progress") == 42
-        assert value(m, "ktb_tor_usable") == 0
-        assert value(m, "ktb_tor_state", state="bootstrapping") == 1
-        assert value(m, "ktb_tor_state", state="ready") == 0
-        assert value(m, "ktb_healthy") == 0
-        FakeSupervisor.status = TorStatus(state=TorState.READY, usable=True, restarts_seen=2,
-                                          reconnects=3)
-        status, _, _ = await aget(metrics, "/health")
-        assert status == 200  # listen_onion is off: no onion needed
-        m = samples((await aget(metrics, "/metrics"))[2].decode())
-        assert value(m, "ktb_tor_restarts_total") == 2
-        assert value(m, "ktb_tor_reconnects_total") == 3
-    finally:
-        d.request_stop()
+#: counters that are not in a Counters set, by the class holding them
+OTHER_COUNTERS: dict[type, tuple[str, ...]] = {
+    TorStatus: TOR_COUNTERS, DialStats: ("dials",), BookStats: ("errors",)}
+
+
+def _counters(obj: object, path: str = "") -> list[tuple[str, int]]:
+    """(path, value) of every counter in a snapshot: the fields of each Counters set, Tor's
+    counters, dial attempts and address book errors."""
+    out: list[tuple[str, int]] = []
+    if isinstance(obj, Counters):
+        return [(f"{path}.{k}", v) for k, v in obj.items()]
+    out += [(f"{path}.{k}", getattr(obj, k)) for k in OTHER_COUNTERS.get(type(obj), ())]
+    if isinstance(obj, tuple):
+        for i, item in enumerate(obj):
+            out += _counters(item, f"{path}[{i}]")
+    elif is_dataclass(obj):
+        for f in fields(obj):
+            out += _counters(getattr(obj, f.name), f"{path}.{f.name}")
+    return out
+
+
+def _numbered(obj: Any, start: list[int]) -> Any:
+    """``obj`` with every counter set to a value of its own (1001, 1002, ...)."""
+    if isinstance(obj, Counters):
+        values = {}
+        for k, _ in obj.items():
+            start[0] += 1
+            values[k] = start[0]
+        return replace(obj, **values)
+    if isinstance(obj, tuple):
+        return tuple(_numbered(item, start) for item in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        values = {f.name: _numbered(getattr(obj, f.name), start) for f in fields(obj)}
+        for k in OTHER_COUNTERS.get(type(obj), ()):
+            start[0] += 1
+            values[k] = start[0]
+        return replace(obj, **values)
+    return obj
+
+
+def _json_numbers(obj: Any) -> set[float]:
+    if isinstance(obj, dict):
+        return set().union(*(_json_numbers(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_json_numbers(v) for v in obj)) if obj else set()
+    return {obj} if isinstance(obj, int | float) and not isinstance(obj, bool) else set()
+
+
+def test_every_counter_shows_in_status_and_metrics() -> None:
+    """/status and /metrics are rendered from one snapshot: every counter in it (each with a
+    value of its own here) appears in both, so they cannot disagree on a fact."""
+    relays = (relay_stats(1, "slot", 16200, peer="192.0.2.1:16111"),
+              relay_stats(2, "inbound", 16300))
+    snap = make_snapshot(bridge=make_bridge_stats(relays=relays),
+                         tor=TorStatus(state=TorState.READY, usable=True))
+    snap = _numbered(snap, [1000])
+    counters = _counters(snap)
+    assert len(counters) > 60  # pool, dial, closed, inbound, book, writer, relays, totals, tor
+    assert len({v for _, v in counters}) == len(counters)
+    status, m = served(snap)
+    in_json = _json_numbers(status)
+    in_metrics = set(m.values())
+    missing = [(p, v) for p, v in counters if v not in in_json or v not in in_metrics]
+    assert not missing, f"counters missing from /status or /metrics: {missing}"
+    # the refresh counter in particular (it was missing from /metrics)
+    assert value(m, "ktb_rewrites_total", action="refreshes") == \
+        status["totals"]["rewrites"]["refreshes"]
+
+
+def test_metrics_from_a_snapshot() -> None:
+    """Series names and labels (what operators scrape), from a hand-built snapshot."""
+    slot = relay_stats(1, "slot", 16200, peer=f"{ONION_B.host}:16511")
+    snap = make_snapshot(bridge=make_bridge_stats(
+        relays=(slot, relay_stats(2, "inbound", 16300)), dials=3,
+        failures=FaultCounts(kaspad=2)), known_onions=4, own_onion=f"{ONION_B.host}:16511")
+    _, m = served(snap)
+    assert value(m, "ktb_slots") == 2 and value(m, "ktb_slots_filled") == 1
+    assert value(m, "ktb_inbound_connections") == 1
+    assert value(m, "ktb_gossip_known_onions") == 4
+    assert value(m, "ktb_tor_monitored") == 0 and value(m, "ktb_listeners_up") == 1
+    assert value(m, "ktb_uptime_seconds") == 3725.0
+    assert value(m, "ktb_dials_total") == 3
+    for reason, n in (("tor", 0), ("local", 0), ("remote", 0), ("kaspad", 2)):
+        assert value(m, "ktb_dial_failures_total", reason=reason) == n
+    assert value(m, "ktb_candidates") == 3 and value(m, "ktb_candidates_backing_off") == 1
+    assert value(m, "ktb_info", version="0.0.test", network="kaspa-simnet",
+                 mode="tor-only") == 1
+    assert ("ktb_peer_buffered_bytes", (("kind", "slot"), ("peer", "slot:16200"))) in m
+    assert ("ktb_peer_bytes_total", (("direction", "from_remote"), ("kind", "inbound"),
+                                     ("peer", "inbound#2"))) in m
+    # before the bridge exists: no pool series, zero totals
+    _, m0 = served(make_snapshot(health=Health(False, ("listeners not up yet",))))
+    assert value(m0, "ktb_listeners_up") == 0 and ("ktb_pool_size", ()) not in m0
+    assert value(m0, "ktb_relay_bytes_total", kind="slot", direction="from_kaspad") == 0
 
 
 async def test_http_server_is_strict(tmp_path: Path, nursery: trio.Nursery) -> None:
     (metrics,) = free_ports(1)
-    d = Daemon(daemon_config(tmp_path, **{"metrics.listen": f"127.0.0.1:{metrics}"}),
-               handle_signals=False)
+    d = build_daemon(daemon_config(tmp_path, **{"metrics.listen": f"127.0.0.1:{metrics}"}),
+                     handle_signals=False)
     await nursery.start(d.run)
     try:
+        status, _, body = await aget(metrics, "/health")
+        assert status == 200 and json.loads(body) == {"status": "ok"}
         assert (await aget(metrics, "/nope"))[0] == 404
         assert (await aget(metrics, "/metrics", method="POST"))[0] == 405
         # DNS rebinding: a page from evil.example resolving to 127.0.0.1
@@ -168,12 +315,21 @@ async def test_http_server_is_strict(tmp_path: Path, nursery: trio.Nursery) -> N
 
 
 async def test_non_loopback_metrics_listen_is_refused(tmp_path: Path) -> None:
-    d = Daemon(daemon_config(tmp_path, **{"metrics.listen": "0.0.0.0:9464"}),
-               handle_signals=False)
+    cfg = daemon_config(tmp_path, **{"metrics.listen": "0.0.0.0:9464"})
     with pytest.raises(ObserveError, match="not a loopback address"):
-        await d.run()
+        build_daemon(cfg, handle_signals=False)
+    d = Daemon(cfg, handle_signals=False)
     with pytest.raises(ObserveError):
         ObserveServer(d, "192.0.2.1", 9464)
+
+
+async def test_daemon_without_its_metrics_server_does_not_start(tmp_path: Path) -> None:
+    """metrics.listen set on a daemon built without the server: a loud startup error, not a
+    daemon silently without /metrics."""
+    d = Daemon(daemon_config(tmp_path, **{"metrics.listen": "127.0.0.1:9464"}),
+               handle_signals=False)
+    with pytest.raises(StartupError, match="build_daemon"):
+        await d.run()
 
 
 async def test_busy_metrics_port_aborts_startup(tmp_path: Path) -> None:
@@ -181,35 +337,40 @@ async def test_busy_metrics_port_aborts_startup(tmp_path: Path) -> None:
     await listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    d = Daemon(daemon_config(tmp_path, **{"metrics.listen": f"127.0.0.1:{port}"}),
-               handle_signals=False)
+    d = build_daemon(daemon_config(tmp_path, **{"metrics.listen": f"127.0.0.1:{port}"}),
+                     handle_signals=False)
     with pytest.raises(Exception, match=r"cannot listen on metrics\.listen"):
         await d.run()
     listener.close()
 
 
-def test_ledger_records_closed_relay_errors() -> None:
-    from bridge.core.errors import BridgeError, Fault
-    from bridge.runtime.status import RecentErrors, Totals
+async def test_a_closed_relay_is_kept_in_the_totals_and_its_error_in_recent_errors() -> None:
+    """The bridge folds a closed relay's counters into its totals and its error into the
+    recent errors (what RelayLedger did by replacing ``Bridge.relays``)."""
 
     class R:
-        policy = type("P", (), {"counters": {"onions_added": 2}})()
+        policy = type("P", (), {"counters": {"onions_added": 2, "refreshes": 1},
+                                "remote": type("Peer", (), {"user_agent": "", "node_id": b""})()})()
         closed = Closed("boom", BridgeError("peer misbehaved", fault=Fault.REMOTE))
 
         def stats(self) -> dict[str, int]:
             return {"bytes_from_kaspad": 10, "bytes_from_remote": 20, "messages_from_kaspad": 1,
                     "messages_from_remote": 2, "buffered": 0}
 
-    from bridge.runtime.bridge import RelayInfo
-
+    bridge = Bridge(BridgeOptions(kaspad_p2p=("127.0.0.1", 1), candidates=[]))
     info = RelayInfo(7, "inbound", 16300, None, R(), 0.0)  # type: ignore[arg-type]
-    totals, errors = Totals(), RecentErrors()
-    ledger = RelayLedger({7: info}, totals, errors)
-    del ledger[7]
-    assert totals.bytes[("inbound", "from_remote")] == 20
-    assert totals.rewrites["onions_added"] == 2 and totals.closed["inbound"] == 1
-    assert errors.as_list()[0]["source"] == "inbound#7"
-    assert "peer misbehaved" in errors.as_list()[0]["message"]
+    bridge.relays[7] = info
+    live = bridge.stats()
+    assert live.totals.inbound.bytes_from_remote == 20 and len(live.relays) == 1
+    del bridge.relays[7]
+    bridge._retire(info)
+    st = bridge.stats()
+    assert st.relays == ()
+    assert st.totals.inbound.bytes_from_remote == 20 and st.totals.slot.bytes_from_remote == 0
+    assert st.totals.rewrites.onions_added == 2 and st.totals.rewrites.refreshes == 1
+    errors = bridge.errors.records()
+    assert errors[0].source == "inbound#7"
+    assert "peer misbehaved" in errors[0].message
 
 
 @pytest.mark.tor
@@ -227,7 +388,7 @@ async def test_logs_and_endpoints_never_show_password_or_key(
         "tor.control_password": TORNET_CONTROL_PASSWORD, "tor.listen_onion": True,
         "tor.socks": f"127.0.0.1:{tornet.client.socks_port}", "tor.bootstrap_timeout": 60.0,
         "metrics.listen": f"127.0.0.1:{metrics}"})
-    d = Daemon(cfg, handle_signals=False)
+    d = build_daemon(cfg, handle_signals=False)
     await nursery.start(d.run)
     try:
         assert d.supervisor is not None and d.supervisor.status.onion_published

@@ -156,10 +156,10 @@ def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
         raise typer.Exit(2) from exc
     cfg = _load(config, overrides)
     setup_logging(cfg.log_level, cfg.log_format)
-    from bridge.runtime.daemon import Daemon
+    from bridge.runtime.service import build_daemon
 
     try:
-        trio.run(Daemon(cfg).run)
+        trio.run(build_daemon(cfg).run)
     except BaseException as exc:
         error = _collapse(exc)
         if isinstance(error, BridgeError):

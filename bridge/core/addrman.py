@@ -91,6 +91,19 @@ _V4_BLOCKS: Final = sorted(
 _V4_STARTS: Final = [a for a, _ in _V4_BLOCKS]
 
 
+def group_of(host: str) -> str:
+    """The spread group of a host: IPv4 /16, IPv6 /32, or the onion itself."""
+    if is_onion_host(host):
+        return "onion:" + host.lower()
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        a, b = ip.packed[:2]
+        return f"ipv4:{a}.{b}"
+    return "ipv6:" + ip.packed[:4].hex()
+
+
 def _v4_public(value: int) -> bool:
     i = bisect.bisect_right(_V4_STARTS, value) - 1
     return i < 0 or value > _V4_BLOCKS[i][1]
@@ -153,8 +166,6 @@ def source_group(source: str) -> str:
     if detail.startswith("peer "):
         host = _host_of(detail[5:].strip())
         if host:
-            # imported here: selection imports this module for the public-address filter
-            from bridge.core.selection import group_of
             try:
                 return group_of(host)
             except ValueError:

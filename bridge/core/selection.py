@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
 
 from bridge.core import kaspa
-from bridge.core.addrman import is_public_host
+from bridge.core.addrman import group_of, is_public_host
 from bridge.core.onion import OnionAddress, is_onion_host
 from bridge.core.peers import Target
 
@@ -133,19 +133,6 @@ def normalize_endpoint(host: str, port: int) -> tuple[str, int, Kind]:
     if isinstance(ip, ipaddress.IPv4Address):
         return str(ip), port, "ipv4"
     return str(ip), port, "ipv6"
-
-
-def group_of(host: str) -> str:
-    """The spread group of a host: IPv4 /16, IPv6 /32, or the onion itself."""
-    if is_onion_host(host):
-        return "onion:" + host.lower()
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv4Address):
-        a, b = ip.packed[:2]
-        return f"ipv4:{a}.{b}"
-    return "ipv6:" + ip.packed[:4].hex()
 
 
 def _entry_group(kind: str, host: str) -> str:

@@ -36,6 +36,7 @@ import h2.events
 import h2.exceptions
 import trio
 
+from bridge.core.counters import Counters
 from bridge.core.errors import BridgeError, Fault
 from bridge.core.peers import Selector, Target
 from bridge.core.relay import Endpoint, RelaySettings, new_upstream_connection
@@ -52,6 +53,49 @@ DUPLICATE_DEFER = 30.0
 #: building its first circuits: dial failures this soon are not held against the peer (short
 #: retries instead of the 2..60 s exponential backoff, which once delayed recovery by ~110 s).
 TOR_RECOVERY_GRACE = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultCounts(Counters):
+    """Failures by :class:`~bridge.core.errors.Fault` (one field per member, lower case)."""
+
+    remote: int = 0
+    kaspad: int = 0
+    local: int = 0
+    tor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DialStats:
+    """What :meth:`Dialer.stats` reports: dial attempts and failures by fault."""
+
+    dials: int
+    failures: FaultCounts
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEvents(Counters):
+    """The warm pool's events. ``duplicates``: upstreams not handed to kaspad (or dropped by a
+    slot before kaspad saw them) because their node id was connected to kaspad already;
+    ``not_reading``: idle warm connections closed because the remote did not take our writes
+    (also counted in ``dropped``)."""
+
+    dialed: int = 0
+    ready: int = 0
+    failed: int = 0
+    taken: int = 0
+    dropped: int = 0
+    duplicates: int = 0
+    not_reading: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """What :meth:`WarmPool.stats` reports: target size, connections ready now, events."""
+
+    size: int
+    ready_now: int
+    events: PoolEvents
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +120,10 @@ class Dialer:
         #: where the SOCKS port comes from when none is configured (asked from tor)
         self.socks_provider = socks_provider
         self.dials = 0
-        self.failures: dict[str, int] = {}
+        self.failures = FaultCounts()
+
+    def stats(self) -> DialStats:
+        return DialStats(self.dials, self.failures)
 
     def tor_proxy(self) -> ProxyEndpoint | None:
         """Tor's SOCKS port: the configured one, else the one tor reported (None: unknown)."""
@@ -117,10 +164,10 @@ class Dialer:
             return await open_socks_stream(proxy, target.host, target.port,
                                            timeout=self.policy.timeout)
         except DialError as exc:
-            self.failures[exc.fault.name] = self.failures.get(exc.fault.name, 0) + 1
+            self.failures = self.failures.bump(**{exc.fault.name.lower(): 1})
             raise
         except (OSError, trio.TooSlowError) as exc:
-            self.failures["REMOTE"] = self.failures.get("REMOTE", 0) + 1
+            self.failures = self.failures.bump(remote=1)
             raise DialError(f"direct dial to {target} failed: {exc!r}", fault=Fault.REMOTE) from exc
 
 
@@ -200,12 +247,7 @@ class WarmPool:
         self._dialing = 0
         self._changed = trio.Event()
         self._ready_changed = trio.Event()
-        #: ``duplicates``: upstreams not handed to kaspad (or dropped by a slot before kaspad saw
-        #: them) because their node id was connected to kaspad already; ``not_reading``: idle
-        #: warm connections closed because the remote did not take our writes (also counted in
-        #: ``dropped``)
-        self.stats = {"dialed": 0, "ready": 0, "failed": 0, "taken": 0, "dropped": 0,
-                      "duplicates": 0, "not_reading": 0}
+        self.events = PoolEvents()
         #: trio time our Tor last recovered (see :meth:`forgive_all`)
         self._tor_recovered_at: float | None = None
         #: slots waiting in :meth:`take` with nothing ready: each gets a dial of its own on top
@@ -215,6 +257,9 @@ class WarmPool:
     @property
     def ready_count(self) -> int:
         return len(self._ready)
+
+    def stats(self) -> PoolStats:
+        return PoolStats(self.size, self.ready_count, self.events)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -257,12 +302,12 @@ class WarmPool:
     async def _warm(self, target: Target, nursery: trio.Nursery) -> None:
         stream: trio.SocketStream | None = None
         try:
-            self.stats["dialed"] += 1
+            self.events = self.events.bump(dialed=1)
             stream = await self.dialer.dial(target)
             conn = new_upstream_connection(self.relay_settings)
             await h2_client_handshake(stream, conn, self.handshake_timeout)
         except (BridgeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
-            self.stats["failed"] += 1
+            self.events = self.events.bump(failed=1)
             if isinstance(exc, BridgeError) and exc.fault in (Fault.TOR, Fault.LOCAL):
                 # Our proxy or configuration failed, not the peer: no penalty, short retry.
                 delay = TOR_FAULT_RETRY
@@ -283,7 +328,7 @@ class WarmPool:
             self._notify()
         entry = _Entry(Upstream(target, stream, conn), trio.Event())
         self._ready.append(entry)
-        self.stats["ready"] += 1
+        self.events = self.events.bump(ready=1)
         self._notify_ready()
         log.debug("upstream %s warm", target)
         nursery.start_soon(self._keep, entry)
@@ -342,11 +387,11 @@ class WarmPool:
             what = (f"[remote peer] broke HTTP/2 while idle: {exc}"
                     if isinstance(exc, h2.exceptions.ProtocolError) else
                     exc.describe() if isinstance(exc, BridgeError) else repr(exc))
-            self.stats["dropped"] += 1
+            self.events = self.events.bump(dropped=1)
             self._ready = [e for e in self._ready if e is not entry]
             delay = None
             if isinstance(exc, _NotReading):
-                self.stats["not_reading"] += 1
+                self.events = self.events.bump(not_reading=1)
             if not isinstance(exc, _PoliteClose):
                 delay = self.selector.failure(up.target, trio.current_time())
             self.selector.release(up.target)
@@ -402,7 +447,7 @@ class WarmPool:
                         await entry.up.stream.aclose()
                     self.duplicate(entry.up.target)
                     continue
-                self.stats["taken"] += 1
+                self.events = self.events.bump(taken=1)
                 return entry.up
         return None
 
@@ -410,7 +455,7 @@ class WarmPool:
         """``target``'s node id is connected to kaspad already (seen in its Version, or known
         before it was handed out): put it aside for ``delay`` seconds without a failure, and
         free it."""
-        self.stats["duplicates"] += 1
+        self.events = self.events.bump(duplicates=1)
         self.selector.defer(target, trio.current_time(), delay)
         self.selector.release(target)
         self._notify()

@@ -14,18 +14,18 @@ that upstream before kaspad sees anything of it and takes another from the pool 
 UNAVAILABLE, as when no upstream is ready); the target is put aside, not penalised, and the pool
 does not pick it while that node stays connected. An inbound peer whose id is connected already
 is closed politely. Each is logged ("... already connected to kaspad through ...") and counted
-(``pool.stats["duplicates"]`` for slots, ``inbound_stats["refused_duplicate"]``).
+(``pool.events.duplicates`` for slots, ``inbound_stats.refused_duplicate``).
 
 Slot ports cost nothing until kaspad asks (issue 10, defect 5). kaspad sends its HTTP/2 preface
 and its MessageStream request as soon as it connects, so a slot takes a warm upstream only once
 that request has arrived: a local connection that closes before (a port scan, a TCP health
 check) or says nothing for ``slot_request_timeout`` seconds never touches the pool, no Tor
 connection is spent on it, and no remote is credited or blamed for it; it is closed, blamed on
-the local side and counted (``closed_count["slot_no_request"]``). A relay that ends before the
+the local side and counted (``closed_count.slot_no_request``). A relay that ends before the
 remote could handshake, for a reason not the remote's, records neither a success nor a failure.
 At most ``max_slot_connections`` local connections are served at once; more are closed at once
-(``closed_count["slot_full"]``). Both listeners survive running out of file descriptors: the
-accept loop waits and retries, counted (``closed_count["accept_failed"]``) and logged at most
+(``closed_count.slot_full``). Both listeners survive running out of file descriptors: the
+accept loop waits and retries, counted (``closed_count.accept_failed``) and logged at most
 once a minute, without a traceback.
 """
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -60,6 +61,20 @@ from bridge.core.selection import BookSelector, SelectionPolicy, source_rank
 from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
 from bridge.net.probe import harvest
 from bridge.net.runner import RelayRunner, StallPolicy
+from bridge.runtime.stats import (
+    BookWriterStats,
+    BridgeStats,
+    CandidateStats,
+    ClosedStats,
+    InboundEvents,
+    InboundStats,
+    RecentErrors,
+    RelayStats,
+    RewriteStats,
+    Totals,
+    TrafficStats,
+    relay_stats,
+)
 from bridge.store.book import AddressBook, AddressBookError
 
 #: learned-address batches (each up to one Addresses message) waiting for the book's writer
@@ -150,7 +165,7 @@ class BridgeOptions:
     #: upstream
     slot_request_timeout: float = 5.0
     #: local connections to the slot ports at once (None: 4 per slot port, at least 8); more
-    #: are closed at once and counted in ``closed_count["slot_full"]``
+    #: are closed at once and counted in ``closed_count.slot_full``
     max_slot_connections: int | None = None
     #: a started message from a remote peer must keep flowing (None: never checked)
     stall: StallPolicy | None = field(default_factory=StallPolicy)
@@ -182,11 +197,24 @@ class RelayInfo:
     relay: Relay
     started: float
 
+    @property
+    def label(self) -> str:
+        """The privacy-safe name of the connection: ``slot:<port>`` or ``inbound#<id>``."""
+        return f"slot:{self.local_port}" if self.kind == "slot" else f"inbound#{self.id}"
+
+    def stats(self, now: float) -> RelayStats:
+        return relay_stats(self.id, self.kind, self.label, self.local_port, self.target,
+                           self.relay, self.started, now)
+
 
 class Bridge:
     def __init__(self, options: BridgeOptions, gossip: GossipState | None = None,
-                 dialer: Dialer | None = None) -> None:
+                 dialer: Dialer | None = None, errors: RecentErrors | None = None) -> None:
         self.options = options
+        #: recent problems (a relay's closing error goes here; see :mod:`bridge.runtime.stats`)
+        self.errors = errors if errors is not None else RecentErrors()
+        #: what the connections closed so far relayed (the live ones are added by :meth:`stats`)
+        self._closed_totals = Totals()
         self.gossip = gossip or GossipState(own_onion=options.own_onion)
         own = options.own_onion.address if options.own_onion else None
         self.book: AddressBook | None = None
@@ -262,7 +290,9 @@ class Bridge:
         self._book_in, self._book_out = trio.open_memory_channel[
             tuple[list[tuple[str, int]], str, bool]](BOOK_QUEUE)
         self._book_writing = False
-        self.book_stats = {"batches": 0, "dropped_batches": 0, "failed_batches": 0}
+        self.book_stats = BookWriterStats()
+        #: the writer's thread and the trio thread both count batches
+        self._book_stats_lock = threading.Lock()
         self.dialer = dialer or Dialer(options.dial)
         self.pool = WarmPool(self.selector, self.dialer, size=options.pool_size,
                              relay_settings=options.relay,
@@ -275,19 +305,49 @@ class Bridge:
         #: inbound connections waiting for their stream, oldest first
         self._pending: dict[int, RelayRunner] = {}
         self.inbound_active = 0  # inbound relays holding a kaspad connection
-        self.inbound_stats = {"accepted": 0, "evicted": 0, "refused_full": 0,
-                              "refused_duplicate": 0, "accept_paced": 0}
+        self.inbound_stats = InboundEvents()
         self._ids = itertools.count(1)
-        #: ``slot_no_request``: local slot connections closed before their gRPC request (no
-        #: upstream used); ``slot_full``: closed at once, ``max_slot_connections`` reached;
-        #: ``accept_failed``: accept(2) failures for lack of descriptors or memory (retried)
-        self.closed_count = {"ok": 0, "error": 0, "refused": 0, "slot_no_request": 0,
-                             "slot_full": 0, "accept_failed": 0}
+        #: connections closed, by outcome (see :class:`~bridge.runtime.stats.ClosedStats`)
+        self.closed_count = ClosedStats()
         self.slot_connections = 0  # local connections to the slot ports being served
         self._log_full = _Throttled(logging.WARNING)
         self._log_silent = _Throttled(logging.WARNING)
         self._log_accept = _Throttled(logging.WARNING)
         self.started = trio.Event()
+
+    def _retire(self, info: RelayInfo) -> None:
+        """A relay closed: its counters go into the totals, its error into the recent errors."""
+        try:
+            self._closed_totals = self._closed_totals.add(
+                info.kind, TrafficStats.of(info.relay.stats()),
+                RewriteStats.of(info.relay.policy.counters))
+            closed = info.relay.closed
+            if closed is not None and closed.error is not None:
+                self.errors.add(info.label, closed.error.describe())
+        except Exception:  # bookkeeping must never break the relay's cleanup
+            log.exception("stats: could not account a closed relay")
+
+    def stats(self) -> BridgeStats:
+        """The bridge's counters and its live connections, now."""
+        now = trio.current_time()
+        relays = tuple(info.stats(now) for info in list(self.relays.values()))
+        totals = self._closed_totals
+        for r in relays:
+            totals = totals.add(r.kind, r.traffic, r.rewrites)
+        cands = self.selector.snapshot()
+        return BridgeStats(
+            up=self.started.is_set(), slot_ports=tuple(self.slot_ports),
+            inbound_port=self.inbound_port, pool=self.pool.stats(), dial=self.dialer.stats(),
+            closed=self.closed_count,
+            inbound=InboundStats(self.inbound_stats, self.inbound_active,
+                                 self.options.max_inbound, self.options.max_pending),
+            book=self.book.stats() if self.book is not None else None,
+            book_writer=self.book_stats,
+            candidates=CandidateStats(
+                total=len(cands), in_use=sum(1 for c in cands.values() if c.get("in_use")),
+                backing_off=sum(1 for c in cands.values()
+                                if float(c.get("retry_at") or 0) > now)),
+            relays=relays, totals=totals)
 
     @property
     def max_slot_connections(self) -> int:
@@ -306,9 +366,13 @@ class Bridge:
         try:
             self._book_in.send_nowait((endpoints, source, poke))
         except trio.WouldBlock:
-            self.book_stats["dropped_batches"] += 1
+            self._count_batch(dropped_batches=1)
             log.debug("address book writer busy: %d addresses from %s not stored",
                       len(endpoints), source)
+
+    def _count_batch(self, **by: int) -> None:
+        with self._book_stats_lock:
+            self.book_stats = self.book_stats.bump(**by)
 
     def _write_batch(self, endpoints: list[tuple[str, int]], source: str) -> int:
         """Store one batch; how many entries are new. Runs in the writer's thread."""
@@ -319,10 +383,10 @@ class Bridge:
         except AddressBookError:  # closed meanwhile (shutdown): it is a cache
             return 0
         except Exception:  # a bug here must not end the daemon (the book is a cache)
-            self.book_stats["failed_batches"] += 1
+            self._count_batch(failed_batches=1)
             log.exception("storing %d learned addresses failed", len(endpoints))
             return 0
-        self.book_stats["batches"] += 1
+        self._count_batch(batches=1)
         return added
 
     async def _book_writer(self) -> None:
@@ -407,13 +471,13 @@ class Bridge:
         async with listener:
             while True:
                 if pacer is not None and await pacer.wait():
-                    self.inbound_stats["accept_paced"] += 1
+                    self.inbound_stats = self.inbound_stats.bump(accept_paced=1)
                 try:
                     stream = await listener.accept()
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
-                    self.closed_count["accept_failed"] += 1
+                    self.closed_count = self.closed_count.bump(accept_failed=1)
                     self._log_accept("%s listener: accept failed: %s (%s); new connections wait "
                                      "(local resources: raise the open-files limit?)", what,
                                      errno.errorcode.get(exc.errno or 0, exc.errno),
@@ -421,7 +485,7 @@ class Bridge:
                     await trio.sleep(ACCEPT_RETRY)
                     continue
                 if slot and self.slot_connections >= self.max_slot_connections:
-                    self.closed_count["slot_full"] += 1
+                    self.closed_count = self.closed_count.bump(slot_full=1)
                     self._log_full("slot ports: %d local connections already (max %d); a new "
                                    "one was closed [%s]", self.slot_connections,
                                    self.max_slot_connections, Fault.LOCAL.value)
@@ -531,6 +595,7 @@ class Bridge:
                 nursery.cancel_scope.cancel()
         finally:
             del self.relays[rid]
+            self._retire(info)
             self._finish(runner, policy, taken[-1] if taken else None)
 
     async def _request_deadline(self, runner: RelayRunner, local_port: int) -> None:
@@ -561,7 +626,7 @@ class Bridge:
         if (runner.relay.kaspad_side is Side.DOWN and target is None
                 and not runner.request_seen):
             # A local slot connection that never asked for anything: no upstream was taken.
-            self.closed_count["slot_no_request"] += 1
+            self.closed_count = self.closed_count.bump(slot_no_request=1)
             if isinstance(err, SilentSlotClient):
                 self._log_silent("%s closed: %s", runner.label, err.describe())
             else:  # connected and closed (a port scan, a TCP health check): not worth a line
@@ -570,19 +635,19 @@ class Bridge:
         runner.log_close()
         if isinstance(err, DuplicatePeer):
             # kaspad has that node connected already: nobody's fault
-            self.closed_count["refused"] += 1
+            self.closed_count = self.closed_count.bump(refused=1)
             if target is not None:
                 self.pool.duplicate(target)
             else:
-                self.inbound_stats["refused_duplicate"] += 1
+                self.inbound_stats = self.inbound_stats.bump(refused_duplicate=1)
             return
         handshake_ok = bool(policy.remote.node_id) and err is None
         if err is None and runner.relay.response_started:
-            self.closed_count["ok"] += 1
+            self.closed_count = self.closed_count.bump(ok=1)
         elif runner.relay.response_started or err is not None:
-            self.closed_count["error"] += 1
+            self.closed_count = self.closed_count.bump(error=1)
         else:
-            self.closed_count["refused"] += 1
+            self.closed_count = self.closed_count.bump(refused=1)
         if target is not None:
             is_self = isinstance(err, SelfConnection)
             remote_fault = err is not None and err.fault is Fault.REMOTE
@@ -613,14 +678,14 @@ class Bridge:
                       upstream_authority=f"{host}:{port}".encode(), settings=self.options.relay)
         info = RelayInfo(rid, "inbound", self.inbound_port or 0, None, relay, trio.current_time())
         runner = RelayRunner(relay, stream, label)
-        self.inbound_stats["accepted"] += 1
+        self.inbound_stats = self.inbound_stats.bump(accepted=1)
         active = False
 
         async def get_kaspad() -> tuple[trio.abc.Stream, Endpoint] | None:
             nonlocal active
             self._pending.pop(rid, None)
             if self.inbound_active >= self.options.max_inbound:
-                self.inbound_stats["refused_full"] += 1
+                self.inbound_stats = self.inbound_stats.bump(refused_full=1)
                 log.warning("%s: %d inbound connections relayed already (max_inbound); "
                             "refusing", label, self.inbound_active)
                 runner.abort(f"this bridge relays {self.inbound_active} inbound peers already; "
@@ -648,7 +713,7 @@ class Bridge:
         if len(self._pending) >= max(self.options.max_pending, 1):
             oldest_id = next(iter(self._pending))
             oldest = self._pending.pop(oldest_id)
-            self.inbound_stats["evicted"] += 1
+            self.inbound_stats = self.inbound_stats.bump(evicted=1)
             log.info("inbound#%d: closed to admit a new connection (%d idle inbound "
                      "connections, max_pending)", oldest_id, self.options.max_pending)
             oldest.abort("too many idle inbound connections")
@@ -665,6 +730,7 @@ class Bridge:
             if active:
                 self.inbound_active -= 1
             del self.relays[rid]
+            self._retire(info)
             self._finish(runner, policy, None)
 
 

@@ -9,6 +9,11 @@ read-only data directory is a deployment mistake (e.g. a volume mounted ``:ro``)
 would silently lose every peer learned and every backoff. Once running, a disk that fills up or
 turns read-only no longer stops anything: the address book logs the first failed write and
 carries on (see :mod:`bridge.store.book`), and relaying is unaffected.
+
+The daemon knows nothing of the metrics/status server: it gathers its components' ``stats()``
+into a :class:`~bridge.runtime.stats.Snapshot` (:meth:`Daemon.snapshot`), and the wiring layer
+(:mod:`bridge.runtime.service`) builds the server over it and hands it in as
+:attr:`Daemon.observe`, which the daemon starts before its listeners.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import os
 import resource
 import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
+from bridge import __version__
 from bridge.config import Config, HostPort, UnixSocket
 from bridge.core.errors import BridgeError, Fault
 from bridge.core.onion import OnionAddress
@@ -33,13 +40,20 @@ from bridge.core.policy import GossipState, OnionPeer
 from bridge.net.pool import Dialer
 from bridge.net.socks import ProxyEndpoint
 from bridge.runtime.bridge import Bridge
+from bridge.runtime.stats import (
+    MAX_RECENT_ERRORS,
+    ErrorLogHandler,
+    ErrorRecord,
+    Health,
+    Listeners,
+    RecentErrors,
+    Snapshot,
+    health,
+)
 from bridge.runtime.wiring import bridge_options
 from bridge.tor.control import ControlAuth, ControlEndpoint, OnionDefenses
 from bridge.tor.managed import ManagedTor, ManagedTorConfig
 from bridge.tor.supervisor import OnionSpec, TorStatus, TorSupervisor
-
-if TYPE_CHECKING:
-    from bridge.runtime.observe import ObserveServer
 
 log = logging.getLogger("bridge")
 
@@ -91,6 +105,15 @@ def ensure_fd_limit(need: int) -> str | None:
             "systemd LimitNOFILE=, docker --ulimit nofile=) or lower those keys")
 
 
+class SideService(Protocol):
+    """A server the daemon runs alongside (the metrics/status server): ``await
+    nursery.start(service.run)`` returns once it listens; a :class:`BridgeError` from it
+    aborts the startup."""
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        ...
+
+
 @dataclass
 class Daemon:
     cfg: Config
@@ -98,9 +121,14 @@ class Daemon:
     supervisor: TorSupervisor | None = None
     gossip: GossipState | None = None
     handle_signals: bool = True
-    observe: ObserveServer | None = None  # the metrics/status server when metrics.listen is set
+    #: the metrics/status server when metrics.listen is set (built by
+    #: :func:`bridge.runtime.service.build_daemon`)
+    observe: SideService | None = None
 
     def __post_init__(self) -> None:
+        self.started_at = time.time()  # reset when run() starts: the uptime's origin
+        #: recent warnings and errors (relay errors from the bridge, warnings from the logs)
+        self.errors = RecentErrors()
         self._stop = trio.Event()
         self._tor_was_usable = False
         self._serving = False
@@ -141,6 +169,45 @@ class Daemon:
     def _cancel_all(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
+
+    def health(self) -> Health:
+        """Listeners up and, when the mode needs Tor, Tor usable and (with
+        ``tor.listen_onion``) the onion published."""
+        cfg = self.cfg
+        return health(listeners_up=self.bridge is not None and self.bridge.started.is_set(),
+                      tor=self.supervisor.status if self.supervisor is not None else None,
+                      needs_tor=cfg.mode == "tor-only" or cfg.tor.listen_onion,
+                      needs_onion=cfg.tor.listen_onion)
+
+    def snapshot(self) -> Snapshot:
+        """The components' stats, now: what /status, /metrics and `status` show. Cheap: reads
+        in-memory state only."""
+        cfg = self.cfg
+        bridge = self.bridge
+        sup = self.supervisor
+        tor = sup.stats() if sup is not None else None
+        own = self.gossip.own_onion if self.gossip is not None else None
+        bstats = bridge.stats() if bridge is not None else None
+        ports = (bstats.slot_ports if bstats is not None and bstats.slot_ports
+                 else tuple(cfg.slots.ports))
+        errors = self.errors.records()
+        if tor is not None and tor.status.last_error and not any(
+                e.message == tor.status.last_error for e in errors):
+            errors += (ErrorRecord(tor.status.last_error_at, "tor", tor.status.last_error),)
+        now = time.time()
+        return Snapshot(
+            bridge_version=__version__, time=now, uptime=now - self.started_at,
+            network=cfg.network, mode=cfg.mode, health=self.health(), tor=tor,
+            own_onion=f"{own.address.host}:{own.port}" if own is not None else None,
+            known_onions=len(self.gossip.onions) if self.gossip is not None else 0,
+            listeners=Listeners(
+                up=bstats is not None and bstats.up, slot_host=cfg.slots.host,
+                slot_ports=ports,
+                inbound=(f"{cfg.inbound.listen.host}:{bstats.inbound_port}"
+                         if bstats is not None and bstats.inbound_port else None),
+                kaspad_p2p=str(cfg.kaspad.p2p)),
+            pool_size=cfg.pool.size, bridge=bstats,
+            recent_errors=errors[-MAX_RECENT_ERRORS:])
 
     def _on_tor_change(self, st: TorStatus) -> None:
         """Keep the gossip state's own onion in step with what Tor publishes; forgive peer
@@ -257,11 +324,23 @@ class Daemon:
         fd_warning = ensure_fd_limit(fd_need(cfg))
         if fd_warning is not None:
             log.warning("%s", fd_warning)
-        observe = None
-        if cfg.metrics.listen is not None:
-            from bridge.runtime.observe import ObserveServer
+        if cfg.metrics.listen is not None and self.observe is None:
+            raise StartupError("metrics.listen is set but this daemon has no metrics server: "
+                               "build it with bridge.runtime.service.build_daemon")
+        self.started_at = time.time()
+        # warnings from here on are kept for /status (the config's were logged just above)
+        handler = ErrorLogHandler(self.errors)
+        logger = logging.getLogger("bridge")
+        logger.addHandler(handler)
+        try:
+            await self._start(signals, task_status)
+        finally:
+            logger.removeHandler(handler)
 
-            observe = ObserveServer(self, cfg.metrics.listen.host, cfg.metrics.listen.port)
+    async def _start(self, signals: AsyncIterator[int] | None,
+                     task_status: trio.TaskStatus[None]) -> None:
+        cfg = self.cfg
+        observe = self.observe
         self._check_data_dir()
         options = bridge_options(cfg)
         self.gossip = GossipState(own_onion=options.own_onion)
@@ -284,9 +363,8 @@ class Daemon:
                 async def gate() -> None:
                     await sup.wait_usable()
             self.bridge = Bridge(options, gossip=self.gossip, dialer=Dialer(
-                options.dial, gate, socks_provider=self._socks_from_tor))
+                options.dial, gate, socks_provider=self._socks_from_tor), errors=self.errors)
             if observe is not None:  # before the listeners: /status shows startup too
-                self.observe = observe
                 try:
                     await nursery.start(observe.run)
                 except BridgeError as exc:

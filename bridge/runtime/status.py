@@ -1,10 +1,11 @@
-"""The daemon's status snapshot (``/status``, ``kaspa-tor-bridge status``) and its rendering.
+"""The ``/status`` JSON (``kaspa-tor-bridge status``) and the status screen, from a snapshot.
 
-:func:`build_snapshot` turns the live :class:`~bridge.daemon.Daemon` into plain JSON data, read
-at request time. :func:`health` is the verdict ``/health`` serves. :func:`render` draws a
-snapshot with rich; it only uses the JSON (the CLI renders what it fetched over HTTP).
+:func:`to_json` turns a :class:`~bridge.runtime.stats.Snapshot` into the JSON ``/status``
+serves; :func:`render` draws that JSON with rich (the CLI renders what it fetched over HTTP, so
+the screen only uses the JSON). ``/metrics`` is rendered from the same Snapshot
+(:mod:`bridge.runtime.observe`), so the two cannot drift.
 
-The snapshot is for the local operator: it names upstream peers (onion or IP) and the bridge's
+The JSON is for the local operator: it names upstream peers (onion or IP) and the bridge's
 own onion. It is only served on loopback (see :mod:`bridge.runtime.observe`). It never contains the
 control password or the onion key.
 """
@@ -13,151 +14,49 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import trio
-
-from bridge import __version__
+from bridge.runtime.stats import (
+    DIRECTIONS,
+    KINDS,
+    MAX_RECENT_ERRORS,
+    SNAPSHOT_VERSION,
+    RelayStats,
+    Snapshot,
+    Totals,
+)
+from bridge.tor.supervisor import TorStats
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from bridge.runtime.bridge import RelayInfo
-    from bridge.runtime.daemon import Daemon
 
-SNAPSHOT_VERSION = 1
-REWRITE_KEYS = ("onions_added", "onions_removed", "invalid_removed", "dropped",
-                "versions_rewritten")
-DIRECTIONS = ("from_kaspad", "from_remote")
-KINDS = ("slot", "inbound")
-
-
-@dataclass
-class Totals:
-    """Counters of relays that already closed (live relays are added at read time)."""
-
-    bytes: dict[tuple[str, str], int] = field(
-        default_factory=lambda: {(k, d): 0 for k in KINDS for d in DIRECTIONS})
-    messages: dict[tuple[str, str], int] = field(
-        default_factory=lambda: {(k, d): 0 for k in KINDS for d in DIRECTIONS})
-    rewrites: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REWRITE_KEYS, 0))
-    closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-
-    def add(self, info: RelayInfo) -> None:
-        st = info.relay.stats()
-        kind = info.kind if info.kind in KINDS else "slot"
-        for d in DIRECTIONS:
-            self.bytes[(kind, d)] += st[f"bytes_{d}"]
-            self.messages[(kind, d)] += st[f"messages_{d}"]
-        for k, v in info.relay.policy.counters.items():
-            self.rewrites[k] = self.rewrites.get(k, 0) + v
-        self.closed[kind] += 1
-
-    def with_live(self, live: Iterable[RelayInfo]) -> Totals:
-        out = Totals(dict(self.bytes), dict(self.messages), dict(self.rewrites),
-                     dict(self.closed))
-        for info in live:
-            st = info.relay.stats()
-            kind = info.kind if info.kind in KINDS else "slot"
-            for d in DIRECTIONS:
-                out.bytes[(kind, d)] += st[f"bytes_{d}"]
-                out.messages[(kind, d)] += st[f"messages_{d}"]
-            for k, v in info.relay.policy.counters.items():
-                out.rewrites[k] = out.rewrites.get(k, 0) + v
-        return out
-
-
-@dataclass
-class RecentErrors:
-    """A bounded ring of recent problems (wall-clock time, source, message)."""
-
-    limit: int = 20
-    #: (last time, source, message, repeats): a repeat of the newest entry only bumps it
-    items: deque[tuple[float, str, str, int]] = field(default_factory=deque)
-
-    def add(self, source: str, message: str, at: float | None = None) -> None:
-        now = time.time() if at is None else at
-        message = message[:500]
-        if self.items and self.items[-1][1:3] == (source, message):
-            self.items[-1] = (now, source, message, self.items[-1][3] + 1)
-            return
-        self.items.append((now, source, message, 1))
-        while len(self.items) > self.limit:
-            self.items.popleft()
-
-    def as_list(self) -> list[dict[str, Any]]:
-        return [{"at": round(t, 3), "source": s, "message": m, "count": n}
-                for t, s, m, n in self.items]
-
-
-def _printable(text: str, limit: int = 64) -> str:
-    """A remote-controlled string made safe for a terminal and bounded."""
-    out = "".join(c if c.isprintable() else "?" for c in text)
-    return out if len(out) <= limit else out[: limit - 1] + "…"
-
-
-def relay_label(info: RelayInfo) -> str:
-    """The privacy-safe name of one connection: ``slot:<port>`` or ``inbound#<id>``."""
-    return f"slot:{info.local_port}" if info.kind == "slot" else f"inbound#{info.id}"
-
-
-def health(daemon: Daemon) -> tuple[bool, list[str]]:
-    """``(healthy, reasons)``: listeners up and, when the mode needs Tor, Tor usable and (with
-    ``tor.listen_onion``) the onion published. ``reasons`` lists what is wrong."""
-    reasons: list[str] = []
-    cfg = daemon.cfg
-    bridge = daemon.bridge
-    if bridge is None or not bridge.started.is_set():
-        reasons.append("listeners not up yet")
-    sup = daemon.supervisor
-    if sup is not None:
-        st = sup.status
-        needs_tor = cfg.mode == "tor-only" or cfg.tor.listen_onion
-        if needs_tor and not st.usable:
-            what = f"tor not usable (state {st.state.value}"
-            if st.bootstrap is not None:
-                what += f", bootstrap {st.bootstrap.progress}%"
-            reasons.append(what + ")")
-        if cfg.tor.listen_onion and not st.onion_published:
-            reasons.append("onion service not published")
-    return not reasons, reasons
-
-
-def _relay_view(info: RelayInfo, now: float) -> dict[str, Any]:
-    st = info.relay.stats()
-    remote = info.relay.policy.remote
-    closed = info.relay.closed
+def _relay_json(r: RelayStats) -> dict[str, Any]:
     return {
-        "id": info.id,
-        "kind": info.kind,
-        "label": relay_label(info),
-        "local_port": info.local_port,
-        "peer": str(info.target) if info.target is not None else None,
-        "user_agent": _printable(remote.user_agent) if remote.user_agent else None,
-        "handshake": bool(remote.node_id),
-        "age": round(max(0.0, now - info.started), 1),
-        "bytes_from_kaspad": st["bytes_from_kaspad"],
-        "bytes_from_remote": st["bytes_from_remote"],
-        "messages_from_kaspad": st["messages_from_kaspad"],
-        "messages_from_remote": st["messages_from_remote"],
-        "buffered": st["buffered"],
-        "rewrites": dict(info.relay.policy.counters),
-        "closing": closed.reason if closed is not None else None,
+        "id": r.id,
+        "kind": r.kind,
+        "label": r.label,
+        "local_port": r.local_port,
+        "peer": r.peer,
+        "user_agent": r.user_agent,
+        "handshake": r.handshake,
+        "age": r.age,
+        **dict(r.traffic.items()),
+        "buffered": r.buffered,
+        "rewrites": dict(r.rewrites.items()),
+        "closing": r.closing,
     }
 
 
-def _tor_view(daemon: Daemon) -> dict[str, Any]:
-    sup = daemon.supervisor
-    if sup is None:
+def _tor_json(tor: TorStats | None) -> dict[str, Any]:
+    if tor is None:
         return {"enabled": False}
-    st = sup.status
+    st = tor.status
     boot = st.bootstrap
     return {
         "enabled": True,
-        "control": str(sup.endpoint),
+        "control": tor.control,
         "state": st.state.value,
         "usable": st.usable,
         "bootstrap": None if boot is None else {
@@ -166,6 +65,8 @@ def _tor_view(daemon: Daemon) -> dict[str, Any]:
         "onion_published": st.onion_published,
         "onion_address": st.onion_address,
         "onion_port": st.onion_port,
+        "onion_pow": st.onion_pow,
+        "onion_max_streams": st.onion_max_streams,
         "socks_listeners": [f"{h}:{p}" for h, p in st.socks_listeners],
         "version": st.tor_version,
         "auth_method": st.auth_method,
@@ -180,93 +81,73 @@ def _tor_view(daemon: Daemon) -> dict[str, Any]:
         "hs_desc_uploaded": st.hs_desc_uploaded,
         "hs_desc_upload_failures": st.hs_desc_upload_failures,
         "circuits_failed": st.circuits_failed,
+        "events_dropped": st.events_dropped,
         "client_warnings": list(st.client_warnings),
     }
 
 
-def build_snapshot(daemon: Daemon, *, totals: Totals | None = None,
-                   errors: RecentErrors | None = None,
-                   started_at: float | None = None) -> dict[str, Any]:
-    """The JSON ``/status`` serves. Cheap: reads in-memory state only."""
-    cfg = daemon.cfg
-    now = trio.current_time()
-    ok, reasons = health(daemon)
-    bridge = daemon.bridge
-    gossip = daemon.gossip
-    own = gossip.own_onion if gossip is not None else None
-    snap: dict[str, Any] = {
+def to_json(snap: Snapshot) -> dict[str, Any]:
+    """The JSON ``/status`` serves."""
+    out: dict[str, Any] = {
         "snapshot_version": SNAPSHOT_VERSION,
-        "bridge_version": __version__,
-        "time": round(time.time(), 3),
-        "uptime": None if started_at is None else round(time.time() - started_at, 1),
-        "network": cfg.network,
-        "mode": cfg.mode,
-        "health": {"ok": ok, "reasons": reasons},
-        "tor": _tor_view(daemon),
-        "own_onion": f"{own.address.host}:{own.port}" if own is not None else None,
-        "known_onions": len(gossip.onions) if gossip is not None else 0,
+        "bridge_version": snap.bridge_version,
+        "time": round(snap.time, 3),
+        "uptime": None if snap.uptime is None else round(snap.uptime, 1),
+        "network": snap.network,
+        "mode": snap.mode,
+        "health": {"ok": snap.health.ok, "reasons": list(snap.health.reasons)},
+        "tor": _tor_json(snap.tor),
+        "own_onion": snap.own_onion,
+        "known_onions": snap.known_onions,
     }
-    relays = list(bridge.relays.values()) if bridge is not None else []
-    slots: list[dict[str, Any]] = []
-    inbound: list[dict[str, Any]] = []
-    ports = (bridge.slot_ports if bridge is not None and bridge.slot_ports
-             else list(cfg.slots.ports))
-    for port in ports:
-        on_port = [_relay_view(r, now) for r in relays if r.kind == "slot" and r.local_port == port]
-        slots.append({"port": port, "relays": on_port})
-    inbound = [_relay_view(r, now) for r in relays if r.kind == "inbound"]
-    snap["listeners"] = {
-        "up": bridge is not None and bridge.started.is_set(),
-        "slot_host": cfg.slots.host,
-        "slot_ports": ports,
-        "inbound": (f"{cfg.inbound.listen.host}:{bridge.inbound_port}"
-                    if bridge is not None and bridge.inbound_port else None),
-        "kaspad_p2p": str(cfg.kaspad.p2p),
-    }
-    snap["slots"] = slots
-    snap["slots_filled"] = sum(1 for s in slots if any(r["peer"] for r in s["relays"]))
-    snap["inbound"] = inbound
-    if bridge is not None:
-        pool = bridge.pool
-        cands = bridge.selector.snapshot()
-        snap["pool"] = {"size": pool.size, "ready": pool.ready_count, "stats": dict(pool.stats)}
-        snap["dial"] = {"dials": bridge.dialer.dials, "failures": dict(bridge.dialer.failures)}
-        snap["closed"] = dict(bridge.closed_count)
-        snap["inbound_stats"] = {**bridge.inbound_stats, "active": bridge.inbound_active,
-                                 "max_active": bridge.options.max_inbound,
-                                 "max_pending": bridge.options.max_pending}
-        book = bridge.book
-        snap["book"] = None if book is None else {
-            "path": str(book.path), "errors": book.errors, "failing": book.failing,
+    lst = snap.listeners
+    out["listeners"] = {"up": lst.up, "slot_host": lst.slot_host,
+                        "slot_ports": list(lst.slot_ports), "inbound": lst.inbound,
+                        "kaspad_p2p": lst.kaspad_p2p}
+    relays = snap.relays
+    out["slots"] = [{"port": port, "relays": [_relay_json(r) for r in relays
+                                              if r.kind == "slot" and r.local_port == port]}
+                    for port in lst.slot_ports]
+    out["slots_filled"] = snap.slots_filled
+    out["inbound"] = [_relay_json(r) for r in relays if r.kind == "inbound"]
+    b = snap.bridge
+    if b is not None:
+        out["pool"] = {"size": b.pool.size, "ready": b.pool.ready_now,
+                       "stats": dict(b.pool.events.items())}
+        out["dial"] = {"dials": b.dial.dials,
+                       "failures": {k.upper(): v for k, v in b.dial.failures.items() if v}}
+        out["closed"] = dict(b.closed.items())
+        out["inbound_stats"] = {**dict(b.inbound.events.items()), "active": b.inbound.active,
+                                "max_active": b.inbound.max_active,
+                                "max_pending": b.inbound.max_pending}
+        book = b.book
+        out["book"] = None if book is None else {
+            "path": book.path, "errors": book.errors, "failing": book.failing,
             "last_error": book.last_error,
             # learned entries refused (not public, over their source's quota) or evicted, and
             # the writer's batches (stored, dropped while it was behind, failed)
-            "entries": dict(book.stats), "batches": dict(bridge.book_stats)}
-        snap["candidates"] = {
-            "total": len(cands),
-            "in_use": sum(1 for c in cands.values() if c.get("in_use")),
-            "backing_off": sum(1 for c in cands.values()
-                               if float(c.get("retry_at") or 0) > now),
-        }
+            "entries": dict(book.learned.items()), "batches": dict(b.book_writer.items())}
+        c = b.candidates
+        out["candidates"] = {"total": c.total, "in_use": c.in_use, "backing_off": c.backing_off}
+        totals = b.totals
     else:
-        snap["pool"] = {"size": cfg.pool.size, "ready": 0, "stats": {}}
-        snap["dial"] = {"dials": 0, "failures": {}}
-        snap["closed"] = {}
-        snap["candidates"] = {"total": 0, "in_use": 0, "backing_off": 0}
-    t = (totals or Totals()).with_live(relays)
-    snap["totals"] = {
-        "bytes": {f"{k}_{d}": v for (k, d), v in t.bytes.items()},
-        "messages": {f"{k}_{d}": v for (k, d), v in t.messages.items()},
-        "rewrites": dict(t.rewrites),
+        out["pool"] = {"size": snap.pool_size, "ready": 0, "stats": {}}
+        out["dial"] = {"dials": 0, "failures": {}}
+        out["closed"] = {}
+        out["candidates"] = {"total": 0, "in_use": 0, "backing_off": 0}
+        totals = Totals()
+    out["totals"] = {
+        "bytes": {f"{k}_{d}": getattr(totals.traffic(k), f"bytes_{d}")
+                  for k in KINDS for d in DIRECTIONS},
+        "messages": {f"{k}_{d}": getattr(totals.traffic(k), f"messages_{d}")
+                     for k in KINDS for d in DIRECTIONS},
+        "rewrites": dict(totals.rewrites.items()),
     }
-    errs = errors.as_list() if errors is not None else []
-    sup = daemon.supervisor
-    if sup is not None and sup.status.last_error and not any(
-            e["message"] == sup.status.last_error for e in errs):
-        errs.append({"at": sup.status.last_error_at, "source": "tor",
-                     "message": sup.status.last_error})
-    snap["recent_errors"] = errs[-20:]
-    return snap
+    out["recent_errors"] = [
+        {"at": None if e.at is None else round(e.at, 3), "source": e.source,
+         "message": e.message, "count": e.count}
+        for e in snap.recent_errors[-MAX_RECENT_ERRORS:]]
+    return out
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -352,6 +233,12 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
     tor_t.add_row("own onion", (esc(own) + ("  (published)" if published else
                                             "  (not published)" if tor.get("enabled") else ""))
                   if own else "-")
+    if published:
+        pow_on, streams = tor.get("onion_pow"), tor.get("onion_max_streams")
+        tor_t.add_row("onion DoS", ("proof-of-work on" if pow_on else
+                                    "proof-of-work OFF (this tor lacks it)" if pow_on is False
+                                    else "proof-of-work -")
+                      + f"  streams per circuit: {streams or 'unlimited'}")
     tor_t.add_row("gossip", f"onion peers learned: {snap.get('known_onions', 0)}")
     pool = snap.get("pool", {})
     ps = pool.get("stats", {})

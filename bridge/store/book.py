@@ -45,7 +45,7 @@ index lookups per entry (group counts are cached in memory; the book is the file
 
 Non-public addresses (issue G defect 7): a learn from any source but ``config`` skips IPs that are
 not public unicast (``addrman.is_public_ip``: loopback, RFC 1918, CGNAT, link-local, ULA,
-documentation, reserved ...); :attr:`AddressBook.stats` counts them (``not_public``).
+documentation, reserved ...); :attr:`AddressBook.learned` counts them (``not_public``).
 
 Opening (``AddressBook(path)``):
 
@@ -95,10 +95,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from bridge.core import addrman
+from bridge.core.counters import Counters
 from bridge.core.errors import BridgeError, Fault
 from bridge.core.policy import OnionPeer
 from bridge.core.selection import (
@@ -261,6 +263,27 @@ def _tolerant(default: Callable[[], Any], what: str, *, write: bool = True,
     return deco
 
 
+@dataclass(frozen=True, slots=True)
+class LearnedStats(Counters):
+    """Learned entries not stored: not public (IPs only the operator may give), dropped
+    (a newcomer over its source group's quota); and entries evicted to make room."""
+
+    not_public: int = 0
+    dropped: int = 0
+    evicted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BookStats:
+    """What :meth:`AddressBook.stats` reports."""
+
+    path: str
+    errors: int  # operations that failed (disk full, read-only, I/O error)
+    failing: int  # non-zero while writes are failing
+    last_error: str | None
+    learned: LearnedStats
+
+
 class AddressBook:
     """SQLite-backed peer address book. See the module docstring for the guarantees."""
 
@@ -286,7 +309,7 @@ class AddressBook:
         if self.max_tried < 1 or self.max_seed < 1:
             raise ValueError("max_tried and max_seed must be at least 1")
         #: what learning refused: non-public IPs, newcomers dropped by a quota, entries evicted
-        self.stats = {"not_public": 0, "dropped": 0, "evicted": 0}
+        self.learned = LearnedStats()
         #: untried entries per source group, per network (cached: this is the only writer)
         self._new_counts: dict[str, addrman.GroupCounts] = {}
         self.synchronous = synchronous
@@ -501,6 +524,10 @@ class AddressBook:
         self._failing_since = None
         self.failing = 0
 
+    def stats(self) -> BookStats:
+        return BookStats(str(self.path), self.errors, self.failing, self.last_error,
+                         self.learned)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -560,7 +587,7 @@ class AddressBook:
             if victim is None:
                 return False
             conn.execute("DELETE FROM peers WHERE rowid = ?", (victim,))
-            self.stats["evicted"] += 1
+            self.learned = self.learned.bump(evicted=1)
             return True
         counts = self._counts(conn, network)
         quota = addrman.group_quota(group, self.max_new)
@@ -576,7 +603,7 @@ class AddressBook:
             return False
         conn.execute("DELETE FROM peers WHERE rowid = ?", (victim,))
         counts.add(victim_group, -1)
-        self.stats["evicted"] += 1
+        self.learned = self.learned.bump(evicted=1)
         return True
 
     # -- writes (each one transaction) -----------------------------------------------------
@@ -616,7 +643,8 @@ class AddressBook:
                     raise
                 continue
             if k != "onion" and rank < _CONFIG_RANK and not addrman.is_public_host(h):
-                self.stats["not_public"] += 1  # never learned from anyone but the operator
+                # never learned from anyone but the operator
+                self.learned = self.learned.bump(not_public=1)
                 continue
             items[(h, p)] = k
         if not items:
@@ -633,7 +661,7 @@ class AddressBook:
                     "WHERE network = ? AND host = ? AND port = ?", (network, h, p)).fetchone()
                 if row is None:
                     if not self._make_room(conn, network, group, rank, t, barren, seeds):
-                        self.stats["dropped"] += 1
+                        self.learned = self.learned.bump(dropped=1)
                         continue
                     conn.execute(
                         "INSERT INTO peers (network, host, port, kind, source, source_rank, "
@@ -724,7 +752,7 @@ class AddressBook:
             (network, PROTECTED_RANK, victim_group, keep)).fetchone()
         if victim is not None:
             conn.execute("DELETE FROM peers WHERE rowid = ?", (int(victim[0]),))
-            self.stats["evicted"] += 1
+            self.learned = self.learned.bump(evicted=1)
 
     @_tolerant(lambda: None, "record_failure")
     def record_failure(self, network: str, host: str, port: int, *, now: float | None = None,

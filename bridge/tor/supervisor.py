@@ -145,6 +145,20 @@ class TorStatus:
     events_dropped: int = 0
 
 
+#: the :class:`TorStatus` fields that count events (``/status`` and ``/metrics`` show each)
+TOR_COUNTERS = ("connects", "reconnects", "restarts_seen", "connection_losses", "attempts_failed",
+                "hs_desc_uploaded", "hs_desc_upload_failures", "circuits_failed",
+                "events_dropped")
+
+
+@dataclass(frozen=True, slots=True)
+class TorStats:
+    """What :meth:`TorSupervisor.stats` reports: the control endpoint and the status."""
+
+    control: str
+    status: TorStatus
+
+
 ControlFactory = Callable[[ControlEndpoint, ControlAuth], Awaitable[TorControl]]
 
 
@@ -205,6 +219,9 @@ class TorSupervisor:
     @property
     def status(self) -> TorStatus:
         return self._status
+
+    def stats(self) -> TorStats:
+        return TorStats(str(self.endpoint), self._status)
 
     @property
     def control(self) -> TorControl | None:

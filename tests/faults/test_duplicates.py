@@ -90,8 +90,8 @@ async def test_two_candidates_with_one_node_id_fill_two_slots_with_two_nodes(
         g2emu = rig.good[dup]
         await until(lambda: all(s.closed for s in g2emu.sessions), 5, "G2's stream closed")
         assert not any(s.handshake_complete for s in g2emu.sessions)
-        stats = rig.bridge.pool.stats
-        assert stats["duplicates"] == 1, stats
+        stats = rig.bridge.pool.events
+        assert stats.duplicates == 1, stats
         snap = rig.bridge.selector.snapshot()
         assert snap[str(dup)]["failures"] == 0  # not penalised
         assert dup in rig.bridge.gossip.nodes.busy_targets()
@@ -143,7 +143,7 @@ async def test_node_connected_inbound_is_not_dialed_by_a_slot_again(
         ids = remote_ids(rig.kaspad)
         assert sorted(ids) == sorted([bytes(r.config.node_id), bytes(g.config.node_id)])
         assert next(i for i in rig.bridge.relays.values() if i.kind == "slot").target == gt
-        assert rig.bridge.pool.stats["duplicates"] == 1
+        assert rig.bridge.pool.events.duplicates == 1
         assert rt in rig.bridge.gossip.nodes.busy_targets()
         assert not inbound.closed  # the first connection is untouched
         for s in (slot, inbound):
@@ -155,7 +155,7 @@ async def test_inbound_duplicate_of_a_slot_peer_is_refused_politely(
         emulators: Callable[..., KaspadEmulator]) -> None:
     """The other way round: kaspad's slot is relayed to G first; then G (same node) dials the
     onion inbound. The bridge refuses that inbound connection itself (UNAVAILABLE, no reason
-    that names our peer), counted in ``inbound_stats["refused_duplicate"]``; kaspad never sees
+    that names our peer), counted in ``inbound_stats.refused_duplicate``; kaspad never sees
     it."""
     async with trio.open_nursery() as nursery:
         rig = await start_inbound_rig(nursery, emulators, slot=True)
@@ -169,7 +169,7 @@ async def test_inbound_duplicate_of_a_slot_peer_is_refused_politely(
         assert "UNAVAILABLE" in (dup.closed_reason or "") and "duplicate" in \
             (dup.closed_reason or ""), dup
         assert duplicates_seen(rig.kaspad) == [], rig.kaspad.sessions
-        await until(lambda: rig.bridge.inbound_stats["refused_duplicate"] == 1, 5,
+        await until(lambda: rig.bridge.inbound_stats.refused_duplicate == 1, 5,
                     lambda: f"the refusal counted: {rig.bridge.inbound_stats}")
         assert not slot.closed
         slot.close()

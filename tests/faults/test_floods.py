@@ -372,12 +372,12 @@ async def test_inbound_accepts_are_paced() -> None:
         socks = [await trio.open_tcp_stream("127.0.0.1", bridge.inbound_port)
                  for _ in range(25)]  # the kernel completes each connect; the bridge paces
         await trio.sleep(0.5 - (trio.current_time() - t0))
-        early = bridge.inbound_stats["accepted"]
+        early = bridge.inbound_stats.accepted
         assert early <= 5 + 10 * 0.6 + 1, early
-        await until(lambda: bridge.inbound_stats["accepted"] == 25, 10, "all accepted in turn")
+        await until(lambda: bridge.inbound_stats.accepted == 25, 10, "all accepted in turn")
         took = trio.current_time() - t0
         assert took >= (25 - 5) / 10 * 0.8, took
-        assert bridge.inbound_stats["accept_paced"] >= 15
+        assert bridge.inbound_stats.accept_paced >= 15
         for s in socks:
             await s.aclose()
         nursery.cancel_scope.cancel()

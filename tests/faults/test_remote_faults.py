@@ -686,7 +686,7 @@ async def test_flood_1000_connections(emulators: Callable[..., KaspadEmulator]) 
             for i in range(960):
                 flood.start_soon(idle, "idle" if i % 5 < 2 else "preface" if i % 5 < 4
                                  else "garbage")
-            await until(lambda: rig.bridge.inbound_stats["accepted"] >= 960 + 1, 30,
+            await until(lambda: rig.bridge.inbound_stats.accepted >= 960 + 1, 30,
                         lambda: f"the flood accepted: {rig.bridge.inbound_stats}, closed "
                         f"{ {k: len(v) for k, v in closed_after.items()} }")
             for _ in range(40):
@@ -760,7 +760,7 @@ async def test_inbound_caps(emulators: Callable[..., KaspadEmulator]) -> None:
         await third.pump(lambda c: c.ended)
         assert third.status == b"200" and third.grpc_status == b"14", vars(third)
         assert b"inbound peers already" in third.grpc_message, vars(third)
-        assert rig.bridge.inbound_stats["refused_full"] == 1
+        assert rig.bridge.inbound_stats.refused_full == 1
         assert len(rig.kaspad.sessions) == 2  # the refused one never reached kaspad
         await third.aclose()
         # max_pending: the fourth idle connection evicts the first
@@ -769,13 +769,13 @@ async def test_inbound_caps(emulators: Callable[..., KaspadEmulator]) -> None:
             c = await RawClient.connect(rig.inbound)
             await c.preface()
             idle.append(c)
-            await until(lambda: rig.bridge.inbound_stats["accepted"] == 3 + len(idle), 5,
+            await until(lambda: rig.bridge.inbound_stats.accepted == 3 + len(idle), 5,
                         "accepted")
         with trio.fail_after(5):
             await idle[0].pump(lambda c: c.goaway)
         await idle[0].pump(lambda c: False)  # then closed
         assert idle[0].goaway and idle[0].eof
-        assert rig.bridge.inbound_stats["evicted"] == 1
+        assert rig.bridge.inbound_stats.evicted == 1
         assert len(rig.bridge._pending) == 3
         for c in idle[1:]:
             assert not c.goaway and not c.eof
@@ -854,7 +854,7 @@ async def test_evicted_warm_connection_is_not_penalized(
         dials = a.dialer.dials
         other = await RawClient.connect(b.inbound)
         await other.preface()
-        await until(lambda: b.bridge.inbound_stats["evicted"] >= 1, 5, "eviction")
+        await until(lambda: b.bridge.inbound_stats.evicted >= 1, 5, "eviction")
         await logged(caplog, "dropped", "GOAWAY NO_ERROR")
         await until(lambda: a.dialer.dials > dials and a.pool.ready_count == 1, 5,
                     "A redialed at once")

@@ -96,15 +96,15 @@ async def test_connect_and_close_costs_no_upstream(emulators: Callable[..., Kasp
             for _ in range(50):
                 s = await trio.open_tcp_stream("127.0.0.1", rig.bridge.slot_ports[0])
                 await s.aclose()
-            await until(lambda: sum(rig.bridge.closed_count.values()) == 50
+            await until(lambda: rig.bridge.closed_count.total() == 50
                         and not rig.bridge.relays, 10,
                         lambda: f"50 local connections closed: {rig.bridge.closed_count}")
         await trio.sleep(0.3)  # a dial would have started by now
-        assert rig.bridge.pool.stats["taken"] == 0, rig.bridge.pool.stats
+        assert rig.bridge.pool.events.taken == 0, rig.bridge.pool.events
         assert rig.bridge.dialer.dials == dials and rig.socks.connections == socks
         assert records(rig) == before
         assert rig.bridge.pool.ready_count == 2
-        assert rig.bridge.closed_count["slot_no_request"] == 50
+        assert rig.bridge.closed_count.slot_no_request == 50
         assert meter.longest < 0.5, meter
         assert not close_wait(rig.bridge.slot_ports)
         await honest_kaspad_relays(rig, 71)
@@ -137,12 +137,12 @@ async def test_silent_connection_blames_the_local_side(
             n.start_soon(watch, 1, preface)
         assert None not in took, took  # both closed by the bridge
         await until(lambda: not rig.bridge.relays, 5, "the slot connections gone")
-        assert rig.bridge.pool.stats["taken"] == 0, rig.bridge.pool.stats
+        assert rig.bridge.pool.events.taken == 0, rig.bridge.pool.events
         assert records(rig) == before  # nobody backed off, nobody credited
         assert rig.bridge.dialer.dials == dials
         limit = rig.bridge.options.slot_request_timeout
         assert all(t is not None and limit - 0.5 < t < limit + 2.0 for t in took), took
-        assert rig.bridge.closed_count["slot_no_request"] == 2
+        assert rig.bridge.closed_count.slot_no_request == 2
         lines = [r for r in caplog.records if "sent no gRPC request" in r.getMessage()]
         assert len(lines) == 1, [r.getMessage() for r in lines]  # throttled: one line
         assert lines[0].levelno == logging.WARNING
@@ -201,7 +201,7 @@ async def test_400_silent_connections_are_capped(
         await warm(rig)
         fds, tasks, rss = open_fds(), task_count(), rss_bytes()
         dials, before = rig.bridge.dialer.dials, records(rig)
-        taken = rig.bridge.pool.stats["taken"]
+        taken = rig.bridge.pool.events.taken
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (fds + 400 + 150, hard))
         peak = 0
@@ -234,14 +234,14 @@ async def test_400_silent_connections_are_capped(
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(closed) == 400  # every one closed by the bridge
-        assert rig.bridge.pool.stats["taken"] == taken, rig.bridge.pool.stats
+        assert rig.bridge.pool.events.taken == taken, rig.bridge.pool.events
         assert rig.bridge.dialer.dials == dials
         assert records(rig) == before
         cap = rig.bridge.max_slot_connections
         assert peak <= cap, (peak, cap)
         cc = rig.bridge.closed_count
-        assert cc["slot_full"] + cc["slot_no_request"] == 400, cc
-        assert cc["slot_full"] >= 400 - 4 * cap, cc
+        assert cc.slot_full + cc.slot_no_request == 400, cc
+        assert cc.slot_full >= 400 - 4 * cap, cc
         assert max(closed) < rig.bridge.options.slot_request_timeout + 3
         warnings = [r for r in caplog.records if r.name.startswith("bridge")
                     and r.levelno >= logging.WARNING]
@@ -289,11 +289,11 @@ async def test_listener_survives_running_out_of_fds(
         full = [r for r in caplog.records if "accept failed" in r.getMessage()
                 or "accept returned" in r.getMessage()]
         assert len(full) <= 1, [r.getMessage() for r in full]
-        assert rig.bridge.closed_count["accept_failed"] >= 1
+        assert rig.bridge.closed_count.accept_failed >= 1
         streams = [trio.SocketStream(s) for s in socks]
         for st in streams:
             await st.aclose()
-        await until(lambda: rig.bridge.closed_count["slot_no_request"] == 5, 10,
+        await until(lambda: rig.bridge.closed_count.slot_no_request == 5, 10,
                     lambda: f"the 5 connections accepted once fds were free: "
                             f"{rig.bridge.closed_count}")
         await honest_kaspad_relays(rig, 75)

@@ -41,6 +41,7 @@ from bridge.rig.demo import bridge_config
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import TorInstance, TorNetwork, _tail, free_ports
 from bridge.runtime.daemon import Daemon
+from bridge.runtime.service import build_daemon
 from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.errors import OnionKeyError
 from bridge.tor.keys import KEY_FILE_NAME, OnionKey, load_key, save_key
@@ -88,11 +89,11 @@ async def pair(tornet: TorNetwork, tmp_path: Path) -> AsyncIterator[Pair]:
         port_a = await trio.to_thread.run_sync(emu_a.start_server)
         port_b = await trio.to_thread.run_sync(emu_b.start_server)
         async with trio.open_nursery() as nursery:
-            b = Daemon(bridge_config(tmp_path, "b", socks_port=client.socks_port,
-                                     control_port=host.control_port, kaspad_port=port_b,
-                                     peers=[], extra={"metrics.listen":
-                                                      f"127.0.0.1:{metrics_b}"}),
-                       handle_signals=False)
+            b = build_daemon(bridge_config(tmp_path, "b", socks_port=client.socks_port,
+                                           control_port=host.control_port, kaspad_port=port_b,
+                                           peers=[], extra={"metrics.listen":
+                                                            f"127.0.0.1:{metrics_b}"}),
+                             handle_signals=False)
             await nursery.start(b.run)
             assert b.supervisor is not None and b.supervisor.onion_address
             onion_b = b.supervisor.onion_address

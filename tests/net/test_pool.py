@@ -69,7 +69,7 @@ async def test_tor_failures_do_not_penalise_the_peer(nursery: trio.Nursery) -> N
                     size=1, relay_settings=RelaySettings())
     nursery.start_soon(pool.run)
     with trio.fail_after(5):
-        while pool.stats["failed"] < 1:
+        while pool.events.failed < 1:
             await trio.sleep(0.01)
     assert sel.snapshot()[str(t)]["failures"] == 0
     socks = ScriptedSocks5Server(lambda host, port: 4)
@@ -80,7 +80,7 @@ async def test_tor_failures_do_not_penalise_the_peer(nursery: trio.Nursery) -> N
                      size=1, relay_settings=RelaySettings())
     nursery.start_soon(pool2.run)
     with trio.fail_after(5):
-        while pool2.stats["failed"] < 1:
+        while pool2.events.failed < 1:
             await trio.sleep(0.01)
     snap = sel2.snapshot()[str(t)]
     assert snap["failures"] == 1 and float(snap["retry_at"] or 0) > trio.current_time()
@@ -113,7 +113,7 @@ async def test_failures_right_after_tor_recovered_are_not_penalised(
     pool.forgive_all()
     nursery.start_soon(pool.run)
     with trio.fail_after(pool_mod.TOR_RECOVERY_GRACE - 5):
-        while pool.stats["failed"] < 5:
+        while pool.events.failed < 5:
             await trio.sleep(0.01)
     assert sel.snapshot()[str(t)]["failures"] == 0  # five failures, none counted
     await trio.sleep(pool_mod.TOR_RECOVERY_GRACE)
@@ -167,7 +167,7 @@ async def test_burst_of_slots_larger_than_the_pool_dials_for_each(
                 takers.start_soon(take)
     assert len(got) == 4 and all(u is not None for u in got)
     assert len({u.target for u in got if u is not None}) == 4  # never the same remote twice
-    assert pool.stats["taken"] == 4
+    assert pool.events.taken == 4
     await trio.sleep(0.2)
     assert pool.ready_count <= size + 4  # extra warm connections stay bounded
 
@@ -280,11 +280,11 @@ async def test_remote_that_stops_reading_is_dropped_within_the_send_timeout(
     await until(lambda: remote.blocked, 10, "the remote's flood blocked")
     blocked_at = remote.last_progress
     await until(lambda: bool(remote.ended), send_timeout + 5,
-                lambda: f"the bridge to close the connection: stats {bridge.pool.stats}, "
+                lambda: f"the bridge to close the connection: stats {bridge.pool.events}, "
                         f"candidate {bridge.selector.snapshot()[str(target)]}")
     how, at = remote.ended[0]
     assert how == "closed by the bridge" and at - blocked_at < send_timeout + 3
-    assert bridge.pool.stats["not_reading"] == 1
+    assert bridge.pool.events.not_reading == 1
     snap = bridge.selector.snapshot()[str(target)]
     assert snap["failures"] == 1 and not (snap["in_use"] and bridge.pool.ready_count == 0)
     lines = [r for r in caplog.records if "did not read" in r.getMessage()]
