@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything kaspa-tor-bridge needs on a fresh Debian machine (idempotent):
-# Debian's tor and socat, then this package with its test extras.
+# Debian's tor, socat and obfs4proxy (the censored-network tests run an obfs4 bridge), then this
+# package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need_apt=()
 command -v tor >/dev/null 2>&1 || need_apt+=(tor)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+command -v obfs4proxy >/dev/null 2>&1 || command -v lyrebird >/dev/null 2>&1 || need_apt+=(obfs4proxy)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -37,6 +37,7 @@ from bridge.tor.errors import (
     ControlTimeout,
     CookieRejected,
     CookieUnreadable,
+    ManagedTorError,
     NotAControlPort,
     OnionKeyError,
     PasswordRejected,
@@ -44,6 +45,7 @@ from bridge.tor.errors import (
     TorControlError,
 )
 from bridge.tor.keys import load_key
+from bridge.tor.managed import ManagedTorConfig, transport_plugins
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -154,6 +156,22 @@ def check_files(cfg: Config) -> list[Check]:
         else:
             out.append(Check("onion key", "ok", f"{kf} (0600) → {key.service_id}.onion"))
     return out
+
+
+def check_bridges(cfg: Config) -> list[Check]:
+    """tor.bridges: the transport binaries a managed tor will run are installed."""
+    if not cfg.tor.bridges:
+        return []
+    mcfg = ManagedTorConfig(cfg.network_dir, bridges=cfg.tor.bridges,
+                            transport_binary=cfg.tor.transport_binary)
+    try:
+        plugins = transport_plugins(mcfg)
+    except ManagedTorError as exc:
+        return [Check("tor bridges", "fail", str(exc),
+                      "install the transport (Debian: see the message) or set "
+                      "tor.transport_binary")]
+    used = ", ".join(f"{t} via {b}" for t, b in plugins.items()) or "plain bridges"
+    return [Check("tor bridges", "ok", f"{len(cfg.tor.bridges)} bridge(s): {used}")]
 
 
 # ------------------------------------------------------------------------------ network checks
@@ -407,7 +425,7 @@ async def check_daemon(cfg: Config, timeout: float) -> list[Check]:
 
 
 async def run_checks(cfg: Config, *, timeout: float = 10.0) -> list[Check]:
-    checks = check_config(cfg) + check_files(cfg)
+    checks = check_config(cfg) + check_files(cfg) + check_bridges(cfg)
     control, discovered = await check_tor_control(cfg, timeout)
     checks += control
     checks += await check_socks(cfg, discovered, timeout)

@@ -27,6 +27,7 @@ from bridge.config.model import (
 )
 from bridge.config.raw import Builder, Raw
 from bridge.config.types import HostPort, UnixSocket
+from bridge.core.bridges import BridgeLine, BridgeLineError
 from bridge.core.errors import OnionAddressError
 from bridge.core.kaspa import PUBLIC_NETWORKS, network_p2p_port
 from bridge.core.onion import OnionAddress
@@ -201,6 +202,20 @@ def _tor(b: Builder, network: str, p2p_port: int, data_dir: Path) -> TorConfig:
     if extra_torrc and not managed:
         raise b.err_any(("tor.extra_torrc", "tor.managed"),
                         "tor.extra_torrc only applies to a managed tor (tor.managed = true)")
+    transport = b.str_("tor.transport") or None
+    try:
+        bridges = tuple(BridgeLine.parse(line, transport=transport)
+                        for line in b.list_("tor.bridges"))
+    except BridgeLineError as exc:
+        raise b.err("tor.bridges", str(exc)) from None
+    if bridges and not managed:
+        raise b.err_any(("tor.bridges", "tor.managed"),
+                        "tor.bridges only applies to a managed tor (tor.managed = true); for "
+                        "your own tor, put the Bridge lines and UseBridges 1 in its torrc")
+    if transport and not bridges:
+        raise b.err_any(("tor.transport", "tor.bridges"),
+                        f"tor.transport = {transport!r} needs tor.bridges (the {transport} "
+                        "bridges to use)")
     if listen_onion and control is None:
         raise b.err_any(
             ("tor.listen_onion", "tor.control"),
@@ -233,6 +248,9 @@ def _tor(b: Builder, network: str, p2p_port: int, data_dir: Path) -> TorConfig:
         bootstrap_timeout=b.float_("tor.bootstrap_timeout"),
         managed=managed,
         extra_torrc=extra_torrc,
+        bridges=bridges,
+        transport=transport,
+        transport_binary=b.str_("tor.transport_binary") or None,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from bridge.core.bridges import TRANSPORTS
 from bridge.core.kaspa import MAINNET, NETWORKS
 
 __all__ = [
@@ -291,7 +292,18 @@ _DECLARATIONS: Final = (
         "The bridge launches and stops its own tor (data directory under "
         "<data_dir>/<network>/), bound to tor.socks and tor.control; needs tor.control."),
     Key("tor.extra_torrc", "list", (),
-        "Extra torrc lines for a managed tor (e.g. Bridge/UseBridges)."),
+        "Extra torrc lines for a managed tor."),
+    Key("tor.bridges", "list", (),
+        "Tor bridges a managed tor enters the network through, where Tor is blocked: lines as "
+        "bridges.torproject.org gives them, e.g. 'obfs4 192.0.2.1:443 <fingerprint> cert=... "
+        "iat-mode=0' (an IP address, never a hostname). Needs tor.managed; for your own tor put "
+        "Bridge lines in its torrc."),
+    Key("tor.transport", "str", "",
+        "The pluggable transport of tor.bridges; \"\" = as each line names it. Lines that do "
+        "not name one use this one.", choices=("", *TRANSPORTS)),
+    Key("tor.transport_binary", "str", "",
+        "The transport's executable (a path or a name on PATH); \"\" = the first found of "
+        "lyrebird/obfs4proxy (obfs4, meek_lite), snowflake-client, lyrebird/webtunnel-client."),
     # [peers]
     Key("peers.connect", "list", (),
         "Upstream candidates: '<56 chars>.onion:port', '1.2.3.4:port', '[2001:db8::1]:port'; "

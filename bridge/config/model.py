@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridge.config.types import HostKind, HostPort, UnixSocket
+from bridge.core.bridges import BridgeLine
 from bridge.core.errors import ConfigError
 from bridge.core.kaspa import network_p2p_port
 from bridge.core.onion import OnionAddress
@@ -90,6 +91,9 @@ class TorConfig:
     bootstrap_timeout: float
     managed: bool
     extra_torrc: tuple[str, ...]
+    bridges: tuple[BridgeLine, ...]
+    transport: str | None  # None: as each bridge line names it
+    transport_binary: str | None  # None: looked up on PATH
 
     @property
     def socks_for_onion(self) -> HostPort | None:

@@ -272,7 +272,8 @@ class Daemon:
         control_port = tor.control.port if isinstance(tor.control, HostPort) else None
         return ManagedTor(ManagedTorConfig(
             data_dir=self.cfg.network_dir, socks_port=tor.socks.port if tor.socks else "auto",
-            control_port=control_port, extra_torrc=tor.extra_torrc))
+            control_port=control_port, extra_torrc=tor.extra_torrc, bridges=tor.bridges,
+            transport_binary=tor.transport_binary))
 
     def _socks_from_tor(self) -> ProxyEndpoint | None:
         """The SOCKS listener tor reported (``tor.socks = "auto"`` or a managed tor)."""

@@ -26,10 +26,12 @@ from typing import Any
 
 import trio
 
+from bridge.core.bridges import BridgeLine
 from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.errors import ManagedTorError
 from bridge.tor.proc import spawn
 from bridge.tor.supervisor import Backoff
+from bridge.tor.transports import TRANSPORT_BINARIES, find_transport_binary, torrc_lines
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,39 @@ class ManagedTorConfig:
     control_port: int | None = None  # None: a Unix control socket in the data dir
     extra_torrc: Sequence[str] = field(default_factory=tuple)
     start_timeout: float = 30.0
+    #: bridges tor must enter the network through (censored networks), and the binary for
+    #: their transport (None: looked up on PATH, see :mod:`bridge.tor.transports`)
+    bridges: tuple[BridgeLine, ...] = ()
+    transport_binary: str | None = None
 
     @property
     def tor_dir(self) -> Path:
         return Path(self.data_dir) / "tor"
 
 
-def render_torrc(cfg: ManagedTorConfig) -> str:
+def transport_plugins(cfg: ManagedTorConfig) -> dict[str, str]:
+    """transport → binary for every transport ``cfg.bridges`` use; raises
+    :class:`ManagedTorError` naming the missing binary and its Debian package."""
+    plugins: dict[str, str] = {}
+    for transport in sorted({b.transport for b in cfg.bridges if b.transport}):
+        found = find_transport_binary(transport, cfg.transport_binary)
+        if found is None:
+            wanted = (repr(cfg.transport_binary) if cfg.transport_binary else
+                      " or ".join(TRANSPORT_BINARIES[transport]))
+            raise ManagedTorError(
+                f"the bridges use the {transport} transport, which needs {wanted} on PATH "
+                f"(Debian: apt install {_PACKAGES.get(transport, transport)}); "
+                "see tor.transport_binary", action="managed tor not started")
+        plugins[transport] = found
+    return plugins
+
+
+#: Debian packages of the transport binaries
+_PACKAGES = {"obfs4": "obfs4proxy", "meek_lite": "obfs4proxy", "webtunnel": "webtunnel",
+             "snowflake": "snowflake-client"}
+
+
+def render_torrc(cfg: ManagedTorConfig, plugins: dict[str, str] | None = None) -> str:
     d = cfg.tor_dir
     control = (f"ControlPort 127.0.0.1:{cfg.control_port}" if cfg.control_port is not None
                else f"ControlPort unix:{d / 'control.sock'}")
@@ -63,6 +91,7 @@ def render_torrc(cfg: ManagedTorConfig) -> str:
         "RunAsDaemon 0",
         f"Log notice file {d / 'tor.log'}",
         "AvoidDiskWrites 1",
+        *torrc_lines(cfg.bridges, plugins if plugins is not None else transport_plugins(cfg)),
         *cfg.extra_torrc,
     ]
     return "\n".join(lines) + "\n"
@@ -100,7 +129,10 @@ class ManagedTor:
         for p in (d, d / "data"):
             os.chmod(p, 0o700)
         torrc = d / "torrc"
-        torrc.write_text(render_torrc(self.cfg))
+        torrc.write_text(render_torrc(self.cfg, transport_plugins(self.cfg)))
+        if self.cfg.bridges:
+            log.info("managed tor enters the network through %d bridge(s): %s",
+                     len(self.cfg.bridges), "; ".join(b.redacted() for b in self.cfg.bridges))
         sock = d / "control.sock"
         if self.cfg.control_port is None:
             sock.unlink(missing_ok=True)
