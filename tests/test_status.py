@@ -222,3 +222,23 @@ def test_onion_dos_defences_are_shown() -> None:
         assert text in screen and "streams per circuit: 16" in screen, screen
         values = {s.name: s.value for fam in metric_families(snap) for s in fam.samples}
         assert values["ktb_tor_onion_pow"] == gauge
+
+
+def test_managed_tor_bridges_are_shown_redacted() -> None:
+    """Issue 12: a managed tor's bridges appear in status, without their cert= secrets."""
+    from dataclasses import replace
+
+    from bridge.core.bridges import BridgeLine
+    from bridge.tor.supervisor import TorState, TorStatus
+
+    line = BridgeLine.parse("obfs4 192.0.2.10:443 0123456789ABCDEF0123456789ABCDEF01234567 "
+                            "cert=SECRETCERT iat-mode=0")
+    snap = make_snapshot(bridge=make_bridge_stats(),
+                         tor=TorStatus(state=TorState.READY, usable=True))
+    assert snap.tor is not None
+    snap = replace(snap, tor=replace(snap.tor, managed=True, bridges=(line.redacted(),)))
+    js = to_json(snap)
+    assert js["tor"]["managed"] is True and js["tor"]["bridges"] == [line.redacted()]
+    screen = render_text(js)
+    assert "tor bridges" in screen and "obfs4 192.0.2.10:443" in screen
+    assert "SECRETCERT" not in screen and "SECRETCERT" not in json.dumps(js)

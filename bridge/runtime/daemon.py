@@ -186,6 +186,9 @@ class Daemon:
         bridge = self.bridge
         sup = self.supervisor
         tor = sup.stats() if sup is not None else None
+        if tor is not None and cfg.tor.managed:
+            tor = replace(tor, managed=True,
+                          bridges=tuple(b.redacted() for b in cfg.tor.bridges))
         own = self.gossip.own_onion if self.gossip is not None else None
         bstats = bridge.stats() if bridge is not None else None
         ports = (bstats.slot_ports if bstats is not None and bstats.slot_ports

@@ -67,6 +67,8 @@ def _tor_json(tor: TorStats | None) -> dict[str, Any]:
         "onion_port": st.onion_port,
         "onion_pow": st.onion_pow,
         "onion_max_streams": st.onion_max_streams,
+        "managed": tor.managed,
+        "bridges": list(tor.bridges),
         "socks_listeners": [f"{h}:{p}" for h, p in st.socks_listeners],
         "version": st.tor_version,
         "auth_method": st.auth_method,
@@ -233,6 +235,8 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
     tor_t.add_row("own onion", (esc(own) + ("  (published)" if published else
                                             "  (not published)" if tor.get("enabled") else ""))
                   if own else "-")
+    if tor.get("bridges"):
+        tor_t.add_row("tor bridges", esc("; ".join(tor["bridges"])))
     if published:
         pow_on, streams = tor.get("onion_pow"), tor.get("onion_max_streams")
         tor_t.add_row("onion DoS", ("proof-of-work on" if pow_on else

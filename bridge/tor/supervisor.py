@@ -157,6 +157,8 @@ class TorStats:
 
     control: str
     status: TorStatus
+    managed: bool = False  # the bridge runs this tor itself (tor.managed)
+    bridges: tuple[str, ...] = ()  # its Tor bridges, redacted (BridgeLine.redacted)
 
 
 ControlFactory = Callable[[ControlEndpoint, ControlAuth], Awaitable[TorControl]]
