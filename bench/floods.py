@@ -25,7 +25,7 @@ defect 1):
 * ``stall``: sends its preface and SETTINGS, then nothing, and never reads (the non-reading warm
   remote of issue G defect 4; as a client, a connection that holds a slot without a stream).
 
-Kinds that speak kaspad's P2P protocol (the ``h2`` based :class:`bench.relay_bench.RawPeer`, which
+Kinds that speak kaspad's P2P protocol (the ``h2`` based :class:`bench.harness.wire.RawPeer`, which
 reads and honours flow control):
 
 * ``bomb``: a 4 KB gzip'd first Version message that inflates to 4 MiB of tiny protobuf fields

@@ -31,8 +31,8 @@ target is judged on the median of the per-round ratios bridge/splice.
 bridge B → a raw "kaspad" that sends Version as soon as the stream opens), each counted as in
 time when the response HEADERS arrive within 10 s of the TCP connect and the remote's Version
 within 4 s after them (kaspad's timeouts). With the warm pool (``pool_size`` N) and without it
-(the pool dials only when a slot asks, see ``on_demand`` in ``relay_bench.bridge_child``),
-attempts interleaved.
+(the pool dials only when a slot asks, see ``on_demand`` in
+``bench.harness.bridgeproc.bridge_child``), attempts interleaved.
 
 (c) **Time to first peer**: a bridge process started with an address book that is empty (cold:
 only the configured peers, one live onion and several that are not published) and again with the

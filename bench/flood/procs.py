@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.flood.probes import http_get
 from bench.harness.procs import REPO, free_port, listening
-from bench.harness.tools import find_tool
+from bench.harness.tools import ToolProc, nghttpx_exe
 
 ATTACKER_NICE = 10
 
@@ -119,34 +119,17 @@ listen = "127.0.0.1:{self.metrics}"
         return self.log_path.read_text(errors="replace").count("Traceback")
 
 
-class NghttpxProc:
+class NghttpxProc(ToolProc):
     """nghttpx as an h2c reverse proxy, its default limits and timeouts, one worker."""
 
     def __init__(self, backend: int) -> None:
-        exe = find_tool("nghttpx")
-        if exe is None:
-            raise RuntimeError("nghttpx not found (apt-get install -y nghttp2-proxy)")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [exe, "--conf=/dev/null", f"--frontend=127.0.0.1,{self.port};no-tls",
+        port = free_port()
+        self._started(subprocess.Popen(
+            [nghttpx_exe(), "--conf=/dev/null", f"--frontend=127.0.0.1,{port};no-tls",
              f"--backend=127.0.0.1,{backend};;proto=h2;no-tls", "--workers=1", "--no-via",
              "--log-level=WARN", "--errorlog-file=/dev/null", "--accesslog-file=/dev/null"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_pinned(False))
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + 10
-        while not listening(self.port):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("nghttpx did not start listening")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            preexec_fn=_pinned(False)), port, "nghttpx", 10, poll=0.05)
 
 
 class Attacker:

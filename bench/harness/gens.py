@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.harness.wire import RawPeer, RawServer, raw_version
 
@@ -48,6 +48,42 @@ class Link:
     close: Callable[[], None]
     recv_times: Any
     wait_below: Callable[[int], None] = lambda n: None
+
+
+P = TypeVar("P", bound=RawPeer)
+
+
+class Sender:
+    """Sends one message over a :class:`Link` again and again in a daemon thread, at most
+    ``in_flight`` not yet received at once, until :meth:`stop`."""
+
+    def __init__(self, link: Link, msg: Any, in_flight: int = 4) -> None:
+        self._stop = threading.Event()
+        self._link, self._msg, self._in_flight = link, msg, in_flight
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._link.wait_below(self._in_flight)
+            if self._stop.is_set():
+                return
+            self._link.send(self._msg)
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def dial_raw(port: int, what: str, peer: type[P]) -> P:
+    """A raw client stream to ``127.0.0.1:port`` whose response HEADERS arrived (RuntimeError
+    "``what``: no response headers" otherwise)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.settimeout(None)
+    s = peer(sock, client=True, authority=f"127.0.0.1:{port}".encode())
+    if not s.open.wait(12) or s.closed.is_set():
+        raise RuntimeError(f"{what}: no response headers")
+    return s
 
 
 class EmuGen:
@@ -113,11 +149,7 @@ class RawGen:
         self.version_r = raw_version()
 
     def connect(self, port: int) -> Link:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.settimeout(None)
-        s = RawPeer(sock, client=True, authority=f"127.0.0.1:{port}".encode())
-        if not s.open.wait(12) or s.closed.is_set():
-            raise RuntimeError("raw sender: no response headers")
+        s = dial_raw(port, "raw sender", RawPeer)
         r = self.server.wait_stream()
         r.counter.times = []
         r.handshake(self.version_r)

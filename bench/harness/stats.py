@@ -1,5 +1,4 @@
-"""Medians and spreads of repeated measurements, and the machine they ran on.
-"""
+"""Medians and spreads of repeated measurements, and the machine they ran on."""
 
 from __future__ import annotations
 
@@ -7,14 +6,11 @@ import os
 import platform
 import statistics
 
+from bench.harness.report import cpu_model
+
 
 def machine() -> dict[str, str]:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     import grpc
     import h2
     import trio

@@ -8,22 +8,29 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from bench.harness.procs import free_port, listening, tree_cpu, tree_wait
 
 
-class Socat:
-    def __init__(self, target_port: int) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
-             f"TCP:127.0.0.1:{target_port}"], stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while not listening(self.port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("socat did not start listening")
-            time.sleep(0.02)
-        self.pid = self.proc.pid
+class ToolProc:
+    """A relay process (tree) listening on ``port``: its CPU and run-queue wait (forked children
+    included: socat forks one per connection, nghttpx has a worker), and stop."""
+
+    proc: subprocess.Popen[Any]
+    pid: int
+    port: int
+
+    def _started(self, proc: subprocess.Popen[Any], port: int, what: str, timeout: float,
+                 poll: float = 0.02) -> None:
+        """Wait until ``proc`` listens on ``port`` (RuntimeError after ``timeout`` s or if it
+        exits first)."""
+        self.proc, self.port, self.pid = proc, port, proc.pid
+        deadline = time.monotonic() + timeout
+        while not listening(port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start listening")
+            time.sleep(poll)
 
     def cpu(self) -> tuple[float, float]:
         return tree_cpu(self.pid)
@@ -33,7 +40,19 @@ class Socat:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(5)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Socat(ToolProc):
+    def __init__(self, target_port: int) -> None:
+        port = free_port()
+        self._started(subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+             f"TCP:127.0.0.1:{target_port}"], stdin=subprocess.DEVNULL), port, "socat", 5)
 
 
 #: nghttpx windows: the same 512 KiB stream/connection windows the bridge advertises
@@ -68,17 +87,14 @@ def check_tools(names: list[str]) -> None:
                  "the network namespace), or run `bash scripts/bench.sh`")
 
 
-class Nghttpx:
+class Nghttpx(ToolProc):
     """nghttpx as an h2c -> h2c gRPC reverse proxy with one worker (the C reference)."""
 
     def __init__(self, target_port: int) -> None:
-        exe = find_tool("nghttpx")
-        if exe is None:
-            raise RuntimeError("nghttpx not found (apt-get install -y nghttp2-proxy)")
-        self.port = free_port()
+        port = free_port()
         w = str(NGHTTPX_WINDOW)
-        self.proc = subprocess.Popen(
-            [exe, "--conf=/dev/null", f"--frontend=127.0.0.1,{self.port};no-tls",
+        self._started(subprocess.Popen(
+            [nghttpx_exe(), "--conf=/dev/null", f"--frontend=127.0.0.1,{port};no-tls",
              f"--backend=127.0.0.1,{target_port};;proto=h2;no-tls", "--workers=1",
              f"--frontend-http2-window-size={w}", f"--frontend-http2-connection-window-size={w}",
              f"--backend-http2-window-size={w}", f"--backend-http2-connection-window-size={w}",
@@ -86,24 +102,11 @@ class Nghttpx:
              "--frontend-read-timeout=0", "--backend-read-timeout=0",
              "--frontend-keep-alive-timeout=3600", "--backend-keep-alive-timeout=3600",
              "--stream-read-timeout=0", "--stream-write-timeout=0"],
-            stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not listening(self.port):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("nghttpx did not start listening")
-            time.sleep(0.02)
-        self.pid = self.proc.pid
+            stdin=subprocess.DEVNULL), port, "nghttpx", 10)
 
-    def cpu(self) -> tuple[float, float]:
-        return tree_cpu(self.pid)  # master process + its worker process
 
-    def wait(self) -> float:
-        return tree_wait(self.pid)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def nghttpx_exe() -> str:
+    exe = find_tool("nghttpx")
+    if exe is None:
+        raise RuntimeError("nghttpx not found (apt-get install -y nghttp2-proxy)")
+    return exe

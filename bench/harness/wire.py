@@ -232,10 +232,17 @@ class RawServer:
                 sock, _ = self.lsock.accept()
             except OSError:
                 return
-            peer = RawPeer(sock, client=False)
-            with self.cond:
-                self.peers.append(peer)
-                self.cond.notify_all()
+            self.accepted(self.new_peer(sock))
+
+    def new_peer(self, sock: socket.socket) -> RawPeer:
+        """The peer serving an accepted connection (subclasses: another kind of peer)."""
+        return RawPeer(sock, client=False)
+
+    def accepted(self, peer: RawPeer) -> None:
+        """Add ``peer`` to :attr:`peers` (subclasses: prune first, greet it, ...)."""
+        with self.cond:
+            self.peers.append(peer)
+            self.cond.notify_all()
 
     def wait_stream(self, timeout: float = 10) -> RawPeer:
         deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness.bridgeproc import BridgeProc
-from bench.harness.gens import RawGen
+from bench.harness.gens import RawGen, dial_raw
 from bench.harness.wire import RawPeer, RawServer, grpc_frame, gzip6, tx_message
 from bench.memory.levels import EXTRA, RssSampler, close_pairs, open_peers, settle_rss, traffic
 from bridge.core.proto import encode_varint
@@ -91,16 +91,8 @@ class NoAckPeer(RawPeer):
 
 
 class StallServer(RawServer):
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.lsock.accept()
-            except OSError:
-                return
-            peer = NoAckPeer(sock, client=False)
-            with self.cond:
-                self.peers.append(peer)
-                self.cond.notify_all()
+    def new_peer(self, sock: socket.socket) -> RawPeer:
+        return NoAckPeer(sock, client=False)
 
 
 @dataclass
@@ -145,11 +137,7 @@ def measure_attack(n_attackers: int, limit: int, stalled: bool) -> Attack:
         attackers: list[Attacker] = []
         receivers: list[RawPeer] = []
         for _ in range(n_attackers):
-            sock = socket.create_connection(("127.0.0.1", bp.inbound), timeout=10)
-            sock.settimeout(None)
-            a = Attacker(sock, client=True, authority=f"127.0.0.1:{bp.inbound}".encode())
-            if not a.open.wait(12) or a.closed.is_set():
-                raise RuntimeError("attacker: no response headers")
+            a = dial_raw(bp.inbound or 0, "attacker", Attacker)
             r = gen.server.wait_stream()
             r.handshake(gen.version_r)
             a.handshake(gen.version_s)

@@ -6,7 +6,6 @@ traffic (total, settled, per peer), and the leak check (further cycles of new pe
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 
 from bench.harness import report
 from bench.harness.bridgeproc import BridgeProc
-from bench.harness.gens import RawGen
+from bench.harness.gens import RawGen, dial_raw
 from bench.harness.wire import RawPeer, grpc_frame, gzip6, tx_message
 
 LEVELS = (0, 32, 128)
@@ -76,11 +75,7 @@ class PeerPair:
 def open_peers(gen: RawGen, port: int, n: int) -> list[PeerPair]:
     out = []
     for _ in range(n):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.settimeout(None)
-        s = RawPeer(sock, client=True, authority=f"127.0.0.1:{port}".encode())
-        if not s.open.wait(12) or s.closed.is_set():
-            raise RuntimeError("peer: no response headers from the bridge")
+        s = dial_raw(port, "peer", RawPeer)
         r = gen.server.wait_stream()
         r.handshake(gen.version_r)
         s.handshake(gen.version_s)

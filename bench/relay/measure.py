@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness.bridgeproc import BridgeProc
-from bench.harness.gens import RawGen, block_plain
+from bench.harness.gens import RawGen, Sender, block_plain
 from bench.harness.procs import sched_wait
 from bench.harness.wire import grpc_frame, gzip6, tx_message
 from bench.relay.rig import Rig
@@ -46,17 +46,7 @@ def measure_tput(rig: Rig, gen: str, path: str, warmup: float, window: float,
     g = rig.gens[gen]
     link = g.connect(rig.port(gen, path))
     msg, wire, plain = payloads[gen]
-    stop = threading.Event()
-
-    def sender() -> None:
-        while not stop.is_set():
-            link.wait_below(4)
-            if stop.is_set():
-                return
-            link.send(msg)
-
-    t = threading.Thread(target=sender, daemon=True)
-    t.start()
+    sender = Sender(link, msg)
     time.sleep(warmup)
     procs = rig.relay_procs(gen, path)
     me = os.getpid()
@@ -67,8 +57,7 @@ def measure_tput(rig: Rig, gen: str, path: str, warmup: float, window: float,
     n1, t1 = link.received(), time.perf_counter()
     g1, gw1 = time.process_time(), sched_wait(me)
     c1, w1 = [p.cpu() for p in procs], [p.wait() for p in procs]
-    stop.set()
-    t.join(10)
+    sender.stop(10)
     link.close()
     dt = t1 - t0
     per = [b[0] - a[0] for a, b in zip(c0, c1, strict=True)]

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness.procs import free_port, listening, proc_cpu, tree_cpu, tree_wait
-from bench.harness.tools import find_tool
+from bench.harness.procs import free_port, proc_cpu
+from bench.harness.tools import ToolProc, find_tool
 
 VPORT = 16511
 
@@ -94,33 +94,17 @@ def tor_cpu(net: Any) -> float:
     return total
 
 
-class SocatSocks:
+class SocatSocks(ToolProc):
     """``socat TCP-LISTEN:p,fork SOCKS4A:127.0.0.1:<onion>:16511,socksport=S,socksuser=U``."""
 
     def __init__(self, socks_port: int, onion: str, user: str) -> None:
         exe = find_tool("socat")
         assert exe is not None
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [exe, f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,nodelay",
+        port = free_port()
+        self._started(subprocess.Popen(
+            [exe, f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
              f"SOCKS4A:127.0.0.1:{onion}:{VPORT},socksport={socks_port},socksuser={user},"
-             "nodelay"], stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while not listening(self.port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("socat did not start listening")
-            time.sleep(0.02)
-        self.pid = self.proc.pid
-
-    def cpu(self) -> tuple[float, float]:
-        return tree_cpu(self.pid)
-
-    def wait(self) -> float:
-        return tree_wait(self.pid)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+             "nodelay"], stdin=subprocess.DEVNULL), port, "socat", 5)
 
 
 def onion_streams(net: Any, target: str) -> dict[str, str]:

@@ -30,17 +30,11 @@ class AutoServer(RawServer):
         self.version = raw_version()
         super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.lsock.accept()
-            except OSError:
-                return
-            peer = RawPeer(sock, client=False)
-            with self.cond:
-                self.peers = [p for p in self.peers if not p.closed.is_set()]
-                self.peers.append(peer)
-            threading.Thread(target=self._greet, args=(peer,), daemon=True).start()
+    def accepted(self, peer: RawPeer) -> None:
+        with self.cond:
+            self.peers = [p for p in self.peers if not p.closed.is_set()]
+            self.peers.append(peer)
+        threading.Thread(target=self._greet, args=(peer,), daemon=True).start()
 
     def _greet(self, peer: RawPeer) -> None:
         if peer.open.wait(60) and not peer.closed.is_set():

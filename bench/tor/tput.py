@@ -11,13 +11,12 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness.bridgeproc import BridgeProc
-from bench.harness.gens import EmuGen, RawGen
+from bench.harness.gens import EmuGen, RawGen, Sender
 from bench.harness.procs import REPO, proc_cpu
 from bench.harness.stats import med
 from bench.harness.wire import grpc_frame, gzip6, tx_message
@@ -52,17 +51,7 @@ def measure_tput(gen_name: str, gen: Any, path: str, port: int, procs: list[Any]
         while link.received() <= before and time.perf_counter() - ts < 10:
             time.sleep(0.0005)
         probe.append(time.perf_counter() - ts)
-    stop = threading.Event()
-
-    def sender() -> None:
-        while not stop.is_set():
-            link.wait_below(4)
-            if stop.is_set():
-                return
-            link.send(msg)
-
-    t = threading.Thread(target=sender, daemon=True)
-    t.start()
+    sender = Sender(link, msg)
     time.sleep(warmup)
     if hook is not None:  # e.g. read the streams' circuits while the transfer runs
         hook()
@@ -73,8 +62,7 @@ def measure_tput(gen_name: str, gen: Any, path: str, port: int, procs: list[Any]
     n1, t1 = link.received(), time.perf_counter()
     tc1 = tor_cpu(net)
     c1 = [p.cpu()[0] for p in procs]
-    stop.set()
-    t.join(30)
+    sender.stop(30)
     with contextlib.suppress(Exception):
         link.close()
     dt = t1 - t0
