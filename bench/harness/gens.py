@@ -75,15 +75,17 @@ class Sender:
         self._thread.join(timeout)
 
 
-def dial_raw(port: int, what: str, peer: type[P]) -> P:
-    """A raw client stream to ``127.0.0.1:port`` whose response HEADERS arrived (RuntimeError
-    "``what``: no response headers" otherwise)."""
+def dial_raw(port: int, peer: type[P]) -> P:
+    """A raw client stream to ``127.0.0.1:port`` (its request HEADERS sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.settimeout(None)
-    s = peer(sock, client=True, authority=f"127.0.0.1:{port}".encode())
+    return peer(sock, client=True, authority=f"127.0.0.1:{port}".encode())
+
+
+def headers_seen(s: RawPeer, what: str) -> None:
+    """Wait for the response HEADERS on ``s`` (RuntimeError "``what``: no response headers")."""
     if not s.open.wait(12) or s.closed.is_set():
         raise RuntimeError(f"{what}: no response headers")
-    return s
 
 
 class EmuGen:
@@ -149,11 +151,14 @@ class RawGen:
         self.version_r = raw_version()
 
     def connect(self, port: int) -> Link:
-        s = dial_raw(port, "raw sender", RawPeer)
+        s = dial_raw(port, RawPeer)
+        # Both ends send their Version at once, like kaspad: a bridge holds the response
+        # HEADERS back until the Version of the side it screens has passed.
+        s.handshake(self.version_s)
         r = self.server.wait_stream()
         r.counter.times = []
         r.handshake(self.version_r)
-        s.handshake(self.version_s)
+        headers_seen(s, "raw sender")
         # wait until the receiver has seen our Version, Verack and Ready
         deadline = time.monotonic() + 5
         while r.counter.count < 3 and time.monotonic() < deadline:

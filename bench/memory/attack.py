@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness.bridgeproc import BridgeProc
-from bench.harness.gens import RawGen, dial_raw
+from bench.harness.gens import RawGen, dial_raw, headers_seen
 from bench.harness.wire import RawPeer, RawServer, grpc_frame, gzip6, tx_message
 from bench.memory.levels import EXTRA, RssSampler, close_pairs, open_peers, settle_rss, traffic
 from bridge.core.proto import encode_varint
@@ -137,10 +137,11 @@ def measure_attack(n_attackers: int, limit: int, stalled: bool) -> Attack:
         attackers: list[Attacker] = []
         receivers: list[RawPeer] = []
         for _ in range(n_attackers):
-            a = dial_raw(bp.inbound or 0, "attacker", Attacker)
+            a = dial_raw(bp.inbound or 0, Attacker)
+            a.handshake(gen.version_s)  # at once, like kaspad (see RawGen.connect)
             r = gen.server.wait_stream()
             r.handshake(gen.version_r)
-            a.handshake(gen.version_s)
+            headers_seen(a, "attacker")
             attackers.append(a)
             receivers.append(r)
         time.sleep(0.3)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.harness import report
 from bench.harness.bridgeproc import BridgeProc
-from bench.harness.gens import RawGen, dial_raw
+from bench.harness.gens import RawGen, dial_raw, headers_seen
 from bench.harness.wire import RawPeer, grpc_frame, gzip6, tx_message
 
 LEVELS = (0, 32, 128)
@@ -75,10 +75,11 @@ class PeerPair:
 def open_peers(gen: RawGen, port: int, n: int) -> list[PeerPair]:
     out = []
     for _ in range(n):
-        s = dial_raw(port, "peer", RawPeer)
+        s = dial_raw(port, RawPeer)
+        s.handshake(gen.version_s)  # at once, like kaspad (see RawGen.connect)
         r = gen.server.wait_stream()
         r.handshake(gen.version_r)
-        s.handshake(gen.version_s)
+        headers_seen(s, "peer")
         out.append(PeerPair(s, r))
     deadline = time.monotonic() + 10
     for p in out:
