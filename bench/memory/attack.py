@@ -17,8 +17,8 @@ from typing import Any
 
 from bench.harness.bridgeproc import BridgeProc
 from bench.harness.gens import RawGen, dial_raw, headers_seen
-from bench.harness.wire import RawPeer, RawServer, grpc_frame, gzip6, tx_message
-from bench.memory.levels import EXTRA, RssSampler, close_pairs, open_peers, settle_rss, traffic
+from bench.harness.wire import RawPeer, RawServer, grpc_frame, gzip6, raw_version, tx_message
+from bench.memory.levels import EXTRA, RssSampler, settle_rss, warm_up
 from bridge.core.proto import encode_varint
 
 FLOOD_MESSAGE = 1 << 28  # the announced gRPC message: 256 MiB (under the 1 GiB cap)
@@ -128,17 +128,12 @@ def measure_attack(n_attackers: int, limit: int, stalled: bool) -> Attack:
         block = grpc_frame(gzip6(make_block_message(100_000, seed=3).SerializeToString()),
                               True)
         tx = grpc_frame(tx_message(1).SerializeToString(), False)
-        warm = open_peers(gen, bp.inbound, 1)
-        traffic(warm, 1.0, block, tx)
-        close_pairs(warm)
-        gen.server.prune()
-        time.sleep(0.5)
-        base = settle_rss(bp.pid)
+        base = warm_up(gen, bp, block, tx)
         attackers: list[Attacker] = []
         receivers: list[RawPeer] = []
         for _ in range(n_attackers):
             a = dial_raw(bp.inbound or 0, Attacker)
-            a.handshake(gen.version_s)  # at once, like kaspad (see RawGen.connect)
+            a.handshake(raw_version())  # at once, own node id (see open_peers)
             r = gen.server.wait_stream()
             r.handshake(gen.version_r)
             headers_seen(a, "attacker")

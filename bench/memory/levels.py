@@ -14,7 +14,7 @@ from typing import Any
 from bench.harness import report
 from bench.harness.bridgeproc import BridgeProc
 from bench.harness.gens import RawGen, dial_raw, headers_seen
-from bench.harness.wire import RawPeer, grpc_frame, gzip6, tx_message
+from bench.harness.wire import RawPeer, grpc_frame, gzip6, raw_version, tx_message
 
 LEVELS = (0, 32, 128)
 PER_PEER_TARGET_MB = 2.0
@@ -76,7 +76,9 @@ def open_peers(gen: RawGen, port: int, n: int) -> list[PeerPair]:
     out = []
     for _ in range(n):
         s = dial_raw(port, RawPeer)
-        s.handshake(gen.version_s)  # at once, like kaspad (see RawGen.connect)
+        # at once, like kaspad (see RawGen.connect); a node id of its own: the bridge refuses
+        # a second inbound peer with a node id already connected to kaspad
+        s.handshake(raw_version())
         r = gen.server.wait_stream()
         r.handshake(gen.version_r)
         headers_seen(s, "peer")
@@ -140,6 +142,17 @@ class Level:
     received: int
 
 
+def warm_up(gen: RawGen, bp: BridgeProc, block: bytes, tx: bytes) -> int:
+    """One peer with traffic through ``bp``'s inbound listener, closed again; then the settled
+    RSS (KiB) of the bridge process: the idle bridge after it served someone."""
+    warm = open_peers(gen, bp.inbound or 0, 1)
+    traffic(warm, 1.0, block, tx)
+    close_pairs(warm)
+    gen.server.prune()
+    time.sleep(0.5)
+    return settle_rss(bp.pid)
+
+
 def measure_levels(levels: tuple[int, ...], seconds: float, block_size: int, cycles: int,
                    ) -> tuple[list[Level], int, list[int], dict[str, int]]:
     """One bridge process, peers added cumulatively. Returns the levels, the settled RSS after
@@ -161,12 +174,7 @@ def measure_levels(levels: tuple[int, ...], seconds: float, block_size: int, cyc
         time.sleep(1.0)
         # warm the process up once (imports, h2 code paths, first allocations): one peer with
         # traffic, closed again, so that "0 peers" is the idle bridge after it served someone
-        warm = open_peers(gen, bp.inbound, 1)
-        traffic(warm, 1.0, block, tx)
-        close_pairs(warm)
-        gen.server.prune()
-        time.sleep(0.5)
-        base = settle_rss(bp.pid)
+        base = warm_up(gen, bp, block, tx)
         for n in levels:
             if n > len(pairs):
                 pairs += open_peers(gen, bp.inbound, n - len(pairs))
