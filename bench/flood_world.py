@@ -25,12 +25,13 @@ import threading
 import time
 from typing import Any
 
-from bench import relay_bench as rb
+from bench.harness.gens import EmuGen, EmuRecorder
+from bench.harness.wire import pb
 
 HONEST_BLOCK = 100_000
 
 
-class Kaspad(rb.EmuGen):
+class Kaspad(EmuGen):
     """The kaspad emulator behind a relay (``receiver``; many streams at once) and the honest
     remote's sender emulators (``connect``). Every session only counts what it receives."""
 
@@ -39,7 +40,7 @@ class Kaspad(rb.EmuGen):
 
         class Counting(KaspadEmulator):
             def _add_session(self, s: Any) -> None:
-                s.received = rb.EmuRecorder()
+                s.received = EmuRecorder()
                 super()._add_session(s)
 
         self._cfg = EmulatorConfig
@@ -196,7 +197,7 @@ class SlotDialer:
 
 
 def serve(inp: Any, out: Any) -> None:
-    rb.pb()
+    pb()
     socks = Socks()
     good = Kaspad()  # the honest remote the slots' pool reaches through "Tor"
     socks.routes[ONION_GOOD] = good.port

@@ -25,7 +25,7 @@ defect 1):
 * ``stall``: sends its preface and SETTINGS, then nothing, and never reads (the non-reading warm
   remote of issue G defect 4; as a client, a connection that holds a slot without a stream).
 
-Kinds that speak kaspad's P2P protocol (the ``h2`` based :class:`bench.relay_bench.RawPeer`, which
+Kinds that speak kaspad's P2P protocol (the ``h2`` based :class:`bench.harness.wire.RawPeer`, which
 reads and honours flow control):
 
 * ``bomb``: a 4 KB gzip'd first Version message that inflates to 4 MiB of tiny protobuf fields
@@ -50,11 +50,13 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.harness.wire import P2P_PATH, RawPeer, grpc_frame, gzip6, pb, raw_version
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
     0, 1, 2, 3, 4, 6, 7, 8, 9)
 END_STREAM, END_HEADERS = 0x1, 0x4
-P2P_PATH = b"/protowire.P2P/MessageStream"
+
 RAW_KINDS = ("ping", "settings", "data0", "rst", "priority", "winupd", "cont", "stall")
 P2P_KINDS = ("bomb", "addrs")
 KINDS = (*RAW_KINDS, *P2P_KINDS, "silent")
@@ -204,17 +206,15 @@ def bomb_payload() -> bytes:
     """gzip of KaspadMessage{version}: a real Version, then empty ``address`` sub-messages
     (2 bytes each, merged by protobuf) up to BOMB_BYTES; about 4 KB compressed."""
     if "bomb" not in _payloads:
-        from bench import relay_bench as rb
-
-        p = rb.pb()
-        version = p.KaspadMessage.FromString(rb.raw_version()).version.SerializeToString()
+        p = pb()
+        version = p.KaspadMessage.FromString(raw_version()).version.SerializeToString()
         field = p.KaspadMessage.DESCRIPTOR.fields_by_name["version"].number
         pad = (BOMB_BYTES - len(version) - 16) // 2
         inner = version + b"\x22\x00" * pad
         from bridge.core.proto import encode_varint
 
         msg = encode_varint(field << 3 | 2) + encode_varint(len(inner)) + inner
-        _payloads["bomb"] = rb.grpc_frame(rb.gzip6(msg), True)
+        _payloads["bomb"] = grpc_frame(gzip6(msg), True)
     return _payloads["bomb"]
 
 
@@ -222,23 +222,19 @@ def addrs_payload() -> bytes:
     """gzip of KaspadMessage{addresses} with ADDRS_ENTRIES IPv4 entries (public addresses of
     one /8, port 16111)."""
     if "addrs" not in _payloads:
-        from bench import relay_bench as rb
-
-        p = rb.pb()
+        p = pb()
         m = p.KaspadMessage(addresses=p.AddressesMessage(addressList=[
             p.NetAddress(ip=bytes([23, (i >> 16) & 255, (i >> 8) & 255, i & 255]), port=16111)
             for i in range(ADDRS_ENTRIES)]))
-        _payloads["addrs"] = rb.grpc_frame(rb.gzip6(m.SerializeToString()), True)
+        _payloads["addrs"] = grpc_frame(gzip6(m.SerializeToString()), True)
     return _payloads["addrs"]
 
 
 def p2p_attack(sock: socket.socket, kind: str, deadline: float, t0: float, rec: ConnRecord,
                authority: bytes) -> None:
-    from bench import relay_bench as rb
-
-    rb.pb()  # sets the Verack / Ready payloads
+    pb()  # sets the Verack / Ready payloads
     sock.settimeout(None)
-    peer = rb.RawPeer(sock, client=True, authority=authority)
+    peer = RawPeer(sock, client=True, authority=authority)
     try:
         if not peer.open.wait(max(0.1, min(10.0, deadline - time.monotonic()))) \
                 or peer.closed.is_set():
@@ -248,7 +244,7 @@ def p2p_attack(sock: socket.socket, kind: str, deadline: float, t0: float, rec: 
             payload = bomb_payload()
         else:
             try:
-                peer.handshake(rb.raw_version())
+                peer.handshake(raw_version())
             except Exception:  # the target closed the connection meanwhile
                 rec.closed = time.monotonic() - t0
                 rec.note = "closed in the handshake"

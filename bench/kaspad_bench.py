@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.report import loadavg, machine_line, write_section
+from bench.harness.report import loadavg, machine_line, write_section
 from bridge.rig.kaspad import find_kaspad, kaspad_version
 from bridge.rig.nodes import KaspadRig, mine, percentiles, wait_synced
 from bridge.rig.tornet import TorNetwork

@@ -1,4 +1,5 @@
-"""The package layout is the architecture: ``core ← config ← net/tor/store ← runtime ← rig ← cli``.
+"""The package layout is the architecture: ``core ← config ← net/tor/store ← runtime ← rig ← cli``
+(``aio``, trio helpers shared by the I/O packages, sits beside ``config``).
 
 A module may import its own package and any lower layer, never a higher one, and the three
 I/O packages (``net``, ``tor``, ``store``) do not import each other: what one needs from
@@ -21,6 +22,7 @@ LAYERS: dict[str, int] = {
     "bridge": 0,  # the package root: __version__ only
     "bridge.core": 0,
     "bridge.config": 1,
+    "bridge.aio": 1,  # trio helpers shared by net, tor and store
     "bridge.net": 2, "bridge.tor": 2, "bridge.store": 2,
     "bridge.runtime": 3,
     "bridge.rig": 4,

@@ -346,7 +346,7 @@ async def check_socks(cfg: Config, discovered: list[tuple[str, int]],
 
 
 async def check_kaspad(cfg: Config, timeout: float) -> list[Check]:
-    from bridge.net.pool import h2_client_handshake
+    from bridge.net.h2io import h2_client_handshake
 
     p2p = cfg.kaspad.p2p
     fix_listen = (f"start kaspad with --listen={p2p} (see `kaspa-tor-bridge kaspad-flags`) or "

@@ -217,6 +217,11 @@ class Endpoint:
         self.guard.feed(data)
         return self.conn.receive_data(data)
 
+    def data_to_send(self) -> bytes:
+        """What h2 has queued for this peer (the shell writes it and reports it, see
+        :meth:`writing`/:meth:`wrote`)."""
+        return self.conn.data_to_send()
+
 
 def new_upstream_connection(settings: RelaySettings, *, remote: bool = True) -> Endpoint:
     """A client-side endpoint with the preface queued: to a remote peer (the warm pool) or,

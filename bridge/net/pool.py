@@ -36,10 +36,12 @@ import h2.events
 import h2.exceptions
 import trio
 
+from bridge.aio import Signal
 from bridge.core.counters import Counters
 from bridge.core.errors import BridgeError, Fault
 from bridge.core.peers import Selector, Target
 from bridge.core.relay import Endpoint, RelaySettings, new_upstream_connection
+from bridge.net import h2io
 from bridge.net.socks import DialError, ProxyEndpoint, open_socks_stream
 
 log = logging.getLogger("bridge.pool")
@@ -185,7 +187,8 @@ class _NotReading(BridgeError):
 class Upstream:
     target: Target
     stream: trio.SocketStream
-    conn: Endpoint
+    #: the h2 connection (with its frame guard and budget) over ``stream``
+    end: Endpoint
 
 
 @dataclass(slots=True)
@@ -199,32 +202,6 @@ class _Entry:
     taken: bool = False
     #: the idle task is writing (h2's ACKs): not ready for a slot until the write is done
     sending: bool = False
-
-
-async def h2_client_handshake(stream: trio.abc.Stream, end: Endpoint, timeout: float) -> None:
-    """Send our preface and wait for the server's SETTINGS (proves an HTTP/2 server answers)."""
-    conn = end.conn
-    with trio.fail_after(timeout):
-        await stream.send_all(conn.data_to_send())
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise BridgeError("upstream closed during the HTTP/2 handshake",
-                                  fault=Fault.REMOTE)
-            try:
-                events = end.receive_data(bytes(data))
-            except h2.exceptions.ProtocolError as exc:
-                raise BridgeError(f"upstream is not an HTTP/2 server: {exc}",
-                                  fault=Fault.REMOTE) from exc
-            out = conn.data_to_send()
-            if out:
-                await stream.send_all(out)
-            for ev in events:
-                if isinstance(ev, h2.events.ConnectionTerminated):
-                    raise BridgeError("upstream sent GOAWAY during the handshake",
-                                      fault=Fault.REMOTE)
-                if isinstance(ev, h2.events.RemoteSettingsChanged):
-                    return
 
 
 class WarmPool:
@@ -245,8 +222,8 @@ class WarmPool:
         self.send_timeout = send_timeout
         self._ready: list[_Entry] = []
         self._dialing = 0
-        self._changed = trio.Event()
-        self._ready_changed = trio.Event()
+        self._changed = Signal()
+        self._ready_changed = Signal()
         self.events = PoolEvents()
         #: trio time our Tor last recovered (see :meth:`forgive_all`)
         self._tor_recovered_at: float | None = None
@@ -262,12 +239,10 @@ class WarmPool:
         return PoolStats(self.size, self.ready_count, self.events)
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.notify()
 
     def _notify_ready(self) -> None:
-        self._ready_changed.set()
-        self._ready_changed = trio.Event()
+        self._ready_changed.notify()
 
     def forgive_all(self) -> None:
         """Our Tor recovered: failures counted while it was down were not the peers' fault, and
@@ -294,10 +269,9 @@ class WarmPool:
                         break
                     self._dialing += 1
                     nursery.start_soon(self._warm, target, nursery)
-                changed = self._changed
                 retry = self.selector.next_retry(trio.current_time())
                 with trio.move_on_at(retry if retry is not None else float("inf")):
-                    await changed.wait()
+                    await self._changed.wait()
 
     async def _warm(self, target: Target, nursery: trio.Nursery) -> None:
         stream: trio.SocketStream | None = None
@@ -305,7 +279,7 @@ class WarmPool:
             self.events = self.events.bump(dialed=1)
             stream = await self.dialer.dial(target)
             conn = new_upstream_connection(self.relay_settings)
-            await h2_client_handshake(stream, conn, self.handshake_timeout)
+            await h2io.h2_client_handshake(stream, conn, self.handshake_timeout)
         except (BridgeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
             self.events = self.events.bump(failed=1)
             if isinstance(exc, BridgeError) and exc.fault in (Fault.TOR, Fault.LOCAL):
@@ -352,21 +326,21 @@ class WarmPool:
                 if entry.taken:
                     return
                 with entry.scope:
-                    data = await up.stream.receive_some(65536)
+                    data = await h2io.receive(up.stream)
                 if entry.scope.cancelled_caught:
                     return  # taken by a slot
                 if not data:
                     raise BridgeError("closed while idle", fault=Fault.REMOTE)
-                up.conn.budget.tick(trio.current_time())
-                events = up.conn.receive_data(bytes(data))
-                out = up.conn.conn.data_to_send()
+                up.end.budget.tick(trio.current_time())
+                events = up.end.receive_data(data)
+                out = up.end.data_to_send()
                 if out:
-                    # Not shielded: a shutdown must not wait for a remote that does not read;
-                    # a slot never takes an entry in the middle of this write (``sending``).
+                    # Not shielded (h2io.send): a shutdown must not wait for a remote that does
+                    # not read; a slot never takes an entry in the middle of this write
+                    # (``sending``).
                     entry.sending = True
                     try:
-                        with trio.fail_after(self.send_timeout):
-                            await up.stream.send_all(out)
+                        await h2io.send(up.stream, out, timeout=self.send_timeout)
                     except trio.TooSlowError:
                         raise _NotReading(
                             f"did not read {len(out)} bytes of HTTP/2 replies within "

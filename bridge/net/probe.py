@@ -37,6 +37,7 @@ from bridge.core.probe import (
     ProbeClient,
     ProbeError,
 )
+from bridge.net import h2io
 from bridge.net.socks import ProxyEndpoint, open_socks_stream
 
 log = logging.getLogger("bridge.probe")
@@ -142,31 +143,24 @@ async def harvest(
     result: AddressesReceived | None = None
     error: ProbeError | SelfConnection | None = None
     try:
-        await stream.send_all(client.initiate())
+        await h2io.send(stream, client.initiate())
         phase = client.phase
         phase_start = trio.current_time()
         closed = False
         while not closed:
             budget = t.for_phase(phase)
-            data: bytes | None = None
-            with trio.move_on_at(phase_start + budget):
-                try:
-                    data = bytes(await stream.receive_some(65536))
-                except (trio.BrokenResourceError, OSError):
-                    data = b""
+            data = await h2io.receive(stream, deadline=phase_start + budget, eof_on_error=True)
             if data is None:
                 events = client.timeout(budget)
             elif not data:
                 events = client.connection_lost()
             else:
                 events = client.receive(data)
-            out = client.data_to_send()
-            if out:
-                try:
-                    await stream.send_all(out)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    if not client.finished:
-                        events += client.connection_lost()
+            try:
+                await h2io.flush(stream, client)
+            except h2io.STREAM_ERRORS:
+                if not client.finished:
+                    events += client.connection_lost()
             for ev in events:
                 if isinstance(ev, HandshakeDone):
                     peer = ev.peer
@@ -199,14 +193,11 @@ async def _linger(stream: trio.SocketStream, client: ProbeClient, grace: float) 
     """Let the peer read our last frames and end its side first (its trailers, RST_STREAM or
     GOAWAY), so that closing does not discard anything (no RST on unread data)."""
     with trio.move_on_after(grace):
-        try:
-            while not client.peer_gone:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                client.receive(bytes(data))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        while not client.peer_gone:
+            data = await h2io.receive(stream, eof_on_error=True)
+            if not data:
+                return
+            client.receive(data)
 
 
 __all__ = ["DNS_SEEDERS", "HarvestResult", "HarvestTimeouts", "harvest", "seeder_targets"]

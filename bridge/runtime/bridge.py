@@ -58,7 +58,8 @@ from bridge.core.relay import (
     new_upstream_connection,
 )
 from bridge.core.selection import BookSelector, SelectionPolicy, source_rank
-from bridge.net.pool import Dialer, DialPolicy, WarmPool, h2_client_handshake
+from bridge.net.h2io import h2_client_handshake
+from bridge.net.pool import Dialer, DialPolicy, WarmPool
 from bridge.net.probe import harvest
 from bridge.net.runner import RelayRunner, StallPolicy
 from bridge.runtime.stats import (
@@ -567,7 +568,7 @@ class Bridge:
             relay.upstream_authority = up.target.authority
             log.info("%s: kaspad connected, relaying to %s%s", label, up.target,
                      " (instead)" if relay.upstreams_dropped else "")
-            return up.stream, up.conn
+            return up.stream, up.end
 
         def on_drop(_dropped: Dropped) -> None:
             """The relay let the upstream go before kaspad saw it: its node id is connected

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import trio
 
+from bridge.aio import Signal
 from bridge.core.errors import BridgeError
 from bridge.core.kaspa import MAINNET, find_network
 from bridge.tor.control import (
@@ -202,7 +203,7 @@ class TorSupervisor:
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._status = TorStatus()
-        self._changed = trio.Event()
+        self._changed = Signal()
         self._control: TorControl | None = None
         self._key: OnionKey | None = None
         self._service_id: str | None = None
@@ -256,8 +257,7 @@ class TorSupervisor:
 
     def _set(self, **kw: object) -> None:
         self._status = replace(self._status, **kw)  # type: ignore[arg-type]
-        ev, self._changed = self._changed, trio.Event()
-        ev.set()
+        self._changed.notify()
         if self._on_change is not None:
             try:
                 self._on_change(self._status)

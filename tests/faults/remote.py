@@ -26,6 +26,7 @@ import h2.errors
 import h2.events
 import trio
 
+from bridge.aio import Signal
 from bridge.core import grpc, proto
 from tests.core.relay_harness import READY, VERACK, version
 
@@ -55,7 +56,7 @@ class Ctx:
         self.sid = 0
         self.accepted = accepted
         self.lock = trio.Lock()
-        self.window_changed = trio.Event()
+        self.window_changed = Signal()
         self.request_at: float | None = None
         self.received = bytearray()  # DATA payload from the bridge
         self.closed_by_peer = trio.Event()
@@ -78,8 +79,7 @@ class Ctx:
             window = min(self.conn.local_flow_control_window(self.sid),
                          self.conn.max_outbound_frame_size)
             if window <= 0:
-                ev = self.window_changed
-                await ev.wait()
+                await self.window_changed.wait()
                 continue
             self.conn.send_data(self.sid, bytes(view[:window]))
             view = view[window:]
@@ -213,8 +213,7 @@ class ScriptedRemote:
                         except Exception:
                             pass
                     elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-                        ev_w, ctx.window_changed = ctx.window_changed, trio.Event()
-                        ev_w.set()
+                        ctx.window_changed.notify()
                 try:
                     await ctx.flush()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

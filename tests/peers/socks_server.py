@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import trio
 
+from bridge.aio import Signal
+
 SOCKS_VERSION = 5
 METHOD_NO_AUTH = 0x00
 METHOD_USER_PASS = 0x02
@@ -123,7 +125,7 @@ class ScriptedSocks5Server:
         self.connections = 0  # TCP connections accepted
         self.active = 0  # connections currently open
         self.errors: list[str] = []  # protocol problems seen from clients
-        self._record_event = trio.Event()
+        self._record_event = Signal()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on 127.0.0.1:0; ``port = await nursery.start(server.serve)``."""
@@ -141,8 +143,7 @@ class ScriptedSocks5Server:
 
     def _add_record(self, rec: ConnectRecord) -> None:
         self.records.append(rec)
-        ev, self._record_event = self._record_event, trio.Event()
-        ev.set()
+        self._record_event.notify()
 
     async def _handle(self, client: trio.SocketStream) -> None:
         self.connections += 1

@@ -56,13 +56,17 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def machine_line() -> str:
-    model = "?"
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``?`` when it has none)."""
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def machine_line() -> str:
+    model = cpu_model()
     import h2
     import trio
 
