@@ -30,12 +30,8 @@ or a clock: the caller passes the timestamp and drives timeouts by :attr:`ProbeC
 
 from __future__ import annotations
 
-import base64
-import enum
 import ipaddress
 import os
-import struct
-import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -44,16 +40,68 @@ import h2.events
 import h2.exceptions
 
 from bridge.core import grpc, proto
-from bridge.core.errors import BridgeError, Fault, ProtocolError, SelfConnection
 from bridge.core.errors import OnionAddressError as _OnionError
+from bridge.core.errors import ProtocolError, SelfConnection
 from bridge.core.onion import OnionAddress
-from bridge.core.relay import P2P_PATH, Endpoint, FrameScanner, RelaySettings, errname
+from bridge.core.probe_events import (
+    AddressesReceived,
+    Closed,
+    Event,
+    Failed,
+    HandshakeDone,
+    HarvestedIp,
+    HarvestedOnion,
+    IncompatiblePeer,
+    PeerClosed,
+    PeerRejected,
+    PeerVersionInfo,
+    PeerViolation,
+    Phase,
+    ProbeError,
+    ProbeTimeout,
+)
+from bridge.core.probe_wire import (
+    _CONN_WINDOW,
+    _HANDSHAKE_TAGS,
+    _MAX_FRAME,
+    _PREFACE,
+    _STREAM_WINDOW,
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_MIN_PROTOCOL_VERSION,
+    DEFAULT_PROTOCOL_VERSION,
+    DEFAULT_USER_AGENT,
+    IGNORABLE_REJECTS,
+    MAX_ADDRESSES_RECEIVE,
+    MAX_ADDRESSES_SEND,
+    MAX_REJECT_REASON,
+    MAX_USER_AGENT_LEN,
+    TONIC_USER_AGENT,
+    _entry_problem,
+    _fmt_secs,
+    _message,
+    _response_id_for,
+    _settings_frame,
+    _status,
+    _tail_scanner,
+    _window_update_frame,
+    kaspad_gzip,
+)
+from bridge.core.relay import P2P_PATH, Endpoint, RelaySettings, errname
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "DEFAULT_MIN_PROTOCOL_VERSION",
     "DEFAULT_PROTOCOL_VERSION",
     "DEFAULT_USER_AGENT",
+    "IGNORABLE_REJECTS",
+    "MAX_ADDRESSES_RECEIVE",
+    "MAX_ADDRESSES_SEND",
+    "MAX_REJECT_REASON",
+    "MAX_USER_AGENT_LEN",
+    "TONIC_USER_AGENT",
     "AddressesReceived",
     "Closed",
+    "Event",
     "Failed",
     "HandshakeDone",
     "HarvestedIp",
@@ -69,210 +117,6 @@ __all__ = [
     "ProbeTimeout",
     "kaspad_gzip",
 ]
-
-DEFAULT_PROTOCOL_VERSION = 8  # the Tor fork (protocol.md §5.3)
-DEFAULT_MIN_PROTOCOL_VERSION = 7  # the fork accepts 7 (v7 flows) on every network
-DEFAULT_USER_AGENT = "/kaspad:1.0.1/kaspad:1.0.1/"  # fork 1.0.1 (protocol.md §5.2)
-TONIC_USER_AGENT = "tonic/0.12.3"  # the fork's tonic (protocol.md §2.5)
-MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this (protocol.md §7.1)
-MAX_ADDRESSES_SEND = 1000
-MAX_USER_AGENT_LEN = 256
-MAX_REJECT_REASON = 2048
-IGNORABLE_REJECTS = frozenset({"LOOPBACK_CONNECTION", "DUPLICATE_CONNECTION"})
-#: Largest peer message the probe buffers (compressed and inflated). Addresses of 2500 entries is
-#: under 100 KB; a block never comes since we never ask for one.
-DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
-_HANDSHAKE_TAGS = frozenset({proto.VERSION, proto.VERACK, proto.READY})
-
-# hyper 1.x client defaults (protocol.md §2.4): stream window 2 MiB, connection window 5 MiB.
-_STREAM_WINDOW = 2 * 1024 * 1024
-_CONN_WINDOW = 5 * 1024 * 1024
-_MAX_FRAME = 16384
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-class ProbeError(BridgeError):
-    """The harvest failed. ``fault`` says who is to blame."""
-
-    fault = Fault.REMOTE
-    action = "harvest aborted; connection closed"
-
-
-class PeerViolation(ProbeError, ProtocolError):
-    """The peer broke HTTP/2, gRPC or the Kaspa P2P protocol (what kaspad disconnects on)."""
-
-
-class IncompatiblePeer(ProbeError):
-    """A well-behaved peer we cannot talk to: other network, too old a protocol version."""
-
-    action = "Reject sent; connection closed"
-
-
-class PeerRejected(ProbeError):
-    """The peer sent Reject (it refused us). ``reason`` is its text (at most 2048 bytes)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"peer rejected us: {reason!r}")
-        self.reason = reason
-
-    @property
-    def ignorable(self) -> bool:
-        """kaspad logs these quietly (duplicate/loopback connection, protocol.md §6.1)."""
-        return self.reason in IGNORABLE_REJECTS
-
-
-class PeerClosed(ProbeError):
-    """The peer ended the call (stream end, RST_STREAM, GOAWAY or TCP close) before we were done."""
-
-
-class ProbeTimeout(ProbeError):
-    """The peer (or the Tor path to it) did not answer within a phase's budget."""
-
-    def __init__(self, message: str, *, phase: Phase) -> None:
-        super().__init__(message)
-        self.phase = phase
-
-
-# ---------------------------------------------------------------------------------------------
-# Events and results
-
-
-class Phase(enum.Enum):
-    """What the probe waits for; the shell applies one timeout per phase."""
-
-    HEADERS = "response HEADERS"
-    VERSION = "Version and Verack"
-    READY = "Ready"
-    ADDRESSES = "Addresses"
-    DONE = "nothing (done)"
-
-
-@dataclass(frozen=True, slots=True)
-class PeerVersionInfo:
-    protocol_version: int
-    services: int
-    timestamp_ms: int
-    node_id: bytes
-    user_agent: str
-    network: str
-    address: tuple[str, int] | None  # Version.address as (host, port), if any
-
-    @property
-    def addrv2(self) -> bool:
-        return bool(self.services & proto.SERVICE_ADDRV2)
-
-
-@dataclass(frozen=True, slots=True)
-class HarvestedIp:
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    port: int
-
-    @property
-    def host(self) -> str:
-        return str(self.ip)
-
-
-@dataclass(frozen=True, slots=True)
-class HarvestedOnion:
-    onion: OnionAddress
-    port: int
-
-    @property
-    def host(self) -> str:
-        return self.onion.host
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeDone:
-    peer: PeerVersionInfo
-
-
-@dataclass(frozen=True, slots=True)
-class AddressesReceived:
-    ips: tuple[HarvestedIp, ...]
-    onions: tuple[HarvestedOnion, ...]
-    #: entries left out, each "entry N: why" (loopback/unspecified IPs that kaspad ignores too,
-    #: onions from a non-ADDRv2 peer, onions failing the v3 checksum/version check)
-    dropped: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: ProbeError | SelfConnection
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    reason: str
-
-
-Event = HandshakeDone | AddressesReceived | Failed | Closed
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-
-
-def kaspad_gzip(payload: bytes) -> bytes:
-    """gzip like flate2's GzEncoder (tonic): mtime 0, XFL 0, OS byte 255 ("unknown").
-
-    zlib's own gzip wrapper writes OS=3 (Unix); the deflate stream itself is zlib's, not
-    miniz_oxide's, so the compressed bytes still differ from kaspad's for larger messages.
-    """
-    c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-    body = c.compress(payload) + c.flush()
-    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-    trailer = struct.pack("<II", zlib.crc32(payload) & 0xFFFFFFFF, len(payload) & 0xFFFFFFFF)
-    return header + body + trailer
-
-
-def _settings_frame() -> bytes:
-    body = b"".join(struct.pack(">HI", k, v) for k, v in (
-        (0x2, 0), (0x4, _STREAM_WINDOW), (0x5, _MAX_FRAME), (0x6, 16384)))
-    return len(body).to_bytes(3, "big") + b"\x04\x00" + b"\x00\x00\x00\x00" + body
-
-
-def _window_update_frame(increment: int) -> bytes:
-    return b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + increment.to_bytes(4, "big")
-
-
-def _fork_onion_shape_error(host: str) -> str | None:
-    """The fork's own onion check (protocol.md §11.3): what kaspad would disconnect on."""
-    h = host.lower()
-    if not h.endswith(".onion"):
-        return f"onion {host[:80]!r} does not end in .onion"
-    label = h[: -len(".onion")]
-    if len(label) != 56:
-        return f"onion {host[:80]!r} has {len(label)} base32 characters, expected 56"
-    try:
-        base64.b32decode(label.upper())
-    except ValueError:
-        return f"onion {host[:80]!r} is not base32"
-    return None
-
-
-def _message(tag: int, payload: bytes, *, response_id: int = 0) -> bytes:
-    out = proto.make_len_field(tag, payload).raw
-    if response_id:
-        out += proto.make_varint_field(proto.RESPONSE_ID, response_id).raw
-    return out
-
-
-def _response_id_for(env: proto.Envelope) -> int:
-    """kaspad's ``make_response!``: the reply carries the request's request_id as response_id."""
-    f = proto.first(env.others, proto.REQUEST_ID)
-    return f.as_int if f is not None and f.wire_type == proto.VARINT else 0
-
-
-def _fmt_secs(t: float) -> str:
-    return f"{int(t)}s" if float(t).is_integer() else f"{t}s"
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -604,7 +448,7 @@ class ProbeClient:
         address: tuple[str, int] | None = None
         na = v.address
         if na is not None:
-            problem = self._entry_problem(na)
+            problem = _entry_problem(na)
             if problem is not None:
                 self._version_address_error = problem
             onion = na.onion
@@ -646,21 +490,6 @@ class ProbeClient:
                     f"remote: {pv.protocol_version}")
             return IncompatiblePeer(f"peer speaks protocol version {pv.protocol_version}, "
                                     f"below our minimum {self.min_protocol_version}"), text
-        return None
-
-    def _entry_problem(self, na: proto.NetAddress) -> str | None:
-        """What kaspad's conversion fails on for one NetAddress (protocol.md §4.4, §11.2)."""
-        onion = na.onion
-        if onion is not None:
-            err = _fork_onion_shape_error(onion)
-            if err is not None:
-                return err
-        else:
-            ip = na.ip
-            if ip is None or len(ip) not in (4, 16):
-                return f"IP has illegal length {0 if ip is None else len(ip)}"
-        if na.port > 0xFFFF:
-            return f"port {na.port} does not fit in u16"
         return None
 
     def _maybe_validate(self, events: list[Event]) -> None:
@@ -737,7 +566,7 @@ class ProbeClient:
         seen: set[tuple[str, int]] = set()
         for i, na in enumerate(entries):
             try:
-                problem = self._entry_problem(na)
+                problem = _entry_problem(na)
             except ProtocolError as exc:
                 problem = str(exc)
             if problem is not None:
@@ -815,20 +644,3 @@ class ProbeClient:
             except h2.exceptions.ProtocolError:
                 pass
         events.append(Closed(reason))
-
-
-def _tail_scanner() -> FrameScanner:
-    """Frame-header scan of what arrives after we closed (h2 refuses input once it sent
-    GOAWAY): stops at the peer's END_STREAM, RST_STREAM or GOAWAY. Best effort: it starts at the
-    next chunk, so a frame h2 had half-buffered can make it miss the end (the shell then just
-    waits out its grace period) or see it early (the shell closes a little early)."""
-    def end(_length: int, ftype: int, flags: int) -> bool:
-        return ftype in (0x3, 0x7) or (ftype in (0x0, 0x1) and bool(flags & 0x1))
-
-    return FrameScanner(end)
-
-
-def _status(h: dict[bytes, bytes]) -> str:
-    status = h.get(b"grpc-status", b"?").decode("ascii", "replace")
-    msg = h.get(b"grpc-message", b"").decode("utf-8", "replace")
-    return f"grpc-status {status}" + (f": {msg}" if msg else "")
