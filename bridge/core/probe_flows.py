@@ -55,6 +55,7 @@ def _version_payload(self: ProbeClient) -> bytes:
     fields.append(proto.make_len_field(proto.V_NETWORK, self.network.encode()))
     return proto.encode_fields(fields)
 
+
 def _on_message(self: ProbeClient, plain: bytes, events: list[Event]) -> None:
     st = self._st
     tag = proto.payload_tag(plain)
@@ -100,6 +101,7 @@ def _on_message(self: ProbeClient, plain: bytes, events: list[Event]) -> None:
         return
     self._flow_message(tag, env, events)
 
+
 def _parse_version(self: ProbeClient, payload: bytes) -> PeerVersionInfo:
     try:
         v = proto.Version.decode(payload)
@@ -127,6 +129,7 @@ def _parse_version(self: ProbeClient, payload: bytes) -> PeerVersionInfo:
         network=v.network, address=address,
     )
 
+
 def _version_problem(self: ProbeClient, payload_version: PeerVersionInfo) -> tuple[ProbeError |
                                                                       SelfConnection,
                                                                       str | None] | None:
@@ -152,6 +155,7 @@ def _version_problem(self: ProbeClient, payload_version: PeerVersionInfo) -> tup
                                 f"below our minimum {self.min_protocol_version}"), text
     return None
 
+
 def _maybe_validate(self: ProbeClient, events: list[Event]) -> None:
     st = self._st
     if st.validated or st.peer_version is None or not st.got_verack:
@@ -166,6 +170,7 @@ def _maybe_validate(self: ProbeClient, events: list[Event]) -> None:
     self._send(proto.READY, b"")
     st.phase = Phase.READY
     self._maybe_done(events)
+
 
 def _maybe_done(self: ProbeClient, events: list[Event]) -> None:
     st = self._st
@@ -182,6 +187,7 @@ def _maybe_done(self: ProbeClient, events: list[Event]) -> None:
         self._flow_message(env.tag, env, events)
         if st.finished or st.addresses_done:
             return
+
 
 def _flow_message(self: ProbeClient, tag: int, env: proto.Envelope, events: list[Event]) -> None:
     name = proto.payload_name(tag)
@@ -204,11 +210,13 @@ def _flow_message(self: ProbeClient, tag: int, env: proto.Envelope, events: list
         # to a flow: nothing kaspad disconnects on, and nothing a harvest needs.
         self.ignored.append(tag)
 
+
 def _reply_payload(self: ProbeClient) -> bytes:
     st = self._st
     addrv2 = st.peer_version is not None and st.peer_version.addrv2
     entries = [e for e in self.reply_addresses if addrv2 or e.onion is None]
     return proto.encode_addresses(entries[:MAX_ADDRESSES_SEND])
+
 
 def _on_addresses(self: ProbeClient, env: proto.Envelope, events: list[Event]) -> None:
     st = self._st

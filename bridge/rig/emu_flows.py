@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # emu_session binds these functions as PeerSession's methods
 
 # -- message handling -------------------------------------------------------------------
 
+
 def _on_raw(self: PeerSession, raw: bytes) -> None:
     self.stats.messages_in += 1
     self.stats.bytes_in += len(raw)
@@ -76,6 +77,7 @@ def _on_raw(self: PeerSession, raw: bytes) -> None:
     else:
         self._on_flow_message(kind, m)
 
+
 def _on_handshake_message(self: PeerSession, kind: str, m: Any) -> None:
     if kind == "version":
         if self.remote_version is not None:
@@ -107,6 +109,7 @@ def _on_handshake_message(self: PeerSession, kind: str, m: Any) -> None:
     else:
         self._fail(f"unexpected {kind} during handshake (kaspad: NoRouteForMessageType)", None)
 
+
 def _check_net_address(self: PeerSession, a: Any, *, what: str) -> tuple[str | None, bool]:
     """Validate one NetAddress like kaspad's conversion. Returns (error, is_onion)."""
     which = a.WhichOneof("address")
@@ -126,6 +129,7 @@ def _check_net_address(self: PeerSession, a: Any, *, what: str) -> tuple[str | N
     if a.port > 0xFFFF:
         return (f"{what}: port {a.port} does not fit in u16", which == "onion")
     return (None, which == "onion")
+
 
 def _maybe_validate(self: PeerSession) -> None:
     if self._validated or self.remote_version is None or not self._got_verack:
@@ -181,6 +185,7 @@ def _maybe_validate(self: PeerSession) -> None:
     if self._got_ready:
         self._complete_handshake()
 
+
 def _complete_handshake(self: PeerSession) -> None:
     cfg = self.config
     self._timers.pop("ready", None)
@@ -206,6 +211,7 @@ def _complete_handshake(self: PeerSession) -> None:
             break
         self._on_flow_message(payload_kind(m) or "", m)
 
+
 def _send_ping(self: PeerSession) -> None:
     if "ping" in self.config.suppress:
         return
@@ -220,6 +226,7 @@ def _send_ping(self: PeerSession) -> None:
         "Pong",
         f"timeout expired after {_fmt_secs(pt)}",
     )
+
 
 def _on_flow_message(self: PeerSession, kind: str, m: Any) -> None:
     cfg = self.config
@@ -273,6 +280,7 @@ def _on_flow_message(self: PeerSession, kind: str, m: Any) -> None:
             self._timers["ping"] = (time.monotonic() + cfg.ping_interval, "", None)
     else:
         self.received.put(m)
+
 
 def _on_addresses(self: PeerSession, m: Any) -> None:
     if not self._awaiting_addresses:
