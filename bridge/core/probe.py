@@ -30,12 +30,7 @@ or a clock: the caller passes the timestamp and drives timeouts by :attr:`ProbeC
 
 from __future__ import annotations
 
-import base64
-import enum
-import ipaddress
 import os
-import struct
-import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -43,17 +38,64 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from bridge.core import grpc, proto
-from bridge.core.errors import BridgeError, Fault, ProtocolError, SelfConnection
-from bridge.core.errors import OnionAddressError as _OnionError
-from bridge.core.onion import OnionAddress
-from bridge.core.relay import P2P_PATH, Endpoint, FrameScanner, RelaySettings, errname
+from bridge.core import grpc, probe_flows, proto
+from bridge.core.errors import ProtocolError, SelfConnection
+from bridge.core.probe_events import (
+    AddressesReceived,
+    Closed,
+    Event,
+    Failed,
+    HandshakeDone,
+    HarvestedIp,
+    HarvestedOnion,
+    IncompatiblePeer,
+    PeerClosed,
+    PeerRejected,
+    PeerVersionInfo,
+    PeerViolation,
+    Phase,
+    ProbeError,
+    ProbeTimeout,
+)
+from bridge.core.probe_wire import (
+    _CONN_WINDOW,
+    _MAX_FRAME,
+    _PREFACE,
+    _STREAM_WINDOW,
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_MIN_PROTOCOL_VERSION,
+    DEFAULT_PROTOCOL_VERSION,
+    DEFAULT_USER_AGENT,
+    IGNORABLE_REJECTS,
+    MAX_ADDRESSES_RECEIVE,
+    MAX_ADDRESSES_SEND,
+    MAX_REJECT_REASON,
+    MAX_USER_AGENT_LEN,
+    TONIC_USER_AGENT,
+    _fmt_secs,
+    _message,
+    _settings_frame,
+    _status,
+    _tail_scanner,
+    _window_update_frame,
+    kaspad_gzip,
+)
+from bridge.core.relay import P2P_PATH, Endpoint, RelaySettings, errname
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "DEFAULT_MIN_PROTOCOL_VERSION",
     "DEFAULT_PROTOCOL_VERSION",
     "DEFAULT_USER_AGENT",
+    "IGNORABLE_REJECTS",
+    "MAX_ADDRESSES_RECEIVE",
+    "MAX_ADDRESSES_SEND",
+    "MAX_REJECT_REASON",
+    "MAX_USER_AGENT_LEN",
+    "TONIC_USER_AGENT",
     "AddressesReceived",
     "Closed",
+    "Event",
     "Failed",
     "HandshakeDone",
     "HarvestedIp",
@@ -69,210 +111,6 @@ __all__ = [
     "ProbeTimeout",
     "kaspad_gzip",
 ]
-
-DEFAULT_PROTOCOL_VERSION = 8  # the Tor fork (protocol.md §5.3)
-DEFAULT_MIN_PROTOCOL_VERSION = 7  # the fork accepts 7 (v7 flows) on every network
-DEFAULT_USER_AGENT = "/kaspad:1.0.1/kaspad:1.0.1/"  # fork 1.0.1 (protocol.md §5.2)
-TONIC_USER_AGENT = "tonic/0.12.3"  # the fork's tonic (protocol.md §2.5)
-MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this (protocol.md §7.1)
-MAX_ADDRESSES_SEND = 1000
-MAX_USER_AGENT_LEN = 256
-MAX_REJECT_REASON = 2048
-IGNORABLE_REJECTS = frozenset({"LOOPBACK_CONNECTION", "DUPLICATE_CONNECTION"})
-#: Largest peer message the probe buffers (compressed and inflated). Addresses of 2500 entries is
-#: under 100 KB; a block never comes since we never ask for one.
-DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
-_HANDSHAKE_TAGS = frozenset({proto.VERSION, proto.VERACK, proto.READY})
-
-# hyper 1.x client defaults (protocol.md §2.4): stream window 2 MiB, connection window 5 MiB.
-_STREAM_WINDOW = 2 * 1024 * 1024
-_CONN_WINDOW = 5 * 1024 * 1024
-_MAX_FRAME = 16384
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-class ProbeError(BridgeError):
-    """The harvest failed. ``fault`` says who is to blame."""
-
-    fault = Fault.REMOTE
-    action = "harvest aborted; connection closed"
-
-
-class PeerViolation(ProbeError, ProtocolError):
-    """The peer broke HTTP/2, gRPC or the Kaspa P2P protocol (what kaspad disconnects on)."""
-
-
-class IncompatiblePeer(ProbeError):
-    """A well-behaved peer we cannot talk to: other network, too old a protocol version."""
-
-    action = "Reject sent; connection closed"
-
-
-class PeerRejected(ProbeError):
-    """The peer sent Reject (it refused us). ``reason`` is its text (at most 2048 bytes)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"peer rejected us: {reason!r}")
-        self.reason = reason
-
-    @property
-    def ignorable(self) -> bool:
-        """kaspad logs these quietly (duplicate/loopback connection, protocol.md §6.1)."""
-        return self.reason in IGNORABLE_REJECTS
-
-
-class PeerClosed(ProbeError):
-    """The peer ended the call (stream end, RST_STREAM, GOAWAY or TCP close) before we were done."""
-
-
-class ProbeTimeout(ProbeError):
-    """The peer (or the Tor path to it) did not answer within a phase's budget."""
-
-    def __init__(self, message: str, *, phase: Phase) -> None:
-        super().__init__(message)
-        self.phase = phase
-
-
-# ---------------------------------------------------------------------------------------------
-# Events and results
-
-
-class Phase(enum.Enum):
-    """What the probe waits for; the shell applies one timeout per phase."""
-
-    HEADERS = "response HEADERS"
-    VERSION = "Version and Verack"
-    READY = "Ready"
-    ADDRESSES = "Addresses"
-    DONE = "nothing (done)"
-
-
-@dataclass(frozen=True, slots=True)
-class PeerVersionInfo:
-    protocol_version: int
-    services: int
-    timestamp_ms: int
-    node_id: bytes
-    user_agent: str
-    network: str
-    address: tuple[str, int] | None  # Version.address as (host, port), if any
-
-    @property
-    def addrv2(self) -> bool:
-        return bool(self.services & proto.SERVICE_ADDRV2)
-
-
-@dataclass(frozen=True, slots=True)
-class HarvestedIp:
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    port: int
-
-    @property
-    def host(self) -> str:
-        return str(self.ip)
-
-
-@dataclass(frozen=True, slots=True)
-class HarvestedOnion:
-    onion: OnionAddress
-    port: int
-
-    @property
-    def host(self) -> str:
-        return self.onion.host
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeDone:
-    peer: PeerVersionInfo
-
-
-@dataclass(frozen=True, slots=True)
-class AddressesReceived:
-    ips: tuple[HarvestedIp, ...]
-    onions: tuple[HarvestedOnion, ...]
-    #: entries left out, each "entry N: why" (loopback/unspecified IPs that kaspad ignores too,
-    #: onions from a non-ADDRv2 peer, onions failing the v3 checksum/version check)
-    dropped: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: ProbeError | SelfConnection
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    reason: str
-
-
-Event = HandshakeDone | AddressesReceived | Failed | Closed
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-
-
-def kaspad_gzip(payload: bytes) -> bytes:
-    """gzip like flate2's GzEncoder (tonic): mtime 0, XFL 0, OS byte 255 ("unknown").
-
-    zlib's own gzip wrapper writes OS=3 (Unix); the deflate stream itself is zlib's, not
-    miniz_oxide's, so the compressed bytes still differ from kaspad's for larger messages.
-    """
-    c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-    body = c.compress(payload) + c.flush()
-    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-    trailer = struct.pack("<II", zlib.crc32(payload) & 0xFFFFFFFF, len(payload) & 0xFFFFFFFF)
-    return header + body + trailer
-
-
-def _settings_frame() -> bytes:
-    body = b"".join(struct.pack(">HI", k, v) for k, v in (
-        (0x2, 0), (0x4, _STREAM_WINDOW), (0x5, _MAX_FRAME), (0x6, 16384)))
-    return len(body).to_bytes(3, "big") + b"\x04\x00" + b"\x00\x00\x00\x00" + body
-
-
-def _window_update_frame(increment: int) -> bytes:
-    return b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + increment.to_bytes(4, "big")
-
-
-def _fork_onion_shape_error(host: str) -> str | None:
-    """The fork's own onion check (protocol.md §11.3): what kaspad would disconnect on."""
-    h = host.lower()
-    if not h.endswith(".onion"):
-        return f"onion {host[:80]!r} does not end in .onion"
-    label = h[: -len(".onion")]
-    if len(label) != 56:
-        return f"onion {host[:80]!r} has {len(label)} base32 characters, expected 56"
-    try:
-        base64.b32decode(label.upper())
-    except ValueError:
-        return f"onion {host[:80]!r} is not base32"
-    return None
-
-
-def _message(tag: int, payload: bytes, *, response_id: int = 0) -> bytes:
-    out = proto.make_len_field(tag, payload).raw
-    if response_id:
-        out += proto.make_varint_field(proto.RESPONSE_ID, response_id).raw
-    return out
-
-
-def _response_id_for(env: proto.Envelope) -> int:
-    """kaspad's ``make_response!``: the reply carries the request's request_id as response_id."""
-    f = proto.first(env.others, proto.REQUEST_ID)
-    return f.as_int if f is not None and f.wire_type == proto.VARINT else 0
-
-
-def _fmt_secs(t: float) -> str:
-    return f"{int(t)}s" if float(t).is_integer() else f"{t}s"
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -536,245 +374,17 @@ class ProbeClient:
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._pending.clear()
 
-    # -- Kaspa P2P --------------------------------------------------------------------------
+    # -- Kaspa P2P (bridge.core.probe_flows) ----------------------------------------------
 
-    def _version_payload(self) -> bytes:
-        # Tag order as prost writes it (protocol.md §4.3); no address, disableRelayTx=false omitted.
-        fields = [proto.make_varint_field(proto.V_PROTOCOL, self.protocol_version)]
-        if self.services:
-            fields.append(proto.make_varint_field(proto.V_SERVICES, self.services))
-        if self.now_ms:
-            fields.append(proto.make_varint_field(proto.V_TIMESTAMP, self.now_ms))
-        fields.append(proto.make_len_field(proto.V_ID, self.node_id))
-        if self.user_agent:
-            fields.append(proto.make_len_field(proto.V_USER_AGENT, self.user_agent.encode()))
-        fields.append(proto.make_len_field(proto.V_NETWORK, self.network.encode()))
-        return proto.encode_fields(fields)
-
-    def _on_message(self, plain: bytes, events: list[Event]) -> None:
-        st = self._st
-        tag = proto.payload_tag(plain)
-        if tag is None:
-            raise PeerViolation("message with an empty payload (kaspad: NoRouteForMessageType)")
-        env = proto.Envelope.decode(plain)
-        self.received.append(tag)
-        name = proto.payload_name(tag)
-        if tag == proto.REJECT:
-            f = proto.first(proto.parse(env.payload), 1)
-            reason = (f.as_bytes.decode("utf-8", "replace") if f is not None else "")
-            raise PeerRejected(reason[:MAX_REJECT_REASON])
-        if tag not in proto.KNOWN_PAYLOADS:
-            raise PeerViolation(f"unknown message type {name} (kaspad: NoRouteForMessageType)")
-        rid = proto.first(env.others, proto.RESPONSE_ID)
-        if rid is not None and rid.as_int:
-            raise PeerViolation(f"{name} with response_id {rid.as_int}, but we sent no request "
-                                "with an id (kaspad: NoRouteForMessageType)")
-        if st.addresses_done:
-            return  # we are closing; nothing more matters
-        if not st.got_ready:
-            if tag == proto.VERSION:
-                if st.peer_version is not None:
-                    raise PeerViolation("second Version during the handshake")
-                st.peer_version = self._parse_version(env.payload)
-                self._send(proto.VERACK, b"")  # before validation, as kaspad does
-                self._maybe_validate(events)
-            elif tag == proto.VERACK:
-                if st.got_verack:
-                    raise PeerViolation("second Verack during the handshake")
-                st.got_verack = True
-                self._maybe_validate(events)
-            elif tag == proto.READY:
-                st.got_ready = True
-                self._maybe_done(events)
-            elif st.validated:
-                # Our flows are registered once we validated (kaspad queues these until the
-                # Ready exchange is over).
-                st.queued.append(env)
-            else:
-                raise PeerViolation(f"unexpected {name} during the handshake "
-                                    "(kaspad: NoRouteForMessageType)")
-            return
-        self._flow_message(tag, env, events)
-
-    def _parse_version(self, payload: bytes) -> PeerVersionInfo:
-        try:
-            v = proto.Version.decode(payload)
-        except ProtocolError as exc:
-            raise PeerViolation(f"undecodable Version: {exc}") from exc
-        address: tuple[str, int] | None = None
-        na = v.address
-        if na is not None:
-            problem = self._entry_problem(na)
-            if problem is not None:
-                self._version_address_error = problem
-            onion = na.onion
-            ip = na.ip
-            if onion is not None:
-                address = (onion, na.port)
-            elif ip is not None and len(ip) in (4, 16):
-                address = (str(ipaddress.ip_address(ip)), na.port)
-        ts = proto.first(v.fields, proto.V_TIMESTAMP)
-        ts_ms = ts.as_int if ts is not None else 0
-        if ts_ms >= 1 << 63:
-            ts_ms -= 1 << 64
-        return PeerVersionInfo(
-            protocol_version=v.protocol_version, services=v.services, timestamp_ms=ts_ms,
-            node_id=v.node_id, user_agent=v.user_agent[:MAX_USER_AGENT_LEN],
-            network=v.network, address=address,
-        )
-
-    def _version_problem(self, payload_version: PeerVersionInfo) -> tuple[ProbeError |
-                                                                          SelfConnection,
-                                                                          str | None] | None:
-        """kaspad's checks in its order (protocol.md §5.1 step 4): (error, Reject text)."""
-        pv = payload_version
-        if len(pv.node_id) != 16:
-            text = f"Identity error: invalid peer id length {len(pv.node_id)}"
-            return PeerViolation(f"peer's Version.id has {len(pv.node_id)} bytes, "
-                                 "expected 16"), text
-        if self._version_address_error is not None:
-            text = self._version_address_error
-            return PeerViolation(f"peer's Version.address is illegal: {text}"), text
-        if pv.node_id == self.node_id or pv.node_id in self.forbidden_ids:
-            return SelfConnection("peer has our own node id (a loopback through Tor)"), \
-                "LOOPBACK_CONNECTION"
-        if pv.network != self.network:
-            text = f"Network mismatch - local: {self.network}, remote: {pv.network}"
-            return IncompatiblePeer(f"peer is on {pv.network!r}, not {self.network!r}"), text
-        if pv.protocol_version < self.min_protocol_version:
-            text = (f"P2P protocol version mismatch - local: {self.protocol_version}, "
-                    f"remote: {pv.protocol_version}")
-            return IncompatiblePeer(f"peer speaks protocol version {pv.protocol_version}, "
-                                    f"below our minimum {self.min_protocol_version}"), text
-        return None
-
-    def _entry_problem(self, na: proto.NetAddress) -> str | None:
-        """What kaspad's conversion fails on for one NetAddress (protocol.md §4.4, §11.2)."""
-        onion = na.onion
-        if onion is not None:
-            err = _fork_onion_shape_error(onion)
-            if err is not None:
-                return err
-        else:
-            ip = na.ip
-            if ip is None or len(ip) not in (4, 16):
-                return f"IP has illegal length {0 if ip is None else len(ip)}"
-        if na.port > 0xFFFF:
-            return f"port {na.port} does not fit in u16"
-        return None
-
-    def _maybe_validate(self, events: list[Event]) -> None:
-        st = self._st
-        if st.validated or st.peer_version is None or not st.got_verack:
-            return
-        problem = self._version_problem(st.peer_version)
-        if problem is not None:
-            error, reject = problem
-            self._fail(error, events, reject=reject)
-            return
-        st.validated = True
-        self.peer = st.peer_version
-        self._send(proto.READY, b"")
-        st.phase = Phase.READY
-        self._maybe_done(events)
-
-    def _maybe_done(self, events: list[Event]) -> None:
-        st = self._st
-        if not (st.validated and st.got_ready) or st.requested or st.finished:
-            return
-        assert st.peer_version is not None
-        events.append(HandshakeDone(st.peer_version))
-        st.requested = True
-        st.phase = Phase.ADDRESSES
-        # ReceiveAddressesFlow: RequestAddresses{includeAllSubnetworks:false} -> "3200"
-        self._send(proto.REQUEST_ADDRESSES, b"")
-        queued, st.queued = st.queued, []
-        for env in queued:
-            self._flow_message(env.tag, env, events)
-            if st.finished or st.addresses_done:
-                return
-
-    def _flow_message(self, tag: int, env: proto.Envelope, events: list[Event]) -> None:
-        name = proto.payload_name(tag)
-        if tag == proto.ADDRESSES:
-            self._on_addresses(env, events)
-        elif tag == proto.REQUEST_ADDRESSES:
-            self._send(proto.ADDRESSES, self._reply_payload(), response_id=_response_id_for(env))
-        elif tag == proto.PING:
-            f = proto.first(proto.parse(env.payload), 1)
-            nonce = f.as_int if f is not None else 0
-            pong = proto.make_varint_field(1, nonce).raw if nonce else b""
-            self._send(proto.PONG, pong, response_id=_response_id_for(env))
-        elif tag in _HANDSHAKE_TAGS:
-            raise PeerViolation(f"{name} after the handshake (kaspad: route closed, disconnect)")
-        elif tag == proto.PONG:
-            raise PeerViolation("Pong although we never sent a Ping "
-                                "(kaspad: nonce mismatch between ping and pong)")
-        else:
-            # InvRelayBlock(sink) at start-up, InvTransactions, or a request kaspad would route
-            # to a flow: nothing kaspad disconnects on, and nothing a harvest needs.
-            self.ignored.append(tag)
-
-    def _reply_payload(self) -> bytes:
-        st = self._st
-        addrv2 = st.peer_version is not None and st.peer_version.addrv2
-        entries = [e for e in self.reply_addresses if addrv2 or e.onion is None]
-        return proto.encode_addresses(entries[:MAX_ADDRESSES_SEND])
-
-    def _on_addresses(self, env: proto.Envelope, events: list[Event]) -> None:
-        st = self._st
-        if not st.requested or st.addresses_done:
-            raise PeerViolation("Addresses we did not ask for (kaspad: route closed, disconnect)")
-        entries = proto.decode_addresses(env.payload)
-        if len(entries) > MAX_ADDRESSES_RECEIVE:
-            raise PeerViolation(f"Addresses has {len(entries)} entries; kaspad disconnects above "
-                                f"{MAX_ADDRESSES_RECEIVE}")
-        assert st.peer_version is not None
-        addrv2 = st.peer_version.addrv2
-        ips: list[HarvestedIp] = []
-        onions: list[HarvestedOnion] = []
-        dropped: list[str] = []
-        seen: set[tuple[str, int]] = set()
-        for i, na in enumerate(entries):
-            try:
-                problem = self._entry_problem(na)
-            except ProtocolError as exc:
-                problem = str(exc)
-            if problem is not None:
-                # kaspad's conversion is all-or-nothing: one bad entry fails the message.
-                raise PeerViolation(f"Addresses entry {i}: {problem} (kaspad disconnects)")
-            onion = na.onion
-            if onion is not None:
-                if not addrv2:
-                    dropped.append(f"entry {i}: onion from a peer without ADDRv2")
-                    continue
-                try:
-                    addr = OnionAddress.parse(onion)
-                except _OnionError as exc:
-                    dropped.append(f"entry {i}: {exc}")
-                    continue
-                key = (addr.host, na.port)
-                if key not in seen:
-                    seen.add(key)
-                    onions.append(HarvestedOnion(addr, na.port))
-                continue
-            ip_bytes = na.ip
-            assert ip_bytes is not None
-            ip = ipaddress.ip_address(ip_bytes)
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            if ip.is_loopback or ip.is_unspecified:
-                dropped.append(f"entry {i}: {ip} is loopback/unspecified (kaspad ignores it)")
-                continue
-            key = (str(ip), na.port)
-            if key not in seen:
-                seen.add(key)
-                ips.append(HarvestedIp(ip, na.port))
-        result = AddressesReceived(tuple(ips), tuple(onions), tuple(dropped))
-        self.result = result
-        st.addresses_done = True
-        events.append(result)
-        self._finish(events, "addresses harvested", cancel=False)
+    _version_payload = probe_flows._version_payload
+    _on_message = probe_flows._on_message
+    _parse_version = probe_flows._parse_version
+    _version_problem = probe_flows._version_problem
+    _maybe_validate = probe_flows._maybe_validate
+    _maybe_done = probe_flows._maybe_done
+    _flow_message = probe_flows._flow_message
+    _reply_payload = probe_flows._reply_payload
+    _on_addresses = probe_flows._on_addresses
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -815,20 +425,3 @@ class ProbeClient:
             except h2.exceptions.ProtocolError:
                 pass
         events.append(Closed(reason))
-
-
-def _tail_scanner() -> FrameScanner:
-    """Frame-header scan of what arrives after we closed (h2 refuses input once it sent
-    GOAWAY): stops at the peer's END_STREAM, RST_STREAM or GOAWAY. Best effort: it starts at the
-    next chunk, so a frame h2 had half-buffered can make it miss the end (the shell then just
-    waits out its grace period) or see it early (the shell closes a little early)."""
-    def end(_length: int, ftype: int, flags: int) -> bool:
-        return ftype in (0x3, 0x7) or (ftype in (0x0, 0x1) and bool(flags & 0x1))
-
-    return FrameScanner(end)
-
-
-def _status(h: dict[bytes, bytes]) -> str:
-    status = h.get(b"grpc-status", b"?").decode("ascii", "replace")
-    msg = h.get(b"grpc-message", b"").decode("utf-8", "replace")
-    return f"grpc-status {status}" + (f": {msg}" if msg else "")

@@ -36,238 +36,68 @@ long-lived spawner thread so that starting from a worker thread is safe) and are
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import contextlib
-import http.client
 import json
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Any, Final
 
-from bridge.rig.control import ControlConnection, ControlError
-from bridge.tor.proc import spawn
+from bridge.rig import torready
+from bridge.rig.torproc import (
+    AUTHORITY,
+    CLIENT,
+    EXIT,
+    ONION_HOST,
+    RELAY,
+    ROLES,
+    InstanceStatus,
+    RigError,
+    TorInstance,
+    _Proc,
+    _spawn,
+    _tail,
+    find_binary,
+    find_tor,
+    free_ports,
+    is_reserved,
+    reserve,
+)
+from bridge.rig.torrc import (
+    NetworkConfig,
+    _Authority,
+    generate_authority_keys,
+    layout,
+    render_torrc,
+)
 
-AUTHORITY: Final = "authority"
-RELAY: Final = "relay"
-EXIT: Final = "exit"
-CLIENT: Final = "client"
-ONION_HOST: Final = "onion-host"
-ROLES: Final = (AUTHORITY, RELAY, EXIT, CLIENT, ONION_HOST)
+__all__ = [
+    "AUTHORITY",
+    "CLIENT",
+    "EXIT",
+    "ONION_HOST",
+    "RELAY",
+    "ROLES",
+    "STATE_FILE",
+    "InstanceStatus",
+    "NetworkConfig",
+    "RigError",
+    "TorInstance",
+    "TorNetwork",
+    "find_binary",
+    "find_tor",
+    "free_ports",
+    "is_reserved",
+    "reserve",
+]
 
 STATE_FILE: Final = "rig-state.json"
-_CONSENSUS_PATH: Final = "/tor/status-vote/current/consensus-microdesc"
-
-
-class RigError(RuntimeError):
-    """The private network could not be started or driven. The message names the logs."""
-
-    def __init__(self, message: str, *, log_dir: Path | None = None) -> None:
-        if log_dir is not None:
-            message = f"{message} (tor logs under {log_dir})"
-        super().__init__(message)
-        self.log_dir = log_dir
-
-
-@dataclass(frozen=True)
-class TorInstance:
-    """One tor process of the network. ``name`` is also its tor nickname."""
-
-    name: str
-    role: str  # one of ROLES; an authority that is also an exit has role "authority", exit=True
-    data_dir: Path
-    control_port: int
-    socks_port: int | None
-    or_port: int | None
-    cookie_path: Path
-    control_password: str | None
-    torrc: Path
-    log_path: Path
-    dir_port: int | None = None
-    exit: bool = False
-
-    @property
-    def is_relay(self) -> bool:
-        return self.role in (AUTHORITY, RELAY, EXIT)
-
-    @property
-    def home(self) -> Path:
-        """The instance's directory (torrc, logs, data directory)."""
-        return self.torrc.parent
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, Path):
-                d[k] = str(v)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TorInstance:
-        kw = dict(d)
-        for k in ("data_dir", "cookie_path", "torrc", "log_path"):
-            kw[k] = Path(kw[k])
-        return cls(**kw)
-
-    def controller(self, *, timeout: float = 5.0) -> ControlConnection:
-        """A raw authenticated control connection (cookie auth)."""
-        return ControlConnection(self.control_port, cookie_path=self.cookie_path, timeout=timeout)
-
-
-class InstanceStatus(TypedDict):
-    name: str
-    role: str
-    pid: int | None
-    alive: bool
-    bootstrap: int | None
-    control_port: int
-    socks_port: int | None
-    or_port: int | None
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def find_binary(name: str) -> str | None:
-    """``name`` on PATH, or in the sbin directories Debian installs tor into."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
-        p = Path(d) / name
-        if p.is_file() and os.access(p, os.X_OK):
-            return str(p)
-    return None
-
-
-def find_tor() -> str | None:
-    return find_binary("tor")
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports that are free right now (bind probe).
-
-    Ports are drawn below the kernel's ephemeral range when it leaves room (>= 10000 ports):
-    tors that start later (clients, onion hosts) would otherwise race the relays' outgoing
-    connections, whose source ports come from that range. Falls back to bind-to-0.
-    """
-    lo, _ = _ephemeral_range()
-    pool = range(max(1024, lo - 20000), lo) if lo - 10000 >= 1024 else None
-    rng = random.SystemRandom()
-    socks: list[socket.socket] = []
-    try:
-        tries = 0
-        while len(socks) < count:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            port = rng.choice(pool) if pool is not None and tries < 50 * count else 0
-            tries += 1
-            try:
-                s.bind((host, port))
-            except OSError:
-                s.close()
-                continue
-            if is_reserved(s.getsockname()[1]):  # free now, but promised to a caller
-                s.close()
-                continue
-            socks.append(s)
-        ports = [s.getsockname()[1] for s in socks]
-        reserve(ports)
-        return ports
-    finally:
-        for s in socks:
-            s.close()
-
-
-#: ports this process already handed out: a probe only proves a port is free *now*, so two
-#: callers that bind later (two daemons configured one after the other) must not get the same
-_handed_out: set[int] = set()
-_handed_lock = threading.Lock()
-
-
-def reserve(ports: Sequence[int]) -> None:
-    """Never hand these ports out again in this process."""
-    with _handed_lock:
-        _handed_out.update(ports)
-
-
-def is_reserved(port: int) -> bool:
-    with _handed_lock:
-        return port in _handed_out
-
-
-def _spawn(argv: Sequence[str], *, die_with_parent: bool, **kw: Any) -> subprocess.Popen[bytes]:
-    return spawn(argv, die_with_parent=die_with_parent, **kw)
-
-
-class _Proc:
-    """A tor (or DNS stub) process: our Popen child, or a pid recorded in a state file."""
-
-    def __init__(self, pid: int, marker: str, popen: subprocess.Popen[bytes] | None = None):
-        self.pid = pid
-        self.marker = marker  # a string that must be in /proc/<pid>/cmdline (pid-reuse guard)
-        self.popen = popen
-
-    def alive(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        try:
-            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return False
-        state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-        return state != "Z" and self.marker.encode() in cmdline
-
-    def send(self, sig: int) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
-    def wait(self, timeout: float) -> bool:
-        """True once the process is gone (reaped if it is our child)."""
-        if self.popen is not None:
-            try:
-                self.popen.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout
-        while self.alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.returncode if self.popen is not None else None
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text[-lines:])
 
 
 _live_networks: weakref.WeakSet[TorNetwork] = weakref.WeakSet()
@@ -282,26 +112,6 @@ def _stop_all_at_exit() -> None:
 
 # --------------------------------------------------------------------------------------------
 # the network
-
-
-@dataclass
-class _Authority:
-    v3ident: str = ""
-    fingerprint: str = ""
-
-
-@dataclass
-class NetworkConfig:
-    authorities: int = 3
-    relays: int = 3
-    clients: int = 1
-    onion_hosts: int = 1
-    exit_authorities: int = 1
-    exit_relays: int = 1
-    control_password: str | None = None
-    base_port: int | None = None
-    voting_interval: int = 10
-    extra_torrc: dict[str, list[str]] = field(default_factory=dict)
 
 
 class TorNetwork:
@@ -372,51 +182,7 @@ class TorNetwork:
     # -- layout ---------------------------------------------------------------------------
 
     def _layout(self) -> list[TorInstance]:
-        c = self.config
-        n_relays = c.authorities + c.relays
-        n_ports = c.authorities * 3 + c.relays * 2 + c.clients * 2 + c.onion_hosts
-        if c.base_port is not None:
-            ports = iter(range(c.base_port, c.base_port + n_ports))
-        else:
-            ports = iter(free_ports(n_ports))
-        out: list[TorInstance] = []
-
-        def make(name: str, role: str, *, socks: bool, orport: bool, dirport: bool,
-                 exit_: bool) -> TorInstance:
-            home = self.workdir / name
-            data = home / "data"
-            return TorInstance(
-                name=name,
-                role=role,
-                data_dir=data,
-                control_port=next(ports),
-                socks_port=next(ports) if socks else None,
-                or_port=next(ports) if orport else None,
-                cookie_path=data / "control_auth_cookie",
-                control_password=None if role in (AUTHORITY, RELAY, EXIT)
-                else c.control_password,
-                torrc=home / "torrc",
-                log_path=home / "notice.log",
-                dir_port=next(ports) if dirport else None,
-                exit=exit_,
-            )
-
-        for i in range(c.authorities):
-            out.append(make(f"auth{i}", AUTHORITY, socks=False, orport=True, dirport=True,
-                            exit_=i < c.exit_authorities))
-        for i in range(c.relays):
-            is_exit = i < c.exit_relays
-            out.append(make(f"exit{i}" if is_exit else f"relay{i - c.exit_relays}",
-                            EXIT if is_exit else RELAY, socks=False, orport=True,
-                            dirport=False, exit_=is_exit))
-        for i in range(c.clients):
-            out.append(make(f"client{i}", CLIENT, socks=True, orport=False, dirport=False,
-                            exit_=False))
-        for i in range(c.onion_hosts):
-            out.append(make(f"onion{i}", ONION_HOST, socks=False, orport=False, dirport=False,
-                            exit_=False))
-        assert sum(1 for i in out if i.is_relay) == n_relays
-        return out
+        return layout(self.config, self.workdir)
 
     def by_role(self, *roles: str) -> list[TorInstance]:
         return [i for i in self.instances if i.role in roles]
@@ -476,43 +242,7 @@ class TorNetwork:
         return res.stdout.decode(errors="replace")
 
     def _keygen(self) -> dict[str, _Authority]:
-        gencert = find_binary("tor-gencert")
-        if gencert is None:
-            raise RigError("`tor-gencert` not found (it ships with Debian's tor package)")
-        auths = self.authorities
-        result: dict[str, _Authority] = {a.name: _Authority() for a in auths}
-        empty = self.workdir / "empty-torrc"
-        empty.write_text("")
-
-        def gencert_one(a: TorInstance) -> None:
-            keys = a.data_dir / "keys"
-            keys.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._run([gencert, "--create-identity-key", "--passphrase-fd", "0",
-                       "-i", str(keys / "authority_identity_key"),
-                       "-s", str(keys / "authority_signing_key"),
-                       "-c", str(keys / "authority_certificate"),
-                       "-m", "12", "-a", f"127.0.0.1:{a.dir_port}"], stdin=b"")
-            for line in (keys / "authority_certificate").read_text().splitlines():
-                if line.startswith("fingerprint "):
-                    result[a.name].v3ident = line.split()[1]
-            if not result[a.name].v3ident:
-                raise RigError(f"no fingerprint line in {keys / 'authority_certificate'}")
-
-        def fingerprint_one(a: TorInstance) -> None:
-            self._run([self.tor_binary, "--ignore-missing-torrc", "-f", str(empty),
-                       "--defaults-torrc", str(empty), "--DataDirectory", str(a.data_dir),
-                       "--ORPort", "1", "--Nickname", a.name, "--Log", "err stderr",
-                       "--list-fingerprint"])
-            fp = (a.data_dir / "fingerprint").read_text().split()
-            if len(fp) != 2:
-                raise RigError(f"unexpected {a.data_dir / 'fingerprint'}: {fp!r}")
-            result[a.name].fingerprint = fp[1]
-
-        with concurrent.futures.ThreadPoolExecutor(max(1, 2 * len(auths))) as pool:
-            futures = [pool.submit(fn, a) for a in auths for fn in (gencert_one, fingerprint_one)]
-            for fut in futures:
-                fut.result()
-        return result
+        return generate_authority_keys(self)
 
     def _hash_password(self) -> str | None:
         pw = self.config.control_password
@@ -526,73 +256,7 @@ class TorNetwork:
 
     def _torrc(self, inst: TorInstance, dirauth_lines: list[str], hashed: str | None,
                resolv: Path) -> list[str]:
-        c = self.config
-        lines = [
-            "TestingTorNetwork 1",
-            f"DataDirectory {inst.data_dir}",
-            f"Nickname {inst.name}",
-            "RunAsDaemon 0",
-            f"Log notice file {inst.log_path}",
-            "SafeLogging 0",
-            f"ControlPort 127.0.0.1:{inst.control_port}",
-            "CookieAuthentication 1",
-            f"CookieAuthFile {inst.cookie_path}",
-            "PathsNeededToBuildCircuits 0.67",
-            "ShutdownWaitLength 0",
-            f"ServerDNSResolvConfFile {resolv}",
-            "ServerDNSDetectHijacking 0",
-            "ServerDNSTestAddresses",
-            *dirauth_lines,
-        ]
-        if inst.is_relay:
-            lines += [
-                "SocksPort 0",
-                f"ORPort 127.0.0.1:{inst.or_port}",
-                "Address 127.0.0.1",
-                "OutboundBindAddress 127.0.0.1",
-                "ContactInfo kaspa-tor-bridge test rig <rig@localhost>",
-                "AssumeReachable 1",
-            ]
-            if inst.role != AUTHORITY:
-                lines.append("DirCache 0")
-            if inst.exit:
-                lines += [
-                    "ExitRelay 1",
-                    # An exit whose consensus lags behind (relays start with the first, partial
-                    # one) refuses streams from middles it does not know yet ("open a stream
-                    # from unknown relay"), which made ~1 in 10 early exit streams fail.
-                    "RefuseUnknownExits 0",
-                    "ExitPolicyRejectPrivate 0",
-                    "OutboundBindAddressExit 127.0.0.1",
-                    "ExitPolicy accept 127.0.0.0/8:*",
-                    "ExitPolicy accept *:*",
-                    "ExitPolicy reject *:*",
-                ]
-            else:
-                lines += ["ExitRelay 0", "ExitPolicy reject *:*"]
-        if inst.role == AUTHORITY:
-            iv = c.voting_interval
-            delay = max(2, iv // 5)
-            lines += [
-                f"DirPort 127.0.0.1:{inst.dir_port}",
-                "AuthoritativeDirectory 1",
-                "V3AuthoritativeDirectory 1",
-                f"TestingV3AuthInitialVotingInterval {iv}",
-                f"TestingV3AuthInitialVoteDelay {delay}",
-                f"TestingV3AuthInitialDistDelay {delay}",
-                f"V3AuthVotingInterval {iv}",
-                f"V3AuthVoteDelay {delay}",
-                f"V3AuthDistDelay {delay}",
-                "V3AuthNIntervalsValid 2",
-            ]
-        if inst.role == CLIENT:
-            lines.append(f"SocksPort 127.0.0.1:{inst.socks_port}")
-        if inst.role == ONION_HOST:
-            lines.append("SocksPort 0")
-        if inst.role in (CLIENT, ONION_HOST) and hashed is not None:
-            lines.append(f"HashedControlPassword {hashed}")
-        lines += c.extra_torrc.get(inst.role, []) + c.extra_torrc.get(inst.name, [])
-        return lines
+        return render_torrc(self.config, inst, dirauth_lines, hashed, resolv)
 
     def _prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -658,132 +322,17 @@ class TorNetwork:
                 log_dir=self.workdir,
             )
 
-    def bootstrap_progress(self, inst: TorInstance) -> int | None:
-        """``PROGRESS`` of ``GETINFO status/bootstrap-phase``, None if the port is not up."""
-        try:
-            with inst.controller(timeout=3.0) as ctl:
-                return ctl.bootstrap_progress()
-        except (OSError, ControlError):
-            return None
+    # -- readiness (bridge.rig.torready) ------------------------------------------------
 
-    def consensus_nicknames(self) -> dict[str, list[str]]:
-        """Nickname → flags of the current microdesc consensus (empty if none yet)."""
-        for auth in self.authorities:
-            proc = self._procs.get(auth.name)
-            if proc is None or not proc.alive():
-                continue
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", auth.dir_port, timeout=3.0)
-                try:
-                    conn.request("GET", _CONSENSUS_PATH)
-                    resp = conn.getresponse()
-                    body = resp.read().decode(errors="replace")
-                    if resp.status != 200:
-                        continue
-                finally:
-                    conn.close()
-            except (OSError, http.client.HTTPException):
-                continue
-            nicks: dict[str, list[str]] = {}
-            last = ""
-            for line in body.splitlines():
-                if line.startswith("r "):
-                    last = line.split()[1]
-                    nicks[last] = []
-                elif line.startswith("s ") and last:
-                    nicks[last] = line.split()[1:]
-            return nicks
-        return {}
-
-    def _wait_consensus(self, deadline: float) -> None:
-        want = {i.name for i in self.relays}
-        have: dict[str, list[str]] = {}
-        while True:
-            for inst in self.relays:
-                self._check_alive(inst)
-            have = self.consensus_nicknames()
-            if want <= have.keys():
-                return
-            if time.monotonic() > deadline:
-                raise RigError(
-                    f"relays missing from the consensus: {sorted(want - have.keys())} "
-                    f"(listed: {sorted(have)})", log_dir=self.workdir)
-            time.sleep(0.5)
-
-    def _wait_bootstrapped(self, insts: Iterable[TorInstance], deadline: float) -> None:
-        pending = list(insts)
-        last: dict[str, int | None] = {}
-        while pending:
-            for inst in list(pending):
-                self._check_alive(inst)
-                p = self.bootstrap_progress(inst)
-                last[inst.name] = p
-                if p == 100:
-                    pending.remove(inst)
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                detail = ", ".join(f"{i.name}={last.get(i.name)}%" for i in pending)
-                raise RigError(f"not bootstrapped in time: {detail}; last log lines of "
-                               f"{pending[0].name}:\n{_tail(pending[0].log_path)}",
-                               log_dir=self.workdir)
-            time.sleep(0.2)
-
-    def known_relays(self, inst: TorInstance) -> set[str] | None:
-        """Nicknames in ``inst``'s current consensus (``GETINFO ns/all``); None if unreachable."""
-        try:
-            with inst.controller(timeout=3.0) as ctl:
-                ns = ctl.getinfo("ns/all")
-        except (OSError, ControlError):
-            return None
-        return {line.split()[1] for line in ns.splitlines() if line.startswith("r ")}
-
-    def _relay_ready(self, inst: TorInstance) -> bool:
-        known = self.known_relays(inst)
-        return known is not None and {i.name for i in self.relays} <= known
-
-    def _nudge_relays(self, relays: Iterable[TorInstance]) -> list[TorInstance]:
-        """Make relays whose consensus does not list every relay fetch it now; returns those.
-
-        Non-authority relays ask for a consensus before the first vote, get 404s and back off
-        (measured: up to 30 s after the network is otherwise ready; meanwhile an exit refuses
-        streams from middles it does not know). SIGNAL RELOAD resets the download failure
-        counters and fetches at once (measured: all relays up to date within 1-2 s). (Bootstrap
-        100 % is not the criterion: in a network of 3 relays a relay cannot build circuits,
-        as it does not use itself.)
-        """
-        lagging: list[TorInstance] = []
-        for inst in relays:
-            if self._relay_ready(inst):
-                continue
-            lagging.append(inst)
-            with contextlib.suppress(OSError, ControlError), inst.controller(timeout=3.0) as ctl:
-                ctl.command("SIGNAL RELOAD")
-        return lagging
-
-    def _wait_relays(self, deadline: float, nudge_every: float = 3.0) -> None:
-        pending = self.relays
-        while pending:
-            for inst in pending:
-                self._check_alive(inst)
-            pending = self._nudge_relays(pending)
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise RigError("relays whose consensus lacks other relays: "
-                               + ", ".join(i.name for i in pending), log_dir=self.workdir)
-            step_end = min(deadline, time.monotonic() + nudge_every)
-            while pending and time.monotonic() < step_end:
-                time.sleep(0.2)
-                pending = [i for i in pending if not self._relay_ready(i)]
-
-    def _wait_control(self, inst: TorInstance, deadline: float) -> None:
-        while self.bootstrap_progress(inst) is None:
-            self._check_alive(inst)
-            if time.monotonic() > deadline:
-                raise RigError(f"control port of {inst.name} not up in time",
-                               log_dir=self.workdir)
-            time.sleep(0.1)
+    bootstrap_progress = torready.bootstrap_progress
+    consensus_nicknames = torready.consensus_nicknames
+    _wait_consensus = torready._wait_consensus
+    _wait_bootstrapped = torready._wait_bootstrapped
+    known_relays = torready.known_relays
+    _relay_ready = torready._relay_ready
+    _nudge_relays = torready._nudge_relays
+    _wait_relays = torready._wait_relays
+    _wait_control = torready._wait_control
 
     # -- public lifecycle -----------------------------------------------------------------
 
