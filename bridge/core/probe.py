@@ -46,8 +46,16 @@ import h2.exceptions
 from bridge.core import grpc, proto
 from bridge.core.errors import BridgeError, Fault, ProtocolError, SelfConnection
 from bridge.core.errors import OnionAddressError as _OnionError
+from bridge.core.events import Closed
+from bridge.core.h2conn import (
+    P2P_PATH,
+    PREFACE,
+    Endpoint,
+    FrameScanner,
+    RelaySettings,
+    errname,
+)
 from bridge.core.onion import OnionAddress
-from bridge.core.relay import P2P_PATH, Endpoint, FrameScanner, RelaySettings, errname
 
 __all__ = [
     "DEFAULT_PROTOCOL_VERSION",
@@ -74,8 +82,8 @@ DEFAULT_PROTOCOL_VERSION = 8  # the Tor fork (facts §3.6)
 DEFAULT_MIN_PROTOCOL_VERSION = 7  # the fork accepts 7 (v7 flows) on every network
 DEFAULT_USER_AGENT = "/kaspad:1.0.1/kaspad:1.0.1/"  # fork 1.0.1 (facts §3.3)
 TONIC_USER_AGENT = "tonic/0.12.3"  # the fork's tonic (facts §1.7)
-MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this (facts §4.1)
-MAX_ADDRESSES_SEND = 1000
+MAX_ADDRESSES_RECEIVE = proto.MAX_ADDRESSES  # kaspad disconnects above this
+MAX_ADDRESSES_SEND = proto.MAX_ADDRESSES_SEND
 MAX_USER_AGENT_LEN = 256
 MAX_REJECT_REASON = 2048
 IGNORABLE_REJECTS = frozenset({"LOOPBACK_CONNECTION", "DUPLICATE_CONNECTION"})
@@ -88,7 +96,6 @@ _HANDSHAKE_TAGS = frozenset({proto.VERSION, proto.VERACK, proto.READY})
 _STREAM_WINDOW = 2 * 1024 * 1024
 _CONN_WINDOW = 5 * 1024 * 1024
 _MAX_FRAME = 16384
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,11 +210,6 @@ class AddressesReceived:
 @dataclass(frozen=True, slots=True)
 class Failed:
     error: ProbeError | SelfConnection
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    reason: str
 
 
 Event = HandshakeDone | AddressesReceived | Failed | Closed
@@ -376,7 +378,7 @@ class ProbeClient:
         # h2 still expects an ACK for the settings it would have sent; the two it adds
         # (HEADER_TABLE_SIZE=4096, ENABLE_CONNECT_PROTOCOL=0) are the defaults, so what it
         # applies on the ACK is exactly what the peer was told.
-        self._out += _PREFACE + _settings_frame() + _window_update_frame(_CONN_WINDOW - 65535)
+        self._out += PREFACE + _settings_frame() + _window_update_frame(_CONN_WINDOW - 65535)
         sid = conn.get_next_available_stream_id()
         self._sid = sid
         conn.send_headers(sid, [

@@ -329,7 +329,7 @@ def test_bridge_refresh_waits_for_a_message_boundary_and_reply_is_kept() -> None
     sent = kaspad.conn.data_to_send()
     relay.receive(Side.DOWN, sent[:30_000])
     assert relay.request_addresses()
-    assert relay.pipes[Side.DOWN].injections  # held back: a block is streaming through
+    assert relay.leg(Side.DOWN).pipe.injections  # held back: a block is streaming through
     relay.receive(Side.DOWN, sent[30_000:])
     pump(relay, down, up)
     assert remote.payloads[-2:] == [big, REQUEST_ADDRESSES]
