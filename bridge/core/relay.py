@@ -25,9 +25,9 @@ HEADERS and a kaspad remote sends its Version right after them without waiting f
 done, and the Version is the first place the remote's node id can be seen. Until then kaspad has
 seen nothing of this remote, so when the Version shows a duplicate
 (:class:`~bridge.errors.DuplicatePeer`) the relay *drops that upstream* instead of closing: it
-cancels the stream, returns a :class:`~bridge.core.events.Dropped` event with the GOAWAY(NO_ERROR)
-for the shell to deliver,
-and waits for :meth:`Relay.attach_upstream` with another one, on which it opens the same request.
+cancels the stream, returns a :class:`~bridge.core.events.Dropped` event carrying the
+GOAWAY(NO_ERROR) for the shell to deliver, and waits for :meth:`Relay.attach_upstream` with
+another one, on which it opens the same request.
 kaspad only ever sees the upstream that passed (or, when the shell has none in time, an
 UNAVAILABLE answer). The response deadline therefore covers the remote's Version, not just its
 HEADERS.
