@@ -725,7 +725,7 @@ def test_closed_is_the_last_event_and_comes_once() -> None:
 
 
 def test_closed_carries_the_error_and_blames_the_sender() -> None:
-    relay, down, up, kaspad, remote = make()
+    relay, down, up, _, remote = make()
     remote.send(ping(1))  # before the handshake: kaspad would disconnect
     events = pump(relay, down, up)
     closes = _of(Closed, events)
@@ -735,7 +735,7 @@ def test_closed_carries_the_error_and_blames_the_sender() -> None:
 
 
 def test_refuse_returns_closed() -> None:
-    relay, down, up, _, _ = make()
+    relay, *_ = make()
     events = relay.refuse("no upstream peer available")
     assert events == [Closed("no upstream peer available")] and relay.closed == events[0]
 
