@@ -85,7 +85,7 @@ def _run(megabytes: int, settings: RelaySettings) -> tuple[float, int]:
         raise SystemExit(f"relay closed during the handshake: {relay.closed}")
     msg = make_block_message(1_000_000).SerializeToString()  # relay_bench's block
     framed = grpc.frame(grpc.gzip_compress(msg), compressed=True)
-    before = relay.pipes[Side.DOWN].bytes_in
+    before = relay.inflow(Side.DOWN).bytes_in
     cpu = 0.0
     for _ in range(megabytes):
         down.send_raw(framed)
@@ -93,7 +93,7 @@ def _run(megabytes: int, settings: RelaySettings) -> tuple[float, int]:
             pass
     if relay.closed is not None:
         raise SystemExit(f"relay closed: {relay.closed}")
-    return cpu, relay.pipes[Side.DOWN].bytes_in - before
+    return cpu, relay.inflow(Side.DOWN).bytes_in - before
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
-from bridge.core.policy import GossipState, OnionPeer
+from bridge.core.policy import OnionPeer
 from bridge.core.selection import (
     BookSelector,
     PeerEntry,
@@ -375,9 +375,9 @@ def test_threads(db: Path) -> None:
 
 def test_gossip_hook(db: Path) -> None:
     with AddressBook(db) as b:
-        g = GossipState(on_learn=b.gossip_hook(NET))
-        g.learn(OnionPeer(ONION, 16111), "gossip:1.2.3.4:16111")
-        g.learn(OnionPeer(OnionAddress.from_pubkey(b"\x02" * 32), 1), "weird")
+        hook = b.gossip_hook(NET)
+        hook(OnionPeer(ONION, 16111), "gossip:1.2.3.4:16111")
+        hook(OnionPeer(OnionAddress.from_pubkey(b"\x02" * 32), 1), "weird")
         srcs = sorted(e.source for e in b.entries(NET))
         assert srcs == ["gossip:1.2.3.4:16111", "gossip:weird"]
 

@@ -101,10 +101,11 @@ async def test_restart_keeps_the_address_book(tmp_path: Path) -> None:
     async with trio.open_nursery() as n:
         await n.start(first.run)
         assert first.gossip is not None and first.bridge is not None
-        from bridge.core.onion import OnionAddress
-        from bridge.core.policy import OnionPeer
+        from bridge.core.events import OnionsLearned
+        from bridge.core.onion import OnionAddress, OnionPeer
 
-        first.gossip.learn(OnionPeer(OnionAddress.parse(onion), 16511), "gossip:test")
+        first.bridge.learned(OnionsLearned((OnionPeer(OnionAddress.parse(onion), 16511),),
+                                           "gossip:test"))
         first.request_stop()
     second = Daemon(_cfg(tmp_path, **over), handle_signals=False)  # type: ignore[arg-type]
     async with trio.open_nursery() as n:

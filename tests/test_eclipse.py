@@ -18,9 +18,11 @@ import pytest
 import trio
 import trio.testing
 
+from bridge.core import proto
+from bridge.core.events import AddressesLearned, OnionsLearned
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import Target
-from bridge.core.policy import GossipState, OnionPeer
+from bridge.core.policy import ConnectionPolicy, Direction, GossipState, OnionPeer, PolicySettings
 from bridge.net.pool import DialPolicy
 from bridge.runtime.bridge import Bridge, BridgeOptions
 from bridge.store.book import AddressBook
@@ -181,8 +183,9 @@ def _v1_book_with_gossiped_private(path: Path) -> None:
 
 async def test_hybrid_allow_direct_never_learns_or_dials_private_gossip(tmp_path: Path) -> None:
     """Defect 7: in hybrid mode with allow_direct, a remote's Addresses (the policy's
-    on_learn_ips hook) with loopback/private entries puts none of them in the book, and the
-    bridge's selector never offers one; the operator's configured private peer stays usable."""
+    AddressesLearned event, handed to Bridge.learned) with loopback/private entries puts none
+    of them in the book, and the bridge's selector never offers one; the operator's configured
+    private peer stays usable."""
     path = tmp_path / "data" / "peers.sqlite"
     path.parent.mkdir()
     _v1_book_with_gossiped_private(path)
@@ -190,11 +193,11 @@ async def test_hybrid_allow_direct_never_learns_or_dials_private_gossip(tmp_path
                          dial=DialPolicy(proxy=None, allow_direct=True, ip_via_tor=False),
                          book_path=path, onlynet=frozenset({"onion", "ipv4", "ipv6"}))
     bridge = Bridge(opts)
-    assert bridge.gossip.on_learn_ips is not None and bridge.book is not None
-    gossip = [(h, 16111) for h in PRIVATE + PUBLIC]
-    bridge.gossip.on_learn_ips(gossip, "gossip:peer 5.6.7.8:16111")
-    bridge.gossip.on_learn_ips(gossip, "gossip:kaspad")
-    bridge.gossip.on_learn_ips(gossip, "gossip:inbound peer #3")
+    assert bridge.book is not None
+    gossip = tuple((h, 16111) for h in PRIVATE + PUBLIC)
+    bridge.learned(AddressesLearned(gossip, "gossip:peer 5.6.7.8:16111"))
+    bridge.learned(AddressesLearned(gossip, "gossip:kaspad"))
+    bridge.learned(AddressesLearned(gossip, "gossip:inbound peer #3"))
     stored = {e.host for e in bridge.book.entries(NET)}
     assert stored >= {"8.8.4.4", "1.1.1.1", "2606:4700::1111", "192.168.50.5"}
     learned_private = stored & {str(h) for h in PRIVATE} - {"10.9.9.9", "192.168.7.7"}
@@ -211,8 +214,9 @@ async def test_hybrid_allow_direct_never_learns_or_dials_private_gossip(tmp_path
 
 async def test_bridge_stores_the_onions_of_one_message_in_one_transaction(
         tmp_path: Path) -> None:
-    """The bridge's on_learn hook: 2500 onions gossiped in one Addresses message (one task
-    step) cost one book transaction, not 2500 (~1 s of event-loop stall on a loaded box)."""
+    """2500 onions gossiped in one Addresses message (the policy's one OnionsLearned event,
+    handed to Bridge.learned) cost one book transaction, not 2500 (~1 s of event-loop stall
+    on a loaded box)."""
     path = tmp_path / "data" / "peers.sqlite"
     opts = BridgeOptions(kaspad_p2p=("127.0.0.1", 1), candidates=[], book_path=path,
                          onlynet=frozenset({"onion"}))
@@ -235,9 +239,15 @@ async def test_bridge_stores_the_onions_of_one_message_in_one_transaction(
     rng = random.Random(7)
     onions = [OnionPeer(OnionAddress.from_pubkey(rng.randbytes(32)), 16111)
               for _ in range(BATCH)]
+    pol = ConnectionPolicy(bridge.gossip, PolicySettings(), remote_label="peer 5.6.7.8:16111")
+    pol.remote.services = proto.SERVICE_ADDRV2
+    message = proto.make_len_field(proto.ADDRESSES, proto.encode_addresses(
+        [proto.NetAddress.from_onion(p.address.host, p.port) for p in onions])).raw
     t = time.perf_counter()
-    for p in onions:
-        bridge.gossip.learn(p, "gossip:peer 5.6.7.8:16111")
+    pol.rewrite(Direction.TO_KASPAD, message)
+    for event in pol.take_events():
+        if isinstance(event, OnionsLearned):
+            bridge.learned(event)
     await trio.testing.wait_all_tasks_blocked()
     took = time.perf_counter() - t
     print(f"\n2500 gossiped onions stored in {took * 1000:.0f} ms, {calls}")
@@ -263,7 +273,7 @@ async def test_running_bridge_writes_learned_addresses_off_the_event_loop(
     # pick over a full book costs ~25-100 ms of its own on this box, see the closing note)
     bridge = Bridge(opts)
     book = bridge.book
-    assert book is not None and bridge.gossip.on_learn_ips is not None
+    assert book is not None
     threads: list[bool] = []
     learn_many = book.learn_many
 
@@ -280,7 +290,7 @@ async def test_running_bridge_writes_learned_addresses_off_the_event_loop(
         await nursery.start(bridge.run)
         with meter.installed():
             for k, batch in enumerate(batches):
-                bridge.gossip.on_learn_ips(batch, f"gossip:peer 5.{k}.7.8:16111")
+                bridge.learned(AddressesLearned(tuple(batch), f"gossip:peer 5.{k}.7.8:16111"))
             with trio.fail_after(60):
                 while bridge.book_stats.batches < len(batches):
                     await trio.sleep(0.01)

@@ -54,12 +54,28 @@ def _modules() -> list[tuple[str, Path]]:
     return out
 
 
-def _imports(path: Path, module: str) -> list[tuple[int, str]]:
-    """(line, absolute module) of every import in the file, relative ones resolved."""
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotation-only: never executed)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+                (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+                or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")):
+            for stmt in node.body:
+                out |= {id(n) for n in ast.walk(stmt)}
+    return out
+
+
+def _imports(path: Path, module: str, *, runtime_only: bool = False) -> list[tuple[int, str]]:
+    """(line, absolute module) of every import in the file, relative ones resolved;
+    ``runtime_only``: without those under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(), str(path))
     is_pkg = path.name == "__init__.py"
+    skip = _type_checking_only(tree) if runtime_only else set()
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -129,13 +145,15 @@ def test_the_import_scanner_sees_each_form(tmp_path: Path, source: str,
 
 
 def test_no_import_cycle_among_bridge_modules() -> None:
-    """No module reaches itself through its imports (every import counts: inside functions
-    and under ``TYPE_CHECKING`` too), e.g. no ``daemon ↔ observe ↔ status``."""
+    """No module reaches itself through its imports, e.g. no ``daemon ↔ observe ↔ status``.
+    Every executed import counts, also inside functions; imports under ``if TYPE_CHECKING:``
+    do not (they are never executed: a class may be annotated with the type of its owner in a
+    helper module; the layering test above still checks their direction)."""
     names = {name for name, _ in _modules()}
     graph: dict[str, set[str]] = {}
     for name, path in _modules():
         deps = set()
-        for _, target in _imports(path, name):
+        for _, target in _imports(path, name, runtime_only=True):
             # "from bridge.x import y": y may be a module of the package bridge.x
             while target and target not in names:
                 target = target.rpartition(".")[0]
@@ -161,3 +179,12 @@ def test_no_import_cycle_among_bridge_modules() -> None:
         if node not in state:
             visit(node)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_annotation_only_imports_are_not_runtime_imports(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("from typing import TYPE_CHECKING\nimport bridge.net.pool\n"
+                 "if TYPE_CHECKING:\n    from bridge.runtime import daemon\n")
+    assert [t for _, t in _imports(f, "bridge.core.m", runtime_only=True)] == [
+        "typing", "bridge.net.pool"]
+    assert "bridge.runtime" in [t for _, t in _imports(f, "bridge.core.m")]

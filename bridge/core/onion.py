@@ -24,6 +24,7 @@ __all__ = [
     "SERVICE_ID_LEN",
     "VERSION",
     "OnionAddress",
+    "OnionPeer",
     "is_onion_host",
     "onion_checksum",
 ]
@@ -154,3 +155,11 @@ class OnionAddress:
 
     def __repr__(self) -> str:
         return f"OnionAddress({self.host!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class OnionPeer:
+    """An onion service endpoint a peer told us about (gossip) or that we publish."""
+
+    address: OnionAddress
+    port: int

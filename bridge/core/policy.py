@@ -22,7 +22,7 @@ import enum
 import ipaddress
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from bridge.core import addrman, grpc, proto
@@ -34,11 +34,16 @@ from bridge.core.errors import (
     PolicyViolation,
     SelfConnection,
 )
+from bridge.core.events import AddressesLearned, HandshakeSeen, Note, OnionsLearned, PolicyEvent
 from bridge.core.nodes import NodeRegistry
-from bridge.core.onion import OnionAddress
+from bridge.core.onion import OnionAddress, OnionPeer
 from bridge.core.peers import Target
 
-MAX_ADDRESSES_SEND = 1000  # kaspad's SendAddressesFlow cap (protocol.md §7.1)
+__all__ = ["MAX_ADDRESSES_RECEIVE", "MAX_ADDRESSES_SEND", "REWRITE_LIMITS", "Action",
+           "ConnectionPolicy", "Direction", "GossipState", "OnionPeer", "PeerInfo",
+           "PolicySettings"]
+
+MAX_ADDRESSES_SEND = proto.MAX_ADDRESSES_SEND
 MAX_ADDRESSES_RECEIVE = proto.MAX_ADDRESSES  # kaspad disconnects above this
 #: The largest inflated KaspadMessage of each rewritten type the bridge decodes, sized to real
 #: messages (a Version is under 1 KiB; an Addresses is at most 2500 entries of about 100 bytes):
@@ -57,12 +62,6 @@ class Action(enum.Enum):
     REWRITE = "rewrite"  # buffer whole, call ConnectionPolicy.rewrite
 
 
-@dataclass(frozen=True, slots=True)
-class OnionPeer:
-    address: OnionAddress
-    port: int
-
-
 @dataclass(slots=True)
 class GossipState:
     """State shared by every connection of one bridge: our onion, kaspad's id, known onions.
@@ -75,6 +74,10 @@ class GossipState:
     than its own; else of its own group's oldest, if it has any; else it is not kept. So one
     remote, one /16 or all inbound connections together cannot evict what others told us (issue
     G defect 3). The address book applies the same quotas to what it stores.
+
+    In memory only: the policy reports what it learned as events
+    (:class:`~bridge.core.events.OnionsLearned`, :class:`~bridge.core.events.AddressesLearned`),
+    and the shell stores them in the address book.
     """
 
     own_onion: OnionPeer | None = None
@@ -83,10 +86,6 @@ class GossipState:
     rng: random.Random = field(default_factory=random.Random)
     #: onion -> the source that told us first, insertion-ordered
     onions: OrderedDict[OnionPeer, str] = field(default_factory=OrderedDict)
-    #: called with (peer, source) for every onion learned — the address book hooks in here
-    on_learn: Callable[[OnionPeer, str], None] | None = None
-    #: called with ([(ip, port)], source) for the IP entries of every Addresses seen
-    on_learn_ips: Callable[[list[tuple[str, int]], str], None] | None = None
     #: node ids connected to kaspad through this bridge (duplicate-connection check)
     nodes: NodeRegistry = field(default_factory=NodeRegistry)
     #: source group -> its onions, oldest first (see the class docstring)
@@ -94,14 +93,16 @@ class GossipState:
     _group_of: dict[OnionPeer, str] = field(default_factory=dict)
     _counts: addrman.GroupCounts = field(default_factory=addrman.GroupCounts)
 
+    def is_own(self, peer: OnionPeer) -> bool:
+        return self.own_onion is not None and peer.address == self.own_onion.address
+
     def learn(self, peer: OnionPeer, source: str) -> bool:
-        if self.own_onion is not None and peer.address == self.own_onion.address:
+        """Keep ``peer`` (within the quotas) unless it is our own onion; True if it was new."""
+        if self.is_own(peer):
             return False
         new = peer not in self.onions
         if new and self._admit(peer, addrman.source_group(source)):
             self.onions[peer] = source
-        if self.on_learn is not None:
-            self.on_learn(peer, source)
         return new
 
     def _admit(self, peer: OnionPeer, group: str) -> bool:
@@ -208,10 +209,16 @@ class ConnectionPolicy:
             "onions_added": 0, "onions_removed": 0, "invalid_removed": 0, "dropped": 0,
             "versions_rewritten": 0,
         }
-        self.notes: list[str] = []  # human-readable log lines for the shell to emit (info)
-        self.warnings: list[str] = []  # ... at warning level
+        #: what happened, for the shell (log lines, handshakes, what was learned), see
+        #: :meth:`take_events`
+        self._events: list[PolicyEvent] = []
         #: what each sender may make the bridge inflate (see bridge.core.grpc.InflateBudget)
         self.inflate_budgets = {d: grpc.InflateBudget() for d in Direction}
+
+    def take_events(self) -> list[PolicyEvent]:
+        """The events since the last call, oldest first (the relay passes them on)."""
+        out, self._events = self._events, []
+        return out
 
     def rewrite_limit(self, tag: int) -> int:
         """The largest inflated message of type ``tag`` the bridge decodes for a rewrite."""
@@ -257,8 +264,8 @@ class ConnectionPolicy:
                     self._consume = True
                     if asker is None:
                         self.counters["dropped"] += 1
-                        self.notes.append(f"{self.remote_label}: unsolicited Addresses kept "
-                                          "from kaspad")
+                        self._events.append(Note(f"{self.remote_label}: unsolicited "
+                                                 "Addresses kept from kaspad"))
                 else:
                     self._kaspad_got_addresses += 1
             return Action.REWRITE
@@ -338,19 +345,21 @@ class ConnectionPolicy:
             addr = v.address
             ip = addr.ip if addr is not None else None
             if ip is not None and len(ip) in (4, 16) and ipaddress.ip_address(ip).is_global:
-                self.warnings.append(
+                self._events.append(Note(
                     f"kaspad advertises the routable address {ipaddress.ip_address(ip)} in its "
                     "Version: it was started with --externalip or listens on a public "
                     "interface; check its flags (`kaspa-tor-bridge kaspad-flags`)"
                     + ("" if self.settings.advertise_address else
-                       "; the bridge removes it from what Tor peers see"))
+                       "; the bridge removes it from what Tor peers see"), warning=True))
             if addr is not None and (
                 (self.settings.via_tor and not self.settings.advertise_address)
                 or not addr.kaspad_accepts()
             ):
                 v.address = None
-                self.notes.append("removed kaspad's Version.address (not advertised over Tor)")
+                self._events.append(
+                    Note("removed kaspad's Version.address (not advertised over Tor)"))
             self.counters["versions_rewritten"] += 1
+            self._events.append(_seen(True, info))
             return v.encode()
         self.remote = info
         if len(info.node_id) != 16:
@@ -358,10 +367,11 @@ class ConnectionPolicy:
         self._check_self()
         addr = v.address
         self._claim(info.node_id, addr)
+        self._events.append(_seen(False, info))
         if addr is not None and not addr.kaspad_accepts():
             onion = addr.onion
             if onion is not None and info.addrv2:
-                self._learn(onion, addr.port, f"version:{self.remote_label}")
+                self._learn([(onion, addr.port)], f"version:{self.remote_label}")
             v.address = None
             self.counters["invalid_removed" if onion is None else "onions_removed"] += 1
         return v.encode()
@@ -387,20 +397,25 @@ class ConnectionPolicy:
                 f"{self.remote_label} is our own kaspad (same node id): loopback connection",
                 fault=Fault.REMOTE)
 
-    def _learn(self, host: str, port: int, source: str) -> bool:
-        try:
-            peer = OnionPeer(OnionAddress.parse(host), port)
-        except OnionAddressError:
-            return False
-        if not 0 < port <= 0xFFFF:
-            return False
-        return self.shared.learn(peer, source)
+    def _learn(self, endpoints: list[tuple[str, int]], source: str) -> None:
+        """Keep the valid onions of one message in the shared set and report them (one
+        :class:`OnionsLearned` for the book; our own onion is neither)."""
+        learned = []
+        for host, port in endpoints:
+            try:
+                peer = OnionPeer(OnionAddress.parse(host), port)
+            except OnionAddressError:
+                continue
+            if not 0 < port <= 0xFFFF or self.shared.is_own(peer):
+                continue
+            self.shared.learn(peer, source)
+            learned.append(peer)
+        if learned:
+            self._events.append(OnionsLearned(tuple(learned), source))
 
     def _learn_ips(self, entries: list[proto.NetAddress], direction: Direction) -> None:
         """Passive harvest of IP entries (both directions) for the address book; each
         endpoint once per message."""
-        if self.shared.on_learn_ips is None:
-            return
         ips: dict[tuple[str, int], None] = {}
         for e in entries:
             ip = e.ip
@@ -411,7 +426,7 @@ class ConnectionPolicy:
                 ips[text, port] = None
         if ips:
             who = "kaspad" if direction is Direction.TO_REMOTE else self.remote_label
-            self.shared.on_learn_ips(list(ips), f"gossip:{who}")
+            self._events.append(AddressesLearned(tuple(ips), f"gossip:{who}"))
 
     def _rewrite_addresses(self, direction: Direction, payload: bytes) -> bytes:
         # The entries are counted from their tags before any is decoded (more than kaspad's
@@ -436,8 +451,7 @@ class ConnectionPolicy:
             self.counters["onions_removed"] += len(gossiped)
             self.counters["invalid_removed"] += invalid
             if self.remote.addrv2:
-                for host, port in dict.fromkeys(gossiped):
-                    self._learn(host, port, f"gossip:{self.remote_label}")
+                self._learn(list(dict.fromkeys(gossiped)), f"gossip:{self.remote_label}")
             return proto.encode_addresses(kept)
         self._learn_ips(entries, direction)
         # kaspad -> remote
@@ -457,6 +471,11 @@ class ConnectionPolicy:
         out = list(entries) + [proto.NetAddress.from_onion(p.address.host, p.port) for p in onions]
         self.counters["onions_added"] += len(onions)
         return proto.encode_addresses(out)
+
+
+def _seen(kaspad: bool, info: PeerInfo) -> HandshakeSeen:
+    return HandshakeSeen(kaspad, info.node_id, info.services, info.protocol_version,
+                         info.network, info.user_agent)
 
 
 def _advertised_target(addr: proto.NetAddress) -> Target | None:

@@ -40,9 +40,10 @@ import h2.exceptions
 
 from bridge.core import grpc, probe_flows, proto
 from bridge.core.errors import ProtocolError, SelfConnection
+from bridge.core.events import Closed
+from bridge.core.h2conn import P2P_PATH, Endpoint, RelaySettings, errname
 from bridge.core.probe_events import (
     AddressesReceived,
-    Closed,
     Event,
     Failed,
     HandshakeDone,
@@ -80,7 +81,6 @@ from bridge.core.probe_wire import (
     _window_update_frame,
     kaspad_gzip,
 )
-from bridge.core.relay import P2P_PATH, Endpoint, RelaySettings, errname
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from bridge.core import proto
 from bridge.core.errors import BridgeError, Fault, ProtocolError, SelfConnection
+from bridge.core.events import Closed
 from bridge.core.onion import OnionAddress
 from bridge.core.probe_wire import IGNORABLE_REJECTS
 
@@ -128,11 +129,6 @@ class AddressesReceived:
 @dataclass(frozen=True, slots=True)
 class Failed:
     error: ProbeError | SelfConnection
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    reason: str
 
 
 Event = HandshakeDone | AddressesReceived | Failed | Closed

@@ -12,14 +12,14 @@ import struct
 import zlib
 
 from bridge.core import proto
-from bridge.core.relay import FrameScanner
+from bridge.core.h2conn import PREFACE, FrameScanner
 
 DEFAULT_PROTOCOL_VERSION = 8  # the Tor fork (protocol.md §5.3)
 DEFAULT_MIN_PROTOCOL_VERSION = 7  # the fork accepts 7 (v7 flows) on every network
 DEFAULT_USER_AGENT = "/kaspad:1.0.1/kaspad:1.0.1/"  # fork 1.0.1 (protocol.md §5.2)
 TONIC_USER_AGENT = "tonic/0.12.3"  # the fork's tonic (protocol.md §2.5)
-MAX_ADDRESSES_RECEIVE = 2500  # kaspad disconnects above this (protocol.md §7.1)
-MAX_ADDRESSES_SEND = 1000
+MAX_ADDRESSES_RECEIVE = proto.MAX_ADDRESSES  # kaspad disconnects above this (protocol.md §7.1)
+MAX_ADDRESSES_SEND = proto.MAX_ADDRESSES_SEND
 MAX_USER_AGENT_LEN = 256
 MAX_REJECT_REASON = 2048
 IGNORABLE_REJECTS = frozenset({"LOOPBACK_CONNECTION", "DUPLICATE_CONNECTION"})
@@ -32,7 +32,7 @@ _HANDSHAKE_TAGS = frozenset({proto.VERSION, proto.VERACK, proto.READY})
 _STREAM_WINDOW = 2 * 1024 * 1024
 _CONN_WINDOW = 5 * 1024 * 1024
 _MAX_FRAME = 16384
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_PREFACE = PREFACE
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ MAX_VERSION_BYTES = 64 * 1024
 MAX_NET_ADDRESS_BYTES = 128
 #: kaspad disconnects on an Addresses message with more entries (protocol.md §7.1).
 MAX_ADDRESSES = 2500
+#: kaspad's SendAddressesFlow cap (protocol.md §7.1)
+MAX_ADDRESSES_SEND = 1000
 #: A whole Addresses KaspadMessage, inflated: 2500 maximal entries (each with its 3-byte tag and
 #: length) plus the envelope.
 MAX_ADDRESSES_BYTES = MAX_ADDRESSES * (MAX_NET_ADDRESS_BYTES + 3) + 64

@@ -11,6 +11,10 @@ for, e.g. PING ACKs, stops being read), writers report what they wrote, and the
 readers pass time to the relay before each read and at its deadline (token refill, an unfinished
 header block's limit): nothing wakes up for an idle connection.
 
+The runner acts on the relay's events (:mod:`bridge.core.events`): it logs its notes, hands what
+the policy learned (onions, IP addresses) to ``on_learned`` (the bridge's address-book writer),
+remembers its :class:`~bridge.core.events.Closed`, and replaces a dropped upstream.
+
 When the relay drops its upstream before kaspad saw it (the remote's Version showed a node id
 already connected to kaspad, see :mod:`bridge.core.relay`), the runner delivers the goodbye to
 that socket, closes it, reports it (``on_drop``) and asks ``get_upstream`` for another one, as
@@ -27,7 +31,17 @@ from dataclasses import dataclass
 import trio
 
 from bridge.core.errors import BridgeError, Fault
-from bridge.core.relay import Dropped, Endpoint, Relay, Side
+from bridge.core.events import (
+    AddressesLearned,
+    Closed,
+    Dropped,
+    HandshakeSeen,
+    Note,
+    OnionsLearned,
+    RelayEvent,
+)
+from bridge.core.h2conn import PREFACE
+from bridge.core.relay import Endpoint, Relay, Side
 
 log = logging.getLogger("bridge.relay")
 
@@ -35,7 +49,7 @@ READ_SIZE = 64 * 1024
 #: After the relay decided to close: time allowed to deliver the last frames (trailers, GOAWAY).
 CLOSE_FLUSH_TIMEOUT = 3.0
 #: Client preface (24 bytes) plus one frame header: the HTTP/2 client has started talking.
-_PREFACE_SEEN = 24 + 9
+_PREFACE_SEEN = len(PREFACE) + 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +77,7 @@ class _Signal:
 
 
 UpstreamGetter = Callable[[], Awaitable[tuple[trio.abc.Stream, Endpoint] | None]]
+Learned = OnionsLearned | AddressesLearned
 
 
 class RelayRunner:
@@ -86,6 +101,12 @@ class RelayRunner:
         self._read_error: dict[Side, str] = {}
         #: called with each upstream the relay dropped (a duplicate node id), before a refill
         self.on_drop: Callable[[Dropped], None] | None = None
+        #: called with what the relay's policy learned from gossip (for the address book)
+        self.on_learned: Callable[[Learned], None] | None = None
+        #: how the relay ended (its last event), None while it runs
+        self.closed: Closed | None = None
+        #: the upstream the relay let go, until :meth:`_upstreams` replaces it
+        self._dropped: Dropped | None = None
         #: trio time by which kaspad must have the response (None: no deadline)
         self.response_deadline: float | None = None
 
@@ -105,30 +126,38 @@ class RelayRunner:
         if self.relay.finished:
             return
         self.fault = BridgeError(message, fault=Fault.REMOTE)
-        self.relay.refuse(message)
+        self._act(self.relay.refuse(message))
         self._kick_all()
 
     def abort(self, message: str) -> None:
         """Close the relay for a reason of the bridge's own (eviction, shutdown)."""
-        self.relay.refuse(message)
+        self._act(self.relay.refuse(message))
         self._kick_all()
 
-    def _drain_notes(self) -> None:
-        pol = self.relay.policy
-        for text in pol.notes:
-            log.info("%s: %s", self.label, text)
-        for text in pol.warnings:
-            log.warning("%s: %s", self.label, text)
-        pol.notes.clear()
-        pol.warnings.clear()
+    def _act(self, events: list[RelayEvent]) -> None:
+        """Act on what the relay reported (every relay call's events pass through here)."""
+        for ev in events:
+            if isinstance(ev, Note):
+                log.log(logging.WARNING if ev.warning else logging.INFO,
+                        "%s: %s", self.label, ev.text)
+            elif isinstance(ev, OnionsLearned | AddressesLearned):
+                if self.on_learned is not None:
+                    self.on_learned(ev)
+            elif isinstance(ev, HandshakeSeen):
+                log.debug("%s: %s is node %s (services %#x, protocol %d, %r)", self.label,
+                          "kaspad" if ev.kaspad else "the remote", ev.node_id.hex(),
+                          ev.services, ev.protocol_version, ev.user_agent)
+            elif isinstance(ev, Dropped):
+                self._dropped = ev
+            else:
+                self.closed = ev
 
     def _kick_all(self) -> None:
-        self._drain_notes()
         for s in (*self._kick.values(), *self._drained.values()):
             s.set()
         self._progress.set()
         self._progress = trio.Event()
-        if self.relay.finished:
+        if self.closed is not None:
             self._done.set()
 
     async def run(self, get_upstream: UpstreamGetter, *, response_timeout: float | None = None,
@@ -160,12 +189,12 @@ class RelayRunner:
                         await up[0].aclose()
                     self._writers_done[Side.UP].set()
                 elif up is None:
-                    self.relay.refuse(refuse_message)
+                    self._act(self.relay.refuse(refuse_message))
                     self._writers_done[Side.UP].set()
                 else:
                     up_stream, conn = up
                     self.streams[Side.UP] = up_stream
-                    self.relay.attach_upstream(conn)
+                    self._act(self.relay.attach_upstream(conn))
                     nursery.start_soon(self._upstreams, up_stream, get_upstream,
                                        refuse_message, refill_margin)
                     if response_timeout is not None:
@@ -195,7 +224,7 @@ class RelayRunner:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, Side.UP, current)
                 nursery.start_soon(self._writer, Side.UP, current)
-            dropped = self.relay.take_dropped()
+            dropped, self._dropped = self._dropped, None
             if dropped is None:
                 return  # the relay is over (the writer marked itself done)
             current = await self._replace_upstream(current, dropped, get_upstream,
@@ -232,13 +261,14 @@ class RelayRunner:
             why = ("no other upstream within kaspad's response deadline"
                    if refill_margin is not None else refuse_message)
             log.info("%s: %s; kaspad is answered UNAVAILABLE", self.label, why)
-            self.relay.refuse(f"{refuse_message} (the one tried is connected already)")
+            self._act(self.relay.refuse(f"{refuse_message} (the one tried is connected "
+                                        "already)"))
             self._writers_done[Side.UP].set()
             self._kick_all()
             return None
         new, conn = up
         self.streams[Side.UP] = new
-        self.relay.attach_upstream(conn)
+        self._act(self.relay.attach_upstream(conn))
         self._kick_all()
         return new
 
@@ -264,38 +294,39 @@ class RelayRunner:
             if up:
                 self.blame(f"{self.relay.who(Side.UP)} did not answer within {timeout:.1f}s")
             else:
-                self.relay.refuse(message)
+                self._act(self.relay.refuse(message))
                 self._kick_all()
 
     async def _stall_watchdog(self, policy: StallPolicy) -> None:
         side = self.remote_side
-        pipe = self.relay.pipes[side]
+        upstream = self.relay.inflow(side).upstream
         tick = max(policy.timeout / 8, 0.02)
         since: float | None = None
         start_bytes = 0
         while not self.relay.finished:
             await trio.sleep(tick)
             now = trio.current_time()
-            if self.relay.pipes[side] is not pipe:  # a dropped upstream was replaced
-                pipe, since = self.relay.pipes[side], None
+            flow = self.relay.inflow(side)
+            if flow.upstream != upstream:  # a dropped upstream was replaced
+                upstream, since = flow.upstream, None
             # Only while a message is in progress and the relay is not itself holding the
             # sender back (bytes queued for a receiver whose window is closed).
-            if pipe.reader.at_boundary or pipe.queued > 0:
+            if not flow.mid_message or flow.held_back:
                 since = None
                 continue
             if since is None:
-                since, start_bytes = now, pipe.bytes_in
+                since, start_bytes = now, flow.bytes_in
                 continue
             elapsed = now - since
             if elapsed < policy.timeout:
                 continue
-            got = pipe.bytes_in - start_bytes
+            got = flow.bytes_in - start_bytes
             if got < max(1.0, policy.min_rate * elapsed):
                 what = "stalled" if got == 0 else f"trickled {got} bytes"
                 self.blame(f"{self.relay.who(side)} {what} in the middle of a message for "
                            f"{elapsed:.1f}s (minimum {policy.min_rate:.0f} B/s)")
                 return
-            since, start_bytes = now, pipe.bytes_in
+            since, start_bytes = now, flow.bytes_in
 
     async def _refresh(self, interval: float) -> None:
         """Active discovery: every ``interval`` s ask an ADDRv2 remote for addresses (the reply
@@ -308,8 +339,8 @@ class RelayRunner:
 
     def _tick(self) -> None:
         """Pass the time to the relay's budgets (the sans-IO core has no clock)."""
-        self.relay.tick(trio.current_time())
-        if self.relay.finished:
+        self._act(self.relay.tick(trio.current_time()))
+        if self.closed is not None:
             self._kick_all()
 
     def _deadline(self, side: Side) -> float:
@@ -345,9 +376,9 @@ class RelayRunner:
                 self._lost(side)
             else:
                 self.bytes_read[side] += len(data)
-                self.relay.receive(side, bytes(data))
+                self._act(self.relay.receive(side, bytes(data)))
             self._kick_all()
-            if not data or (side is Side.UP and self.relay.dropped is not None):
+            if not data or (side is Side.UP and self._dropped is not None):
                 return  # EOF, or this upstream was dropped (see _upstreams)
 
     def _lost(self, side: Side) -> None:
@@ -355,9 +386,9 @@ class RelayRunner:
         message (or with an error such as a TCP reset) is to blame."""
         if self.relay.finished or (side is Side.UP and not self.relay.has_upstream):
             return  # (an upstream the relay dropped: its end is not a fault)
-        mid = not self.relay.pipes[side].reader.at_boundary
+        mid = self.relay.mid_message(side)
         err = self._read_error.get(side)
-        self.relay.connection_lost(side)
+        self._act(self.relay.connection_lost(side))
         if side is self.remote_side and (mid or err):
             how = f"reset the connection ({err})" if err else "closed the connection"
             where = " in the middle of a message" if mid else ""
@@ -377,12 +408,12 @@ class RelayRunner:
                         self._lost(side)
                         self._kick_all()
                         return
-                    self.relay.wrote(side, len(data))
+                    self._act(self.relay.wrote(side, len(data)))
                     self._kick_all()  # held-back data moved on; the source's window reopened
                     continue
                 if self.relay.finished:
                     return
-                if side is Side.UP and self.relay.dropped is not None:
+                if side is Side.UP and self._dropped is not None:
                     dropped = True  # the relay let this upstream go; _upstreams takes over
                     return
                 await self._kick[side].wait()
@@ -391,7 +422,7 @@ class RelayRunner:
                 self._writers_done[side].set()
 
     def log_close(self) -> None:
-        closed = self.relay.closed
+        closed = self.closed
         if closed is None:
             return
         stats = self.relay.stats()

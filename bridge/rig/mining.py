@@ -28,6 +28,11 @@ if TYPE_CHECKING:  # nodes imports this module to re-export it
 
 # -- mining and measuring ---------------------------------------------------------------------
 
+
+class RigNodesError(KaspadError):
+    """A node of the rig failed (its kaspad or bridge exited, or it did not sync)."""
+
+
 @dataclass
 class MineReport:
     nodes: int
@@ -214,7 +219,6 @@ def wait_synced(rig: KaspadRig, node: RigNode, source: RigNode, timeout: float =
         except (RpcError, KaspadError):
             pass
         if time.monotonic() - t0 > timeout:
-            from bridge.rig.nodes import RigNodesError  # import cycle: nodes re-exports this module
 
             raise RigNodesError(f"{node.name} did not sync with {source.name} within "
                                 f"{timeout:.0f}s; " + rig.diagnose())

@@ -40,6 +40,7 @@ from bridge.rig.kaspad import (
 from bridge.rig.mining import (
     BlockWatch,
     MineReport,
+    RigNodesError,
     mine,
     percentiles,
     wait_synced,
@@ -92,10 +93,6 @@ def new_onion_key() -> OnionKey:
     h[31] &= 127
     h[31] |= 64
     return OnionKey(bytes(h))
-
-
-class RigNodesError(KaspadError):
-    pass
 
 
 @dataclass

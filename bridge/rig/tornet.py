@@ -49,7 +49,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
-from bridge.rig import torready
+import bridge.rig.torready as torready
 from bridge.rig.torproc import (
     AUTHORITY,
     CLIENT,

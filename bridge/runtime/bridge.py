@@ -45,12 +45,12 @@ from typing import Any
 import trio
 
 from bridge.core.errors import BridgeError, DuplicatePeer, Fault, SelfConnection
+from bridge.core.events import AddressesLearned, Dropped, OnionsLearned
 from bridge.core.kaspa import MAINNET
 from bridge.core.onion import OnionAddress
 from bridge.core.peers import PeerSelector, Selector, Target, filter_kinds
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import (
-    Dropped,
     Endpoint,
     Relay,
     RelaySettings,
@@ -103,6 +103,15 @@ class SilentSlotClient(BridgeError):
 
     fault = Fault.LOCAL
     action = "closed; no upstream was used and no remote is blamed"
+
+
+def _book_source(source: str) -> str:
+    """A source as the book accepts it (as ``AddressBook.gossip_hook`` writes it)."""
+    try:
+        source_rank(source)
+    except ValueError:
+        return ("gossip:" + source)[:200]
+    return source
 
 
 class _Throttled:
@@ -235,55 +244,6 @@ class Bridge:
         else:
             self.selector = PeerSelector(filter_kinds(options.candidates, options.onlynet),
                                          own_onion=own)
-        onlynet = options.onlynet
-
-        learned: list[tuple[OnionPeer, str]] = []  # onions of the current task step
-
-        def book_source(source: str) -> str:
-            """A source as the book accepts it (as ``AddressBook.gossip_hook`` writes it)."""
-            try:
-                source_rank(source)
-            except ValueError:
-                return ("gossip:" + source)[:200]
-            return source
-
-        def store_learned() -> None:
-            """The onions one Addresses message taught us (one task step), one batch per
-            source (one book transaction each instead of one per onion; issue G)."""
-            by_source: dict[str, list[tuple[str, int]]] = {}
-            for peer, source in learned:
-                by_source.setdefault(book_source(source), []).append(
-                    (peer.address.host, peer.port))
-            learned.clear()
-            for source, endpoints in by_source.items():
-                self._store(endpoints, source, poke=True)
-
-        def on_learn(peer: OnionPeer, source: str) -> None:
-            """Discovery: every onion learned from gossip becomes a candidate. With a book,
-            the onions of one task step (one Addresses message) are stored together right
-            after it."""
-            if "onion" not in onlynet:
-                return
-            if self.book is None:
-                self.selector.add(Target(peer.address.host, peer.port))
-                self.pool.poke()
-                return
-            learned.append((peer, source))
-            if len(learned) == 1:
-                try:
-                    trio.lowlevel.current_trio_token().run_sync_soon(store_learned)
-                except RuntimeError:  # not in trio (a test calling the hook directly)
-                    store_learned()
-
-        self.gossip.on_learn = on_learn
-        self._store_learned = store_learned
-        if self.book is not None:
-
-            def on_learn_ips(ips: list[tuple[str, int]], source: str) -> None:
-                """Passive harvest of IP peers (dialed only if peers.onlynet allows)."""
-                self._store(ips, source, poke=bool(onlynet - {"onion"}))
-
-            self.gossip.on_learn_ips = on_learn_ips
         #: learned addresses on their way to the book, written by a worker thread
         #: (:meth:`_book_writer`): a 2500-entry batch costs the book ~0.1-0.3 s of CPU, which
         #: must not stall every relay and /health. Bounded: when the writer falls behind,
@@ -355,6 +315,26 @@ class Bridge:
         cap = self.options.max_slot_connections
         return cap if cap is not None else max(8, 4 * len(self.options.slot_ports))
 
+    def learned(self, event: OnionsLearned | AddressesLearned) -> None:
+        """What a relay's policy learned from gossip (its runner's ``on_learned``). Discovery:
+        every onion becomes a candidate; with a book, the entries of one event (one Addresses
+        message) are stored together, one book transaction (issue G). IP entries are stored
+        only with a book (passive harvest; dialed only if peers.onlynet allows)."""
+        onlynet = self.options.onlynet
+        if isinstance(event, AddressesLearned):
+            if self.book is not None:
+                self._store(list(event.endpoints), event.source, poke=bool(onlynet - {"onion"}))
+            return
+        if "onion" not in onlynet:
+            return
+        if self.book is None:
+            for peer in event.peers:
+                self.selector.add(Target(peer.address.host, peer.port))
+            self.pool.poke()
+            return
+        self._store([(p.address.host, p.port) for p in event.peers], _book_source(event.source),
+                    poke=True)
+
     def _store(self, endpoints: list[tuple[str, int]], source: str, *, poke: bool) -> None:
         """Queue learned addresses for the book (written inline when no writer runs, e.g. a
         test calling the gossip hooks of a bridge that is not running)."""
@@ -411,7 +391,6 @@ class Bridge:
         self._book_writing = False
         if self.book is None:
             return
-        self._store_learned()
         while True:
             try:
                 endpoints, source, _poke = self._book_out.receive_nowait()
@@ -583,6 +562,7 @@ class Bridge:
         self.relays[rid] = info
         runner = RelayRunner(relay, stream, label)
         runner.on_drop = on_drop
+        runner.on_learned = self.learned
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._request_deadline, runner, local_port)
@@ -621,7 +601,7 @@ class Bridge:
     def _finish(self, runner: RelayRunner, policy: ConnectionPolicy, target: Target | None) -> None:
         if self.gossip.nodes.release(policy) is not None:
             self.pool.poke()  # that node may be dialed again
-        closed = runner.relay.closed
+        closed = runner.closed
         err = closed.error if closed is not None else None
         err = err or runner.fault
         if (runner.relay.kaspad_side is Side.DOWN and target is None
@@ -679,6 +659,7 @@ class Bridge:
                       upstream_authority=f"{host}:{port}".encode(), settings=self.options.relay)
         info = RelayInfo(rid, "inbound", self.inbound_port or 0, None, relay, trio.current_time())
         runner = RelayRunner(relay, stream, label)
+        runner.on_learned = self.learned
         self.inbound_stats = self.inbound_stats.bump(accepted=1)
         active = False
 

@@ -858,9 +858,9 @@ class AddressBook:
     # -- hooks -----------------------------------------------------------------------------
 
     def gossip_hook(self, network: str) -> Callable[[OnionPeer, str], None]:
-        """A callable for ``GossipState.on_learn``: stores each learned onion (now = wall time).
-
-        Onions arrive one by one there; each is one small transaction. Invalid sources are
+        """A callable ``(peer, source)`` that stores one learned onion (now = wall time); each
+        call is one small transaction (the bridge stores a whole message with
+        :meth:`learn_many`). Invalid sources are
         recorded as ``gossip:<source>``.
         """
         _check_network(network)

@@ -14,7 +14,9 @@ import h2.connection
 import h2.events
 
 from bridge.core import grpc, proto
-from bridge.core.relay import P2P_PATH, Relay, Side
+from bridge.core.events import RelayEvent
+from bridge.core.h2conn import P2P_PATH
+from bridge.core.relay import Relay, Side
 
 REQUEST_HEADERS = [
     (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"127.0.0.1:16200"),
@@ -124,8 +126,10 @@ class Peer:
 
 
 def pump(relay: Relay, down: Peer, up: Peer, *, chunk: int | None = None,
-         rounds: int = 10_000) -> None:
-    """Shuttle bytes until nothing moves. ``chunk``: deliver at most this many bytes at a time."""
+         rounds: int = 10_000) -> list[RelayEvent]:
+    """Shuttle bytes until nothing moves. ``chunk``: deliver at most this many bytes at a time.
+    Returns the relay's events, in order."""
+    events: list[RelayEvent] = []
     for _ in range(rounds):
         moved = False
         for peer, side in ((down, Side.DOWN), (up, Side.UP)):
@@ -134,15 +138,15 @@ def pump(relay: Relay, down: Peer, up: Peer, *, chunk: int | None = None,
                 moved = True
                 if chunk:
                     for i in range(0, len(data), chunk):
-                        relay.receive(side, data[i:i + chunk])
+                        events += relay.receive(side, data[i:i + chunk])
                 else:
-                    relay.receive(side, data)
+                    events += relay.receive(side, data)
             out = relay.data_to_send(side)
             if out:
                 moved = True
                 peer.receive(out)
         if not moved:
-            return
+            return events
     raise AssertionError("pump did not settle")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,6 +18,7 @@ import pytest
 
 from bridge.core import grpc, proto
 from bridge.core.errors import Fault, PolicyViolation
+from bridge.core.events import AddressesLearned, OnionsLearned
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import (
     ConnectionPolicy,
@@ -76,19 +77,16 @@ class Learned:
     onions: list[OnionPeer]
 
 
-def gossip_recording() -> tuple[GossipState, Learned]:
-    learned = Learned([], [])
-    gossip = GossipState(own_onion=OWN)
-
-    def on_ips(ips: list[tuple[str, int]], source: str) -> None:
-        learned.ips.extend(ips)
-
-    def on_onion(peer: OnionPeer, source: str) -> None:
-        learned.onions.append(peer)
-
-    gossip.on_learn_ips = on_ips
-    gossip.on_learn = on_onion
-    return gossip, learned
+    @classmethod
+    def of(cls, events: Sequence[object]) -> Learned:
+        """What the events hand to the address book."""
+        learned = cls([], [])
+        for ev in events:
+            if isinstance(ev, AddressesLearned):
+                learned.ips.extend(ev.endpoints)
+            elif isinstance(ev, OnionsLearned):
+                learned.onions.extend(ev.peers)
+        return learned
 
 
 def make(kaspad_side: Side = Side.DOWN, gossip: GossipState | None = None
@@ -167,8 +165,7 @@ def test_version_of_tiny_fields_within_the_cap_stops_at_the_field_cap() -> None:
 def test_gzip_addresses_bomb_is_refused_while_inflating_and_learns_nothing() -> None:
     """4 KB of gzip that inflates to 4 MiB of one repeated entry (380 000 addresses): refused at
     the Addresses cap while inflating; not one address reaches the book."""
-    gossip, learned = gossip_recording()
-    relay, down, up, kaspad, remote = make(gossip=gossip)
+    relay, down, up, kaspad, remote = make(gossip=GossipState(own_onion=OWN))
     handshake(relay, down, up, kaspad, remote)
     kaspad.send(REQUEST_ADDRESSES)
     pump(relay, down, up)
@@ -178,7 +175,7 @@ def test_gzip_addresses_bomb_is_refused_while_inflating_and_learns_nothing() -> 
     assert len(body) < 10_000
     remote.send_raw(grpc.frame(body, compressed=True))
     with cost() as c:
-        pump(relay, down, up)
+        learned = Learned.of(pump(relay, down, up))
     closed_by_remote(relay)
     assert learned.ips == [] and learned.onions == []
     assert not any(proto.payload_tag(p) == proto.ADDRESSES for p in kaspad.payloads)
@@ -201,7 +198,7 @@ def _many(n: int) -> list[proto.NetAddress]:
 def test_over_limit_addresses_are_counted_before_anything_is_decoded_or_learned(n: int) -> None:
     """More than kaspad's 2500: refused from the tags alone; nothing reaches the book or the
     gossip state (before, every entry was handed to the book first)."""
-    gossip, learned = gossip_recording()
+    gossip = GossipState(own_onion=OWN)
     pol = ConnectionPolicy(gossip, PolicySettings(), remote_label="peer x")
     pol.remote.services = proto.SERVICE_ADDRV2
     msg = addresses(_many(n))
@@ -209,6 +206,7 @@ def test_over_limit_addresses_are_counted_before_anything_is_decoded_or_learned(
         pol.rewrite(Direction.TO_KASPAD, msg)
     assert exc.value.fault is Fault.REMOTE
     assert f"sent {n} addresses (kaspad's limit is 2500)" in str(exc.value)
+    learned = Learned.of(pol.take_events())
     assert learned.ips == [] and learned.onions == [] and not gossip.onions
     assert c.peak < 2 * len(msg) + 256 * 1024, c  # no entry was built
     assert c.cpu < 0.1, c
@@ -217,19 +215,20 @@ def test_over_limit_addresses_are_counted_before_anything_is_decoded_or_learned(
 def test_addresses_with_one_undecodable_entry_learn_nothing() -> None:
     """kaspad drops the whole message for one bad entry; the bridge learns nothing from it
     either (before, the good entries before it had been handed to the book)."""
-    gossip, learned = gossip_recording()
+    gossip = GossipState(own_onion=OWN)
     pol = ConnectionPolicy(gossip, PolicySettings(), remote_label="peer x")
     pol.remote.services = proto.SERVICE_ADDRV2
     bad = proto.NetAddress([proto.make_len_field(proto.NA_ONION, b"\xff" * 62)])
     with pytest.raises(PolicyViolation, match="undecodable"):
         pol.rewrite(Direction.TO_KASPAD, addresses([*_many(100), bad]))
+    learned = Learned.of(pol.take_events())
     assert learned.ips == [] and learned.onions == [] and not gossip.onions
 
 
 def test_2500_distinct_addresses_cost_a_few_ms() -> None:
     """The most an accepted Addresses can hold: 2500 distinct entries, one in seven an onion
     (about 20 KB gzip'd), from kaspad to an ADDRv2 remote."""
-    gossip, learned = gossip_recording()
+    gossip = GossipState(own_onion=OWN)
     pol = ConnectionPolicy(gossip, PolicySettings(), remote_label="peer x")
     msg = addresses(_many(2500))
     assert len(grpc.gzip_compress(msg)) < 32_000
@@ -239,6 +238,7 @@ def test_2500_distinct_addresses_cost_a_few_ms() -> None:
         out = pol.rewrite(Direction.TO_REMOTE, msg)
         best = min(best, time.process_time() - t0)
     assert out is not None
+    learned = Learned.of(pol.take_events())
     assert len(learned.ips) == 3 * len({e.ip for e in _many(2500) if e.ip})
     assert best < 0.05, f"{best * 1000:.1f} ms"
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bridge.core import proto
 from bridge.core.errors import Fault, PolicyViolation
+from bridge.core.events import AddressesLearned, HandshakeSeen, Note, OnionsLearned
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import (
     MAX_ADDRESSES_RECEIVE,
@@ -67,6 +68,11 @@ def _pb_version_of(message: bytes) -> pb.VersionMessage:
 
 def _addresses(entries: list[proto.NetAddress], ids: bytes = b"") -> bytes:
     return proto.make_len_field(proto.ADDRESSES, proto.encode_addresses(entries)).raw + ids
+
+
+def _notes(pol: ConnectionPolicy, *, warning: bool = False) -> list[str]:
+    """The log lines the policy reported since the last look (at info or at warning level)."""
+    return [e.text for e in pol.take_events() if isinstance(e, Note) and e.warning is warning]
 
 
 def _entries_of(message: bytes) -> list[proto.NetAddress]:
@@ -425,7 +431,7 @@ def test_unsolicited_addresses_never_reach_kaspad() -> None:
     pol, _ = _ready()
     assert _to_kaspad(pol) is None
     assert pol.counters["dropped"] == 1
-    assert any("unsolicited" in n for n in pol.notes)
+    assert any("unsolicited" in n for n in _notes(pol))
     # The remote's own RequestAddresses does not solicit anything for kaspad.
     assert pol.classify(TO_KASPAD, proto.REQUEST_ADDRESSES) is Action.PASS
     assert _to_kaspad(pol) is None
@@ -473,15 +479,16 @@ def test_no_refresh_to_legacy_remote_or_before_handshake() -> None:
 
 
 def test_ip_entries_are_harvested_both_directions() -> None:
-    seen: list[tuple[list[tuple[str, int]], str]] = []
-    g = GossipState(on_learn_ips=lambda ips, src: seen.append((ips, src)))
-    pol, _ = _ready(True, g)
+    pol, _ = _ready(True, GossipState())
+    pol.take_events()
     pol.classify(TO_REMOTE, proto.REQUEST_ADDRESSES)
     _to_kaspad(pol)
     v6 = proto.NetAddress.from_ip(bytes(15) + b"\x01", 5)
     pol.classify(TO_REMOTE, proto.ADDRESSES)
     pol.rewrite(TO_REMOTE, _addresses([v6]))
-    assert [ips for ips, _ in seen] == [[("1.2.3.4", 16111)], [("::1", 5)]]
+    seen = [e for e in pol.take_events() if isinstance(e, AddressesLearned)]
+    assert [list(e.endpoints) for e in seen] == [[("1.2.3.4", 16111)], [("::1", 5)]]
+    assert [e.source for e in seen] == ["gossip:peerX", "gossip:kaspad"]
 
 
 def test_addresses_to_remote_always_rewritten() -> None:
@@ -707,8 +714,7 @@ def test_addresses_to_remote_keeps_ids() -> None:
 
 def test_gossip_learn_and_capacity() -> None:
     """First source kept; full: quotas per source group (issue G; more in test_addrman.py)."""
-    seen: list[tuple[OnionPeer, str]] = []
-    g = GossipState(own_onion=OWN, capacity=3, on_learn=lambda p, s: seen.append((p, s)))
+    g = GossipState(own_onion=OWN, capacity=3)
     peers = [OnionPeer(_onion(i + 10), 16111) for i in range(5)]
     assert g.learn(peers[0], "gossip:peer 1.2.3.4:1")
     assert not g.learn(peers[0], "gossip:peer 5.6.7.8:1")  # known: not new, first source kept
@@ -718,18 +724,49 @@ def test_gossip_learn_and_capacity() -> None:
     # full (one per group): a newcomer of a group replaces that group's oldest
     assert g.learn(peers[3], "gossip:peer 5.6.1.1:1")
     assert list(g.onions) == [peers[0], peers[2], peers[3]]
-    # a new group, nobody holds more: not kept (the hook still sees it)
+    # a new group, nobody holds more: not kept (the policy still reports it, see
+    # test_onions_learned_reports_every_valid_onion)
     assert g.learn(peers[4], "gossip:peer 7.7.7.7:1")
     assert len(g.onions) == 3 and peers[4] not in g.onions
-    assert [p for p, _ in seen] == [peers[0], peers[0], *peers[1:]]
 
 
 def test_gossip_never_learns_own_onion() -> None:
-    seen: list[OnionPeer] = []
-    g = GossipState(own_onion=OWN, on_learn=lambda p, s: seen.append(p))
+    g = GossipState(own_onion=OWN)
     assert not g.learn(OWN, "x")
     assert not g.learn(OnionPeer(OWN.address, 1), "x")  # any port
-    assert not g.onions and not seen
+    assert not g.onions
+    # ... nor reports it for the book (a remote gossiping our own onion back to us)
+    pol, _ = _solicited(True, g)
+    pol.take_events()
+    pol.rewrite(TO_KASPAD, _addresses([proto.NetAddress.from_onion(OWN.address.host, 1),
+                                       proto.NetAddress.from_onion(OWN.address.host, 16111)]))
+    assert not g.onions
+    assert not [e for e in pol.take_events() if isinstance(e, OnionsLearned)]
+
+
+def test_onions_learned_reports_every_valid_onion() -> None:
+    """One OnionsLearned per message, for the book: every valid onion of it, also those the
+    bounded GossipState does not keep (full) or knew already; not our own, not invalid ones."""
+    g = GossipState(own_onion=OWN, capacity=1)
+    known = OnionPeer(_onion(1), 16111)
+    g.learn(known, "gossip:peer 1.2.3.4:1")
+    pol, _ = _solicited(True, g)
+    pol.take_events()
+    fresh = [OnionPeer(_onion(i + 2), 16111) for i in range(3)]
+    entries = [proto.NetAddress.from_onion(p.address.host, p.port) for p in [known, *fresh]]
+    entries += [proto.NetAddress.from_onion(OWN.address.host, OWN.port),
+                proto.NetAddress.from_onion("a" * 56 + ".onion", 16111)]  # bad checksum
+    pol.rewrite(TO_KASPAD, _addresses(entries))
+    learned = [e for e in pol.take_events() if isinstance(e, OnionsLearned)]
+    assert learned == [OnionsLearned((known, *fresh), "gossip:peerX")]
+    assert list(g.onions) == [known]  # full: the set kept only the first
+
+
+def test_handshake_seen_for_both_versions() -> None:
+    pol, _ = _ready(True)
+    seen = [e for e in pol.take_events() if isinstance(e, HandshakeSeen)]
+    assert [(e.kaspad, e.node_id) for e in seen] == [(True, KASPAD_ID), (False, REMOTE_ID)]
+    assert seen[1].services & proto.SERVICE_ADDRV2 and not seen[0].services & (1 << 22)
 
 
 @given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 5)), max_size=200),
@@ -829,11 +866,11 @@ def test_kaspad_advertising_a_routable_address_is_warned_and_removed() -> None:
                              .payload)
     out = proto.Envelope.decode(pol.rewrite(TO_REMOTE, _wrap_version(v)) or b"")
     assert proto.Version.decode(out.payload).address is None
-    assert any("8.8.4.4" in w and "--externalip" in w for w in pol.warnings)
+    assert any("8.8.4.4" in w and "--externalip" in w for w in _notes(pol, warning=True))
     quiet = ConnectionPolicy(GossipState(), PolicySettings())
     quiet.classify(TO_REMOTE, proto.VERSION)
     quiet.rewrite(TO_REMOTE, _kaspad_version_with(bytes([192, 168, 1, 5])))
-    assert quiet.warnings == []  # private addresses are not a misconfiguration sign
+    assert _notes(quiet, warning=True) == []  # private: not a misconfiguration sign
 
 
 def _kaspad_version_with(ip: bytes) -> bytes:

@@ -21,6 +21,14 @@ from hypothesis import strategies as st
 
 from bridge.core import grpc, proto
 from bridge.core.errors import Fault
+from bridge.core.events import (
+    AddressesLearned,
+    Closed,
+    HandshakeSeen,
+    Note,
+    OnionsLearned,
+    RelayEvent,
+)
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
 from bridge.core.relay import Relay, RelaySettings, Side, new_upstream_connection
@@ -329,7 +337,7 @@ def test_bridge_refresh_waits_for_a_message_boundary_and_reply_is_kept() -> None
     sent = kaspad.conn.data_to_send()
     relay.receive(Side.DOWN, sent[:30_000])
     assert relay.request_addresses()
-    assert relay.pipes[Side.DOWN].injections  # held back: a block is streaming through
+    assert relay.leg(Side.DOWN).pipe.injections  # held back: a block is streaming through
     relay.receive(Side.DOWN, sent[30_000:])
     pump(relay, down, up)
     assert remote.payloads[-2:] == [big, REQUEST_ADDRESSES]
@@ -662,3 +670,83 @@ def test_window_updates_for_data_sent_are_paid_for_even_in_a_batch() -> None:
         b.frame(4, WINDOW_UPDATE, 0)
     with pytest.raises(Flood):
         b.frame(4, WINDOW_UPDATE, 0)
+
+
+# -- the relay's events (issue 11 item 1) ------------------------------------------------------
+
+
+def _of(kind: type, events: list[RelayEvent]) -> list[RelayEvent]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_events_report_handshakes_notes_and_what_was_learned() -> None:
+    """What used to be policy lists and GossipState hooks comes back from Relay.receive: the
+    Versions seen, the log lines, and one OnionsLearned / AddressesLearned per message."""
+    gossip = GossipState(own_onion=OWN)
+    relay, down, up, kaspad, remote = make(gossip=gossip)
+    kid, rid = os.urandom(16), os.urandom(16)
+    kaspad.send(version(node_id=kid, address=proto.NetAddress.from_ip(bytes([8, 8, 4, 4]), 1)))
+    events = pump(relay, down, up)
+    assert _of(HandshakeSeen, events) == [
+        HandshakeSeen(True, kid, 0, 8, "kaspa-simnet", "/kaspad:1.0.1/kaspad:1.0.1/")]
+    warnings = [e for e in _of(Note, events) if isinstance(e, Note) and e.warning]
+    assert len(warnings) == 1 and "8.8.4.4" in warnings[0].text
+    remote.send(version(node_id=rid, services=proto.SERVICE_ADDRV2))
+    events = pump(relay, down, up)
+    assert [(e.kaspad, e.node_id) for e in _of(HandshakeSeen, events)  # type: ignore[attr-defined]
+            ] == [(False, rid)]
+    for p in (kaspad, remote):
+        p.send(VERACK)
+        p.send(READY)
+    assert pump(relay, down, up) == []
+    kaspad.send(REQUEST_ADDRESSES)
+    pump(relay, down, up)
+    ip = proto.NetAddress.from_ip(bytes([1, 2, 3, 4]), 16111)
+    remote.send(addresses([ip, proto.NetAddress.from_onion(OTHER.address.host, OTHER.port),
+                           proto.NetAddress.from_onion(OWN.address.host, OWN.port)]))
+    events = pump(relay, down, up)
+    assert events == [AddressesLearned((("1.2.3.4", 16111),), "gossip:peer x"),
+                      OnionsLearned((OTHER,), "gossip:peer x")]
+    assert OTHER in gossip.onions  # the shared set learned it in the core already
+    assert not relay.finished
+
+
+def test_closed_is_the_last_event_and_comes_once() -> None:
+    relay, down, up, kaspad, remote = make()
+    handshake(relay, kaspad, remote, down, up)
+    up.conn.send_headers(up.sid or 1, [(b"grpc-status", b"0")], end_stream=True)
+    events = pump(relay, down, up)
+    assert events and events[-1] == Closed("peer x ended the call")
+    assert _of(Closed, events) == [relay.closed]
+    assert relay.finished
+    assert relay.receive(Side.DOWN, b"\x00" * 50) == []  # (bytes after the end: ignored)
+    assert relay.refuse("too late") == [] and relay.tick(1e9) == []
+    assert relay.connection_lost(Side.UP) == [] and relay.closed == events[-1]
+
+
+def test_closed_carries_the_error_and_blames_the_sender() -> None:
+    relay, down, up, _, remote = make()
+    remote.send(ping(1))  # before the handshake: kaspad would disconnect
+    events = pump(relay, down, up)
+    closes = _of(Closed, events)
+    assert len(closes) == 1 and closes[0] is relay.closed and events[-1] is closes[0]
+    err = relay.closed.error if relay.closed is not None else None
+    assert err is not None and err.fault is Fault.REMOTE
+
+
+def test_refuse_returns_closed() -> None:
+    relay, *_ = make()
+    events = relay.refuse("no upstream peer available")
+    assert events == [Closed("no upstream peer available")] and relay.closed == events[0]
+
+
+def test_inflow_follows_a_message_in_progress() -> None:
+    relay, down, up, kaspad, remote = make()
+    handshake(relay, kaspad, remote, down, up)
+    start = relay.inflow(Side.UP)
+    assert not start.mid_message and not relay.mid_message(Side.UP)
+    remote.send_raw(grpc.frame(block(100_000))[:50_000])
+    pump(relay, down, up)
+    now = relay.inflow(Side.UP)
+    assert now.mid_message and relay.mid_message(Side.UP)
+    assert now.bytes_in == start.bytes_in + 50_000 and now.upstream == start.upstream

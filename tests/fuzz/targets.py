@@ -52,6 +52,7 @@ from bridge.core.errors import (
     OnionAddressError,
     ProtocolError,
 )
+from bridge.core.events import AddressesLearned, Closed, RelayEvent
 from bridge.core.relay import Relay, RelaySettings, Side, new_upstream_connection
 from tests.core.relay_harness import READY, REQUEST_ADDRESSES, REQUEST_HEADERS, VERACK
 from tests.costs import python_memory
@@ -1097,6 +1098,8 @@ class RelayRig:
         self.attached = False
         self.close_drained = False
         self.src = src
+        #: everything the relay returned, in order
+        self.events: list[RelayEvent] = []
         # the tags kaspad saw, to check it never gets what it would disconnect on
         self.kaspad_seen = 0
         self.kaspad_stage = 0
@@ -1119,8 +1122,17 @@ class RelayRig:
 
     def call(self, fn: Callable[[], object]) -> None:
         """A Relay entry point: nothing may escape; afterwards run the per-step checks."""
-        guarded(fn, ())
+        out = guarded(fn, ())
+        if isinstance(out, list):
+            self.events += out
         relay = self.relay
+        closes = [e for e in self.events if isinstance(e, Closed)]
+        check(len(closes) <= 1, f"the relay returned {len(closes)} Closed events")
+        check(closes == ([relay.closed] if relay.closed is not None else []),
+              f"the relay's Closed events {closes} do not match its state {relay.closed}")
+        check(not closes or self.events[-1] is closes[0],
+              f"events after Closed: {self.events[self.events.index(closes[0]) + 1:]}"
+              if closes else "")
         if relay.closed is not None:
             err = relay.closed.error
             check(err is None or (isinstance(err, BridgeError) and isinstance(err.fault, Fault)),
@@ -1487,8 +1499,6 @@ def fuzz_hostile(data: bytes) -> None:
               for _ in range(1 if first else 1 + src.below(3))]
     rig = RelayRig(src, kaspad_side=kaspad_side, settings=RelaySettings(),
                    pol_settings=policy.PolicySettings())
-    handed: list[int] = []
-    rig.policy.shared.on_learn_ips = lambda ips, source: handed.append(len(ips))
     down, up = rig.peers[Side.DOWN], rig.peers[Side.UP]
     down.open(list(REQUEST_HEADERS))
     rig.pump(src)
@@ -1530,6 +1540,7 @@ def fuzz_hostile(data: bytes) -> None:
             send(kaspad_side, REQUEST_ADDRESSES)
         send(kaspad_side if from_kaspad else remote_side, msg, compressed)
     rig.pump(src)
+    handed = [len(e.endpoints) for e in rig.events if isinstance(e, AddressesLearned)]
     check(all(n <= policy.MAX_ADDRESSES_RECEIVE for n in handed),
           f"the address book was handed {max(handed, default=0)} entries of one message")
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bridge.core import grpc, onion, policy, probe, proto, relay
+from bridge.core import grpc, legs, onion, policy, probe, proto, relay
 from bridge.core.errors import DecodeError
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import ConnectionPolicy, GossipState, OnionPeer, PolicySettings
@@ -161,16 +161,16 @@ _BREAKAGES: list[tuple[str, object, str, object]] = [
     ("relay", relay.Relay, "_on_request", _raise(AssertionError("x"))),
     ("relay", policy.ConnectionPolicy, "classify",  # a Ping reaches kaspad before Ready
      lambda self, direction, tag: policy.Action.PASS),
-    ("relay_passthrough", relay._Pipe, "_emit", None),  # corrupts pass-through bytes
+    ("relay_passthrough", legs.Pipe, "_emit", None),  # corrupts pass-through bytes
     ("hostile", policy.ConnectionPolicy, "classify",  # the first input's Version bomb passes
      lambda self, direction, tag: policy.Action.PASS),
 ]
 
 
 def _corrupting_emit() -> Callable[..., None]:
-    original = relay._Pipe._emit
+    original = legs.Pipe._emit
 
-    def emit(self: relay._Pipe, data: bytes, credit: int = 0) -> None:
+    def emit(self: legs.Pipe, data: bytes, credit: int = 0) -> None:
         if len(data) > 5:
             data = data[:-1] + bytes([data[-1] ^ 1])
         original(self, data, credit)
