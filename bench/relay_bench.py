@@ -51,7 +51,7 @@ from bench.relay.measure import (
     profile_bridge,
 )
 from bench.relay.report import lat_table, tput_table, write_report
-from bench.relay.rig import PATH_CHEAP, PATHS, start_rig, stop_rig
+from bench.relay.rig import PATH_BEFORE, PATH_CHEAP, PATHS, start_rig, stop_rig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--cheap-repr-variant", action="store_true",
                     help=f"diagnostic: also measure '{PATH_CHEAP}' (raw load generator)")
+    ap.add_argument("--before-variant", action="store_true",
+                    help=f"also measure '{PATH_BEFORE}' (raw load generator)")
     ap.add_argument("--bridge-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.bridge_child:
@@ -93,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     payloads = {"raw": (grpc_frame(gzip6(plain), True), wire, len(plain)),
                 "emu": (plain, wire, len(plain))}
     lat_msgs = make_lat_msgs()
-    rig = start_rig(gens, cheap_repr=args.cheap_repr_variant)
+    rig = start_rig(gens, cheap_repr=args.cheap_repr_variant, before=args.before_variant)
     tput: list[Tput] = []
     lat: list[Lat] = []
     variants = [(g, p) for g in gens for p in PATHS]
     t_variants = list(variants)
     if args.cheap_repr_variant and "raw" in gens:
         t_variants.insert(t_variants.index(("raw", "bridge")) + 1, ("raw", PATH_CHEAP))
+    if args.before_variant and "raw" in gens:
+        t_variants.insert(t_variants.index(("raw", "bridge")) + 1, ("raw", PATH_BEFORE))
     try:
         for rnd in range(settings["rounds"]):
             k = rnd % len(t_variants)

@@ -192,8 +192,8 @@ class BridgeProc:
         self.spec = spec
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.relay_bench", "--bridge-child", json.dumps(spec)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
-            bufsize=1)
+            env={**os.environ, **spec.get("env", {})}, cwd=REPO, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:

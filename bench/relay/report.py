@@ -14,7 +14,7 @@ from bench.harness.stats import med, spread
 from bench.harness.tools import NGHTTPX_WINDOW
 from bench.harness.wire import LAT_TX_PAYLOAD
 from bench.relay.measure import LAT_BLOCK_SIZE, LAT_BLOCKS_PER_S, LAT_TX_PER_S, Lat, Tput
-from bench.relay.rig import PATH_CHEAP, PATHS
+from bench.relay.rig import PATH_BEFORE, PATH_CHEAP, PATHS
 
 ANALYSIS_BEGIN = "<!-- analysis:begin -->"
 ANALYSIS_END = "<!-- analysis:end -->"
@@ -30,7 +30,7 @@ def tput_table(results: list[Tput], gens: list[str]) -> list[str]:
     ]
     for g in gens:
         direct = med([r.mb_s for r in results if r.gen == g and r.path == "direct"])
-        for p in (*PATHS, PATH_CHEAP):
+        for p in (*PATHS, PATH_CHEAP, PATH_BEFORE):
             rs = [r for r in results if r.gen == g and r.path == p]
             if not rs:
                 continue

@@ -15,6 +15,9 @@ PATHS = ("direct", "socat", "nghttpx", "bridge", "2 bridges")
 #: opt-in diagnostic variant (raw only): one bridge whose child process replaces hyperframe's
 #: Frame.__repr__ by a constant (h2 4.4 computes repr(frame) for every received frame).
 PATH_CHEAP = "bridge, cheap frame repr"
+#: opt-in (raw only): one bridge whose child runs with BRIDGE_FASTPATH=0, i.e. without the DATA
+#: fast path and zlib-ng (bridge/core/fastpath.py): the "before" beside the as-shipped bridge
+PATH_BEFORE = "bridge, BRIDGE_FASTPATH=0"
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Rig:
                 b.wait_ready()
 
 
-def start_rig(gens: list[str], cheap_repr: bool = False) -> Rig:
+def start_rig(gens: list[str], cheap_repr: bool = False, before: bool = False) -> Rig:
     made: dict[str, Any] = {}
     socats: dict[str, Socat] = {}
     nghttpxs: dict[str, Nghttpx] = {}
@@ -66,6 +69,9 @@ def start_rig(gens: list[str], cheap_repr: bool = False) -> Rig:
         if cheap_repr and g == "raw":
             bridges[f"{g}/{PATH_CHEAP}"] = [BridgeProc(
                 {"role": "A", "target": ["127.0.0.1", port], "cheap_repr": True})]
+        if before and g == "raw":
+            bridges[f"{g}/{PATH_BEFORE}"] = [BridgeProc(
+                {"role": "A", "target": ["127.0.0.1", port], "env": {"BRIDGE_FASTPATH": "0"}})]
     return Rig(made, socats, nghttpxs, bridges)
 
 

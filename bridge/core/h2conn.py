@@ -16,6 +16,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from bridge.core import fastpath
 from bridge.core.budget import BudgetSettings, FrameBudget
 
 __all__ = ["H2_CLOSED", "P2P_PATH", "PREFACE", "Endpoint", "FrameScanner", "RelaySettings",
@@ -138,6 +139,8 @@ class Endpoint:
         #: bytes the shell has written to the socket (it reports them, see :meth:`wrote`)
         self.written = 0
         self._written_seen = 0
+        #: the DATA fast path's frame state (:mod:`bridge.core.fastpath`), None when it is off
+        self.fast = fastpath.Inbound() if fastpath.ENABLED else None
 
     @property
     def queued(self) -> int:
@@ -163,6 +166,8 @@ class Endpoint:
             # the peer reads what we send it: the replies it asks for do not pile up
             self._written_seen = self.written
             self.budget.output_progressed()
+        if self.fast is not None:
+            return fastpath.receive(self, data)
         self.guard.feed(data)
         return self.conn.receive_data(data)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import h2.exceptions
 
-from bridge.core import grpc, proto
+from bridge.core import fastpath, grpc, proto
 from bridge.core.errors import DecodeError, FramingError
 from bridge.core.h2conn import Endpoint, RelaySettings
 from bridge.core.policy import Action, ConnectionPolicy, Direction
@@ -30,6 +30,10 @@ __all__ = ["Leg", "Pipe", "Side", "connect"]
 class Side(enum.Enum):
     DOWN = "down"  # we are the HTTP/2 server
     UP = "up"  # we are the HTTP/2 client
+
+    # Members are singletons compared by identity; Enum's own __hash__ is a Python-level call
+    # (hash of the name) on every per-side dict lookup of the hot path.
+    __hash__ = object.__hash__
 
 
 @dataclass(slots=True)
@@ -83,6 +87,8 @@ class Pipe:
             on_emit()
 
     def feed(self, data: bytes, credit: int) -> None:
+        if fastpath.pass_through(self, data, credit):
+            return
         self.bytes_in += len(data)
         src = self.src.end
         if src is not None:
@@ -177,14 +183,8 @@ class Pipe:
         acked = 0
         while self.out:
             item = self.out[0]
-            while item.data:
-                window = dst.local_flow_control_window(sid)
-                room = max_unsent - dst_end.unsent
-                n = min(window, room, dst.max_outbound_frame_size, len(item.data))
-                if n <= 0:
-                    break
-                dst.send_data(sid, item.data[:n].tobytes())
-                dst_end.budget.earn(n, frames_sent=1)
+            if item.data:  # as the windows, the frame size and max_unsent_data allow
+                n = fastpath.send_data(dst_end, sid, item.data, max_unsent)
                 item.data = item.data[n:]
                 self.queued -= n
             if item.data:
