@@ -42,7 +42,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from bridge.core import grpc, h2fast, proto
+from bridge.core import fastpath, grpc, h2fast, proto
 from bridge.core.budget import ENHANCE_YOUR_CALM, BudgetSettings, Flood, FrameBudget
 from bridge.core.errors import (
     BridgeError,
@@ -189,6 +189,8 @@ class Endpoint:
         #: bytes the shell has written to the socket (it reports them, see :meth:`wrote`)
         self.written = 0
         self._written_seen = 0
+        #: the DATA fast path's frame state (:mod:`bridge.core.fastpath`), None when it is off
+        self.fast = fastpath.Inbound() if fastpath.ENABLED else None
 
     @property
     def queued(self) -> int:
@@ -214,6 +216,8 @@ class Endpoint:
             # the peer reads what we send it: the replies it asks for do not pile up
             self._written_seen = self.written
             self.budget.output_progressed()
+        if self.fast is not None:
+            return fastpath.receive(self, data)
         self.guard.feed(data)
         return self.conn.receive_data(data)
 
@@ -288,6 +292,8 @@ class _Pipe:
             on_emit()
 
     def feed(self, data: bytes, credit: int) -> None:
+        if fastpath.pass_through(self, data, credit):
+            return
         self.bytes_in += len(data)
         src = self.relay._ends[self.src]
         if src is not None:
@@ -381,14 +387,9 @@ class _Pipe:
         acked = 0
         while self.out:
             item = self.out[0]
-            while item.data:
-                window = dst.local_flow_control_window(sid)
-                room = relay.settings.budget.max_unsent_data - dst_end.unsent
-                n = min(window, room, dst.max_outbound_frame_size, len(item.data))
-                if n <= 0:
-                    break
-                dst.send_data(sid, item.data[:n].tobytes())
-                dst_end.budget.earn(n, frames_sent=1)
+            if item.data:  # as the windows, the frame size and max_unsent_data allow
+                n = fastpath.send_data(dst_end, sid, item.data,
+                                       relay.settings.budget.max_unsent_data)
                 item.data = item.data[n:]
                 self.queued -= n
             if item.data:
