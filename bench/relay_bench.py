@@ -820,11 +820,13 @@ class RawGen:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.settimeout(None)
         s = RawPeer(sock, client=True, authority=f"127.0.0.1:{port}".encode())
-        if not s.open.wait(12) or s.closed.is_set():
-            raise RuntimeError("raw sender: no response headers")
+        # the receiver speaks first, as a kaspad remote does: a bridge holds the response
+        # HEADERS back from the sender until the remote's Version has passed its screening
         r = self.server.wait_stream()
         r.counter.times = []
         r.handshake(self.version_r)
+        if not s.open.wait(12) or s.closed.is_set():
+            raise RuntimeError("raw sender: no response headers")
         s.handshake(self.version_s)
         # wait until the receiver has seen our Version, Verack and Ready
         deadline = time.monotonic() + 5
