@@ -51,6 +51,8 @@ class Direction(enum.Enum):
     TO_REMOTE = "kaspad→remote"
     TO_KASPAD = "remote→kaspad"
 
+    __hash__ = object.__hash__  # identity, as Side's (a dict key on the relay's hot path)
+
 
 class Action(enum.Enum):
     PASS = "pass"  # forward byte for byte

@@ -74,6 +74,10 @@ class Side(enum.Enum):
     DOWN = "down"  # we are the HTTP/2 server
     UP = "up"  # we are the HTTP/2 client
 
+    # Members are singletons compared by identity; Enum's own __hash__ is a Python-level call
+    # (hash of the name) on every per-side dict lookup of the hot path.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
