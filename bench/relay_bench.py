@@ -67,6 +67,9 @@ PATHS = ("direct", "socat", "nghttpx", "bridge", "2 bridges")
 #: opt-in diagnostic variant (raw only): one bridge whose child process replaces hyperframe's
 #: Frame.__repr__ by a constant (h2 4.4 computes repr(frame) for every received frame).
 PATH_CHEAP = "bridge, cheap frame repr"
+#: opt-in (raw only): one bridge whose child runs with BRIDGE_FASTPATH=0, i.e. without the DATA
+#: fast path and zlib-ng (bridge/core/fastpath.py): the "before" beside the as-shipped bridge
+PATH_BEFORE = "bridge, BRIDGE_FASTPATH=0"
 ANALYSIS_BEGIN = "<!-- analysis:begin -->"
 ANALYSIS_END = "<!-- analysis:end -->"
 
@@ -244,7 +247,8 @@ class BridgeProc:
         self.spec = spec
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.relay_bench", "--bridge-child", json.dumps(spec)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, **spec.get("env", {})}, cwd=REPO, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
             bufsize=1)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -885,7 +889,7 @@ class Rig:
                 b.wait_ready()
 
 
-def start_rig(gens: list[str], cheap_repr: bool = False) -> Rig:
+def start_rig(gens: list[str], cheap_repr: bool = False, before: bool = False) -> Rig:
     made: dict[str, Any] = {}
     socats: dict[str, Socat] = {}
     nghttpxs: dict[str, Nghttpx] = {}
@@ -902,6 +906,9 @@ def start_rig(gens: list[str], cheap_repr: bool = False) -> Rig:
         if cheap_repr and g == "raw":
             bridges[f"{g}/{PATH_CHEAP}"] = [BridgeProc(
                 {"role": "A", "target": ["127.0.0.1", port], "cheap_repr": True})]
+        if before and g == "raw":
+            bridges[f"{g}/{PATH_BEFORE}"] = [BridgeProc(
+                {"role": "A", "target": ["127.0.0.1", port], "env": {"BRIDGE_FASTPATH": "0"}})]
     return Rig(made, socats, nghttpxs, bridges)
 
 
@@ -1175,7 +1182,7 @@ def tput_table(results: list[Tput], gens: list[str]) -> list[str]:
     ]
     for g in gens:
         direct = med([r.mb_s for r in results if r.gen == g and r.path == "direct"])
-        for p in (*PATHS, PATH_CHEAP):
+        for p in (*PATHS, PATH_CHEAP, PATH_BEFORE):
             rs = [r for r in results if r.gen == g and r.path == p]
             if not rs:
                 continue
@@ -1453,6 +1460,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--cheap-repr-variant", action="store_true",
                     help=f"diagnostic: also measure '{PATH_CHEAP}' (raw load generator)")
+    ap.add_argument("--before-variant", action="store_true",
+                    help=f"also measure '{PATH_BEFORE}' (raw load generator)")
     ap.add_argument("--bridge-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.bridge_child:
@@ -1483,13 +1492,15 @@ def main(argv: list[str] | None = None) -> int:
     payloads = {"raw": (grpc_frame(gzip6(plain), True), wire, len(plain)),
                 "emu": (plain, wire, len(plain))}
     lat_msgs = make_lat_msgs()
-    rig = start_rig(gens, cheap_repr=args.cheap_repr_variant)
+    rig = start_rig(gens, cheap_repr=args.cheap_repr_variant, before=args.before_variant)
     tput: list[Tput] = []
     lat: list[Lat] = []
     variants = [(g, p) for g in gens for p in PATHS]
     t_variants = list(variants)
     if args.cheap_repr_variant and "raw" in gens:
         t_variants.insert(t_variants.index(("raw", "bridge")) + 1, ("raw", PATH_CHEAP))
+    if args.before_variant and "raw" in gens:
+        t_variants.insert(t_variants.index(("raw", "bridge")) + 1, ("raw", PATH_BEFORE))
     try:
         for rnd in range(settings["rounds"]):
             k = rnd % len(t_variants)
