@@ -29,6 +29,12 @@ other case to ``h2``:
   debited as ``H2Connection.send_data`` does; a stream or connection not open for sending falls
   back to ``send_data`` itself (which raises as before).
 
+One difference in order, not in outcome: without the fast path the guard checks every frame
+header of a read before h2 sees any of it; here h2 is handed a read's frames up to each DATA
+frame as it goes, so when a later frame of the same read goes over the budget, h2 (and the
+windows) have already seen the frames before it. The connection is closed the same way, with the
+same bytes (the lockstep test compares them).
+
 The output is byte-identical to the slow path's (``tests/core/test_fastpath.py`` runs both on
 random chunkings, frame sizes and window updates). A queued payload view pins the read it came
 from; a payload smaller than an eighth of its read is copied instead, so what is held stays
