@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import trio
 
+from bridge.aio import Latch, Signal
 from bridge.core.errors import BridgeError, Fault
 from bridge.core.events import (
     AddressesLearned,
@@ -42,10 +43,10 @@ from bridge.core.events import (
 )
 from bridge.core.h2conn import PREFACE
 from bridge.core.relay import Endpoint, Relay, Side
+from bridge.net import h2io
 
 log = logging.getLogger("bridge.relay")
 
-READ_SIZE = 64 * 1024
 #: After the relay decided to close: time allowed to deliver the last frames (trailers, GOAWAY).
 CLOSE_FLUSH_TIMEOUT = 3.0
 #: Client preface (24 bytes) plus one frame header: the HTTP/2 client has started talking.
@@ -64,18 +65,6 @@ class StallPolicy:
     min_rate: float = 1024.0
 
 
-class _Signal:
-    def __init__(self) -> None:
-        self._ev = trio.Event()
-
-    def set(self) -> None:
-        self._ev.set()
-
-    async def wait(self) -> None:
-        await self._ev.wait()
-        self._ev = trio.Event()
-
-
 UpstreamGetter = Callable[[], Awaitable[tuple[trio.abc.Stream, Endpoint] | None]]
 Learned = OnionsLearned | AddressesLearned
 
@@ -85,8 +74,8 @@ class RelayRunner:
         self.relay = relay
         self.label = label
         self.streams: dict[Side, trio.abc.Stream | None] = {Side.DOWN: down, Side.UP: None}
-        self._kick = {Side.DOWN: _Signal(), Side.UP: _Signal()}
-        self._drained = {Side.DOWN: _Signal(), Side.UP: _Signal()}  # a writer wrote something
+        self._kick = {Side.DOWN: Latch(), Side.UP: Latch()}
+        self._drained = {Side.DOWN: Latch(), Side.UP: Latch()}  # a writer wrote something
         #: how often a reader waited for its side's backlog to drain (status, tests)
         self.read_pauses = {Side.DOWN: 0, Side.UP: 0}
         self._done = trio.Event()
@@ -97,7 +86,7 @@ class RelayRunner:
         #: stalls, a reset connection)
         self.fault: BridgeError | None = None
         self.bytes_read = {Side.DOWN: 0, Side.UP: 0}
-        self._progress = trio.Event()  # DOWN sent bytes / a request / the relay ended
+        self._progress = Signal()  # DOWN sent bytes / a request / the relay ended
         self._read_error: dict[Side, str] = {}
         #: called with each upstream the relay dropped (a duplicate node id), before a refill
         self.on_drop: Callable[[Dropped], None] | None = None
@@ -155,8 +144,7 @@ class RelayRunner:
     def _kick_all(self) -> None:
         for s in (*self._kick.values(), *self._drained.values()):
             s.set()
-        self._progress.set()
-        self._progress = trio.Event()
+        self._progress.notify()
         if self.closed is not None:
             self._done.set()
 
@@ -278,9 +266,8 @@ class RelayRunner:
         deadline = (trio.current_time() + preface_timeout if preface_timeout is not None
                     else float("inf"))
         while not self.request_seen and not self.relay.finished:
-            progress = self._progress
             with trio.move_on_at(deadline if not self.preface_seen else float("inf")):
-                await progress.wait()
+                await self._progress.wait()
                 continue
             self.blame(f"{self.relay.who(Side.DOWN)} sent no HTTP/2 preface within "
                        f"{preface_timeout:.1f}s")
@@ -366,10 +353,10 @@ class RelayRunner:
                 return
             try:
                 with trio.move_on_at(self._deadline(side)) as timer:
-                    data = await stream.receive_some(READ_SIZE)
+                    data = await stream.receive_some(h2io.READ_SIZE)
                 if timer.cancelled_caught:
                     continue  # the header block's limit: _tick() closes the relay
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except h2io.STREAM_ERRORS as exc:
                 data = b""
                 self._read_error[side] = repr(exc.__cause__ or exc)
             if not data:
@@ -403,7 +390,7 @@ class RelayRunner:
                     self.relay.writing(side, len(data))
                     try:
                         await stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    except h2io.STREAM_ERRORS as exc:
                         self._read_error.setdefault(side, repr(exc.__cause__ or exc))
                         self._lost(side)
                         self._kick_all()
