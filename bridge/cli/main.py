@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import shlex
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -18,18 +17,34 @@ import typer
 
 from bridge.config import Config, flag_help, load_config, parse_flags, parse_set, set_help
 from bridge.core.errors import BridgeError, ConfigError
+from bridge.runtime.logs import setup_logging
 from bridge.runtime.wiring import kaspad_flags
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run an unmodified rusty-kaspa kaspad over Tor.")
 rig_app = typer.Typer(no_args_is_help=True, help="Test rig: a private Tor network on loopback, "
                       "optionally with real kaspad nodes behind bridges.")
-app.add_typer(rig_app, name="rig")
+app.add_typer(rig_app, name="rig", rich_help_panel="Test rig and demo")
 onion_app = typer.Typer(no_args_is_help=True, help="The onion service key: show, back up, import.")
-app.add_typer(onion_app, name="onion")
+app.add_typer(onion_app, name="onion", rich_help_panel="Operator")
 kaspad_app = typer.Typer(no_args_is_help=True,
                          help="A real rusty-kaspa kaspad for the test rig: install, path.")
-app.add_typer(kaspad_app, name="kaspad")
+app.add_typer(kaspad_app, name="kaspad", rich_help_panel="Test rig and demo")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from bridge import __version__
+
+        typer.echo(f"kaspa-tor-bridge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", help="print the version and exit", callback=_version,
+        is_eager=True)] = False) -> None:
+    """Run an unmodified rusty-kaspa kaspad over Tor."""
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file",
                                                 envvar="KTB_CONFIG")]
@@ -53,30 +68,6 @@ def _set_overrides(items: list[str] | None) -> dict[str, Any]:
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                                               "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    import stem.util.log  # noqa: F401 - stem sets its logger to TRACE on import: override after
-
-    logging.getLogger("stem").setLevel(logging.WARNING)
 
 
 _P = ParamSpec("_P")
@@ -141,7 +132,8 @@ def _run_epilog() -> str:
     return "\n\n".join(lines)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command(rich_help_panel="Operator",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              epilog=_run_epilog())
 @_interruptible
 def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
@@ -168,7 +160,7 @@ def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
         raise
 
 
-@app.command("kaspad-flags", epilog=_set_epilog())
+@app.command("kaspad-flags", rich_help_panel="Operator", epilog=_set_epilog())
 def kaspad_flags_cmd(
     config: ConfigOpt = None,
     compose: Annotated[bool, typer.Option(
@@ -198,7 +190,7 @@ def kaspad_flags_cmd(
         typer.echo("kaspad " + " ".join(shlex.quote(f) for f in flags))
 
 
-@app.command(epilog=_set_epilog())
+@app.command(rich_help_panel="Operator", epilog=_set_epilog())
 def status(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON snapshot")] = False,
@@ -240,7 +232,7 @@ def status(
         pass
 
 
-@app.command(epilog=_set_epilog())
+@app.command(rich_help_panel="Operator", epilog=_set_epilog())
 @_interruptible
 def doctor(
     config: ConfigOpt = None,
@@ -326,7 +318,7 @@ def onion_import(
     typer.echo("restart the bridge to publish it")
 
 
-@app.command()
+@app.command(rich_help_panel="Test rig and demo")
 @_interruptible
 def demo(
     duration: Annotated[float, typer.Option(help="seconds to keep the peers talking")] = 10.0,
