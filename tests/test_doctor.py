@@ -174,3 +174,23 @@ async def test_kaspad_advertising_a_routable_address_is_caught(
         assert all(not s.violations for s in emu.sessions)  # a well-behaved peer for kaspad
     finally:
         await trio.to_thread.run_sync(emu.stop)
+
+
+def test_config_warnings_follow_what_the_bridge_does(tmp_path: Path) -> None:
+    """Issue 12 item 5: no "peers.connect is empty" warning where the bridge seeds through Tor
+    (mainnet), and no "not loopback" warning for a private kaspad address (the compose stack's
+    internal network); both still warn where they matter."""
+    from bridge.cli.doctor import check_config
+
+    def cfg(**over: object) -> list[str]:
+        c = load_config(None, env={"HOME": str(tmp_path)}, overrides=over)
+        return [f"{k.status} {k.detail}" for k in check_config(c)]
+
+    assert not any("peers.connect is empty" in x for x in cfg(network="kaspa-mainnet"))
+    assert any("peers.connect is empty and peers.dns_seed = false" in x
+               for x in cfg(network="kaspa-mainnet", **{"peers.dns_seed": False}))
+    assert any("peers.connect is empty and kaspa-simnet has no DNS seeders" in x
+               for x in cfg(network="kaspa-simnet"))
+    assert not any("kaspad.p2p" in x for x in cfg(**{"kaspad.p2p": "172.20.0.4:16111"}))
+    assert any("kaspad.p2p = 1.2.3.4:16111 is a public address" in x
+               for x in cfg(**{"kaspad.p2p": "1.2.3.4:16111"}))

@@ -17,6 +17,7 @@ Checks (all on the configured loopback endpoints; nothing outside them is contac
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import stat
@@ -30,6 +31,7 @@ import trio
 from bridge.config import Config, HostPort, UnixSocket
 from bridge.core.errors import BridgeError
 from bridge.core.relay import RelaySettings, new_upstream_connection
+from bridge.net.probe import seeder_targets
 from bridge.tor.control import ControlAuth, ControlEndpoint, TorControl
 from bridge.tor.errors import (
     AuthenticationError,
@@ -78,6 +80,14 @@ class _Fail(Exception):
 # ------------------------------------------------------------------------------ local checks
 
 
+def _private(host: str) -> bool:
+    """A private (RFC 1918, ULA, link-local) IP address: a container or LAN network."""
+    try:
+        return ipaddress.ip_address(host).is_private
+    except ValueError:
+        return False
+
+
 def check_config(cfg: Config) -> list[Check]:
     out: list[Check] = []
     for w in cfg.warnings:
@@ -103,14 +113,23 @@ def check_config(cfg: Config) -> list[Check]:
             if mode & 0o077:
                 out.append(Check("config", "warn", f"control password file {pw} has mode "
                                  f"{mode:04o}", f"chmod 600 {pw}"))
-    if not cfg.peers.connect:
-        out.append(Check("config", "warn", "peers.connect is empty: the slots have no upstream "
-                         "candidate until one is learned",
+    seeding = (cfg.mode == "tor-only" and cfg.peers.dns_seed
+               and bool(seeder_targets(cfg.network)))
+    if not cfg.peers.connect and not seeding:
+        why = ("peers.dns_seed = false" if cfg.mode == "tor-only" and not cfg.peers.dns_seed
+               else f"{cfg.network} has no DNS seeders" if cfg.mode == "tor-only"
+               else "hybrid mode does not seed through Tor")
+        out.append(Check("config", "warn", f"peers.connect is empty and {why}: the slots get "
+                         "upstream candidates only from the address book (peers learned "
+                         "earlier)",
                          "add at least one peer (\"<56 chars>.onion:port\") to peers.connect"))
-    if cfg.mode == "tor-only" and not cfg.kaspad.p2p.is_loopback:
-        out.append(Check("config", "warn", f"kaspad.p2p = {cfg.kaspad.p2p} is not loopback in "
-                         "tor-only mode", "run kaspad with --listen=127.0.0.1:<port> (see "
-                         "`kaspa-tor-bridge kaspad-flags`)"))
+    p2p = cfg.kaspad.p2p
+    if cfg.mode == "tor-only" and not p2p.is_loopback and not _private(p2p.host):
+        out.append(Check("config", "warn", f"kaspad.p2p = {p2p} is a public address in "
+                         "tor-only mode: kaspad would be reachable without Tor",
+                         "run kaspad with --listen=127.0.0.1:<port> (see `kaspa-tor-bridge "
+                         "kaspad-flags`), or on a private network with no route out (as the "
+                         "compose stack does)"))
     if not out:
         out.append(Check("config", "ok", f"{cfg.network}, mode {cfg.mode}, "
                          f"{cfg.slots.count} slots, {len(cfg.peers.connect)} configured peers"))
