@@ -37,6 +37,7 @@ from bridge.core.selection import (
     source_rank,
 )
 from bridge.store import book as book_mod
+from bridge.store import book_schema
 from bridge.store.book import AddressBook, AddressBookError
 
 NET = "kaspa-mainnet"
@@ -169,7 +170,7 @@ def test_migration_hook(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def to_v2(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE peers ADD COLUMN note TEXT NOT NULL DEFAULT 'v2'")
 
-    monkeypatch.setattr(book_mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(book_schema, "SCHEMA_VERSION", 3)  # read where the file is opened
     monkeypatch.setitem(book_mod.MIGRATIONS, 2, to_v2)
     with AddressBook(db) as b:
         assert b._db.execute("SELECT version FROM schema_version").fetchone()[0] == 3

@@ -86,22 +86,17 @@ cannot be written. ``on_error="raise"`` lets ``sqlite3.Error`` propagate instead
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
-import logging
 import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, ParamSpec, TypeVar
+from typing import Final, Literal
 
 from bridge.core import addrman
-from bridge.core.counters import Counters
-from bridge.core.errors import BridgeError, Fault
 from bridge.core.policy import OnionPeer
 from bridge.core.selection import (
     NETWORKS,
@@ -109,9 +104,24 @@ from bridge.core.selection import (
     Kind,
     PeerEntry,
     backoff_delay,
-    group_of,
     normalize_endpoint,
     source_rank,
+)
+from bridge.store.book_errors import AddressBookError, Corrupt, tolerant
+from bridge.store.book_place import (
+    LearnedStats,
+    admissible,
+    bound_tried,
+    new_counts,
+    place,
+)
+from bridge.store.book_schema import (
+    COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    move_aside,
+    open_db,
+    row_entry,
 )
 
 __all__ = [
@@ -120,93 +130,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "AddressBook",
     "AddressBookError",
+    "LearnedStats",
 ]
 
-log = logging.getLogger("bridge.store.book")
-
-SCHEMA_VERSION: Final = 2
 DEFAULT_MAX_ENTRIES: Final = 4096
-_CONFIG_RANK: Final = 3
-_WAL_LIMIT: Final = 4 * 1024 * 1024
-_SQLITE_READONLY: Final = 8
-_SQLITE_CORRUPT: Final = 11
-_SQLITE_FULL: Final = 13
-_SQLITE_NOTADB: Final = 26
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-class AddressBookError(BridgeError):
-    """The address book file cannot be used; the message names the file and the remedy."""
-
-    fault = Fault.LOCAL
-    action = "startup aborted"
-
-
-def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version (version) VALUES (0)")
-    conn.execute(
-        """
-        CREATE TABLE peers (
-            network       TEXT    NOT NULL,
-            host          TEXT    NOT NULL,
-            port          INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
-            kind          TEXT    NOT NULL CHECK (kind IN ('onion', 'ipv4', 'ipv6')),
-            source        TEXT    NOT NULL,
-            source_rank   INTEGER NOT NULL,
-            first_seen    REAL    NOT NULL,
-            last_seen     REAL    NOT NULL,
-            last_success  REAL,
-            failures      INTEGER NOT NULL DEFAULT 0,
-            backoff_until REAL    NOT NULL DEFAULT 0,
-            addrv2        INTEGER NOT NULL DEFAULT 0,
-            is_self       INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (network, host, port)
-        )
-        """
-    )
-    conn.execute("CREATE INDEX peers_evict ON peers "
-                 "(network, failures DESC, last_seen, host, port)")
-
-
-def _groups(source: str, host: str) -> tuple[str, str]:
-    """``(source_group, addr_group)`` columns of an entry (see the module docstring)."""
-    return addrman.source_group(source), group_of(host)
-
-
-def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
-    """Eclipse resistance: who told us (``source_group``) and the address's own group
-    (``addr_group``) become columns with their indexes; every row is kept."""
-    conn.execute("ALTER TABLE peers ADD COLUMN source_group TEXT NOT NULL DEFAULT 'other'")
-    conn.execute("ALTER TABLE peers ADD COLUMN addr_group TEXT NOT NULL DEFAULT ''")
-    rows = conn.execute("SELECT rowid, source, host FROM peers").fetchall()
-    conn.executemany("UPDATE peers SET source_group = ?, addr_group = ? WHERE rowid = ?",
-                     [(*_groups(str(src), str(host)), rowid) for rowid, src, host in rows])
-    conn.execute("DROP INDEX IF EXISTS peers_evict")
-    # the new table by source group, worst first; the tried table by address group
-    conn.execute("CREATE INDEX peers_new ON peers "
-                 "(network, source_group, last_success, failures DESC, last_seen)")
-    conn.execute("CREATE INDEX peers_tried ON peers (network, addr_group, last_success)")
-
-
-#: ``MIGRATIONS[v]`` upgrades schema ``v`` to ``v + 1`` (run inside one transaction).
-MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
-    0: _migrate_0_to_1, 1: _migrate_1_to_2}
-
-_COLUMNS: Final = ("network, host, port, kind, source, first_seen, last_seen, last_success, "
-                   "failures, backoff_until, addrv2, is_self")
-
-
-def _row_entry(row: Sequence[Any]) -> PeerEntry:
-    # columns are in PeerEntry field order; SQLite stores the flags as 0/1
-    return PeerEntry._make([*row[:10], bool(row[10]), bool(row[11])])
-
-
-def _entry_addr_group(kind: Kind, host: str) -> str:
-    """The ``addr_group`` column: the IPv4 /16, IPv6 /32 or onion of a normalised host."""
-    return PeerEntry("", host, 1, kind, "", 0.0, 0.0).group
 
 
 def _check_network(network: str) -> None:
@@ -219,58 +146,6 @@ def _stamp(now: float | None) -> float:
     if not math.isfinite(t):
         raise ValueError(f"timestamp must be finite, got {now!r}")
     return t
-
-
-def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    if isinstance(exc, sqlite3.OperationalError):
-        return False  # locked, read-only, cannot open, disk I/O: not the file's contents
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    msg = str(exc).lower()
-    return "not a database" in msg or "malformed" in msg
-
-
-class _Corrupt(Exception):
-    pass
-
-
-def _tolerant(default: Callable[[], Any], what: str, *, write: bool = True,
-              ) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """With ``on_error="log"``: a database error after opening returns ``default()`` (see the
-    module docstring). Programming errors (``ValueError``, a closed book, a violated constraint)
-    still raise. Only a successful *write* ends a failure period (reads work on a full disk)."""
-
-    def deco(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-        @functools.wraps(fn)
-        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            self = args[0]
-            assert isinstance(self, AddressBook)
-            try:
-                result = fn(*args, **kwargs)
-            except sqlite3.DatabaseError as exc:
-                if self.on_error == "raise" or isinstance(exc, sqlite3.IntegrityError):
-                    raise
-                self._failed(what, exc)
-                value: _R = default()
-                return value
-            if write:
-                self._worked()
-            return result
-
-        return wrapper
-
-    return deco
-
-
-@dataclass(frozen=True, slots=True)
-class LearnedStats(Counters):
-    """Learned entries not stored: not public (IPs only the operator may give), dropped
-    (a newcomer over its source group's quota); and entries evicted to make room."""
-
-    not_public: int = 0
-    dropped: int = 0
-    evicted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,147 +204,23 @@ class AddressBook:
         self.moved_aside: Path | None = None  # where a corrupt file went, if it did
         try:
             self._conn = self._open()
-        except _Corrupt as exc:
+        except Corrupt as exc:
             if on_corrupt == "raise":
                 raise AddressBookError(
                     f"address book {self.path} is corrupt ({exc}); move it aside or delete it "
                     "(peers are re-learned from seeds and gossip)") from None
-            self.moved_aside = self._move_aside(str(exc))
+            self.moved_aside = move_aside(self.path, str(exc))
             try:
                 self._conn = self._open()
-            except _Corrupt as again:  # pragma: no cover - a fresh file cannot be corrupt
+            except Corrupt as again:  # pragma: no cover - a fresh file cannot be corrupt
                 raise AddressBookError(
                     f"address book {self.path}: still corrupt after moving the old file "
                     f"aside ({again})") from None
 
     # -- opening ---------------------------------------------------------------------------
 
-    def _fs_problem(self, exc: BaseException) -> str | None:
-        """'read-only' / 'full' when the filesystem holding the book is the cause."""
-        code = getattr(exc, "sqlite_errorcode", None)
-        code = code & 0xFF if isinstance(code, int) else None
-        try:
-            vfs = os.statvfs(self.path.parent)
-        except OSError:
-            vfs = None
-        if getattr(exc, "errno", None) == errno.EROFS or (
-                code == _SQLITE_READONLY and vfs is not None and vfs.f_flag & os.ST_RDONLY):
-            return "read-only"
-        if getattr(exc, "errno", None) == errno.ENOSPC or code == _SQLITE_FULL:
-            return "full"
-        return None
-
-    def _hint(self, exc: BaseException) -> AddressBookError:
-        msg = str(exc)
-        low = msg.lower()
-        fs = self._fs_problem(exc)
-        if fs == "read-only":
-            what = (f"the filesystem holding {self.path.parent} is mounted read-only; the "
-                    "bridge must be able to write its data directory (remount it read-write "
-                    "or point data_dir at a writable directory)")
-        elif fs == "full":
-            what = f"the disk holding {self.path.parent} is full; free some space"
-        elif not self.path.parent.is_dir():
-            what = (f"directory {self.path.parent} does not exist; create the data directory "
-                    "or point the bridge at an existing one")
-        elif "locked" in low or "busy" in low:
-            what = ("the file is locked by another process; is a second kaspa-tor-bridge "
-                    "running with the same data directory?")
-        elif isinstance(exc, PermissionError) or "readonly" in low or "read-only" in low \
-                or "unable to open" in low or "permission" in low:
-            what = (f"cannot read and write it as uid {os.getuid()}; fix the ownership or "
-                    f"permissions of {self.path} (and its -wal/-shm files) and of "
-                    f"{self.path.parent}, which must be writable")
-        else:
-            what = "check the file and the disk (space, I/O errors)"
-        return AddressBookError(f"address book {self.path}: {msg}: {what}")
-
     def _open(self) -> sqlite3.Connection:
-        if not self.path.parent.is_dir():
-            raise self._hint(FileNotFoundError(f"no directory {self.path.parent}"))
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-        except OSError as exc:
-            raise self._hint(exc) from exc
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._hint(exc) from exc
-        try:
-            self._setup(conn)
-        except _Corrupt:
-            conn.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            if _is_corruption(exc):
-                raise _Corrupt(str(exc)) from exc
-            raise self._hint(exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _setup(self, conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise AddressBookError(
-                f"address book {self.path}: SQLite refused WAL mode (got {mode!r}); put the "
-                "data directory on a local filesystem")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
-        check = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
-        if check != ["ok"]:
-            raise _Corrupt("quick_check: " + "; ".join(check[:3]))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = self._schema_version(conn)
-            if version > SCHEMA_VERSION:
-                raise AddressBookError(
-                    f"address book {self.path} has schema version {version}, written by a newer "
-                    f"kaspa-tor-bridge (this one supports up to {SCHEMA_VERSION}); upgrade the "
-                    "bridge or move the file aside")
-            for v in range(version, SCHEMA_VERSION):
-                MIGRATIONS[v](conn)
-                conn.execute("UPDATE schema_version SET version = ?", (v + 1,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
-        tables = {str(r[0]) for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "schema_version" not in tables:
-            if tables:
-                raise AddressBookError(
-                    f"{self.path} is an SQLite database but not an address book (tables: "
-                    f"{', '.join(sorted(tables))}); point the bridge at another file")
-            return 0
-        rows = conn.execute("SELECT version FROM schema_version").fetchall()
-        if len(rows) != 1 or not isinstance(rows[0][0], int):
-            raise _Corrupt(f"schema_version table holds {rows!r}")
-        return int(rows[0][0])
-
-    def _move_aside(self, why: str) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while base.exists():
-            n += 1
-            base = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                try:
-                    os.replace(src, str(base) + suffix)
-                except OSError as exc:
-                    raise self._hint(exc) from exc
-        log.warning("address book %s is corrupt (%s): moved it to %s and started an empty book; "
-                    "peers will be re-learned from seeds and gossip", self.path, why, base)
-        return base
+        return open_db(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -499,31 +250,6 @@ class AddressBook:
                         conn.execute("ROLLBACK")
                 raise
 
-    def _failed(self, what: str, exc: sqlite3.Error) -> None:
-        self.errors += 1
-        self.failing += 1
-        self.last_error = f"{what}: {exc}"
-        self._last_failure = time.monotonic()
-        if self._failing_since is not None:
-            return  # logged once per failure period
-        self._failing_since = time.monotonic()
-        fs = self._fs_problem(exc)
-        cause = {"full": "the disk is full", "read-only": "the filesystem is read-only"}.get(
-            fs or "", "a database error")
-        log.error("address book %s: %s failed (%s: %s); the bridge keeps relaying, but peers "
-                  "and their state are not saved until writes succeed again (further failures "
-                  "are counted, not logged)", self.path, what, cause, exc)
-
-    def _worked(self) -> None:
-        if self._failing_since is None \
-                or time.monotonic() - self._last_failure < self.recover_after:
-            return
-        log.warning("address book %s works again (%d operations failed over %.0fs; last: %s)",
-                    self.path, self.failing, time.monotonic() - self._failing_since,
-                    self.last_error)
-        self._failing_since = None
-        self.failing = 0
-
     def stats(self) -> BookStats:
         return BookStats(str(self.path), self.errors, self.failing, self.last_error,
                          self.learned)
@@ -542,73 +268,9 @@ class AddressBook:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- bounds (see the module docstring) ----------------------------------------------------
-
-    def _counts(self, conn: sqlite3.Connection, network: str) -> addrman.GroupCounts:
-        """Untried gossip entries per source group (loaded once, then kept up to date)."""
-        counts = self._new_counts.get(network)
-        if counts is None:
-            rows = conn.execute(
-                "SELECT source_group, count(*) FROM peers WHERE network = ? "
-                "AND last_success IS NULL AND source_rank < ? GROUP BY source_group",
-                (network, PROTECTED_RANK)).fetchall()
-            counts = self._new_counts[network] = addrman.GroupCounts(
-                {str(g): int(n) for g, n in rows})
-        return counts
-
-    def _victim(self, conn: sqlite3.Connection, network: str, group: str, now: float,
-                terrible: bool) -> int | None:
-        """rowid of the worst untried entry of ``group`` (only a terrible one if asked)."""
-        sql = ("SELECT rowid FROM peers WHERE network = ? AND source_group = ? "
-               "AND last_success IS NULL")
-        args: list[object] = [network, group]
-        if terrible:
-            sql += " AND (failures >= ? OR last_seen < ?)"
-            args += [addrman.TERRIBLE_FAILURES, now - addrman.HORIZON]
-        row = conn.execute(sql + " ORDER BY failures DESC, last_seen, host, port LIMIT 1",
-                           args).fetchone()
-        return None if row is None else int(row[0])
-
-    def _make_room(self, conn: sqlite3.Connection, network: str, group: str, rank: int,
-                   now: float, barren: set[str], seeds: list[int]) -> bool:
-        """Make room for one new entry of ``group``: evict by the rules, or say no.
-        Per call: ``barren`` remembers the groups known to hold no terrible entry, ``seeds[0]``
-        the number of seed entries (-1: not counted yet)."""
-        if rank >= _CONFIG_RANK:
-            return True
-        if rank >= PROTECTED_RANK:  # a seed: bounded among seeds only
-            if seeds[0] < 0:
-                seeds[0] = int(conn.execute("SELECT count(*) FROM peers WHERE network = ? AND "
-                                            "source_group = ?", (network, group)).fetchone()[0])
-            if seeds[0] < self.max_seed:
-                seeds[0] += 1
-                return True
-            victim = self._victim(conn, network, group, now, terrible=False)
-            if victim is None:
-                return False
-            conn.execute("DELETE FROM peers WHERE rowid = ?", (victim,))
-            self.learned = self.learned.bump(evicted=1)
-            return True
-        counts = self._counts(conn, network)
-        quota = addrman.group_quota(group, self.max_new)
-        victim_group = counts.victim_group(group, quota, self.max_new)
-        if victim_group is None:
-            return True
-        only_terrible = victim_group == group
-        if only_terrible and group in barren:
-            return False
-        victim = self._victim(conn, network, victim_group, now, terrible=only_terrible)
-        if victim is None:
-            barren.add(group)
-            return False
-        conn.execute("DELETE FROM peers WHERE rowid = ?", (victim,))
-        counts.add(victim_group, -1)
-        self.learned = self.learned.bump(evicted=1)
-        return True
-
     # -- writes (each one transaction) -----------------------------------------------------
 
-    @_tolerant(lambda: False, "learn")
+    @tolerant(lambda: False, "learn")
     def learn(self, network: str, host: str, port: int, *, source: str,
               now: float | None = None, addrv2: bool = False) -> bool:
         """Record that ``host:port`` exists (seed, config, gossip, version ...).
@@ -621,7 +283,7 @@ class AddressBook:
         h, p, _ = normalize_endpoint(host, port)
         return (h, p) in self._learn(network, [(host, port)], source, now, addrv2, strict=True)
 
-    @_tolerant(lambda: 0, "learn_many")
+    @tolerant(lambda: 0, "learn_many")
     def learn_many(self, network: str, endpoints: Iterable[tuple[str, int]], *, source: str,
                    now: float | None = None, addrv2: bool = False) -> int:
         """:meth:`learn` for a whole Addresses message in one transaction; invalid endpoints
@@ -634,66 +296,13 @@ class AddressBook:
         _check_network(network)
         rank = source_rank(source)
         group = addrman.source_group(source)
-        items: dict[tuple[str, int], Kind] = {}
-        for host, port in endpoints:
-            try:
-                h, p, k = normalize_endpoint(host, port)
-            except ValueError:
-                if strict:
-                    raise
-                continue
-            if k != "onion" and rank < _CONFIG_RANK and not addrman.is_public_host(h):
-                # never learned from anyone but the operator
-                self.learned = self.learned.bump(not_public=1)
-                continue
-            items[(h, p)] = k
+        items = admissible(self, endpoints, rank, strict=strict)
         if not items:
             return set()
-        new: set[tuple[str, int]] = set()
-        barren: set[str] = set()
-        seeds = [-1]
-        flag = int(bool(addrv2))
         with self._write() as conn:
-            counts = self._counts(conn, network)
-            for (h, p), k in items.items():
-                row = conn.execute(
-                    "SELECT source_rank, source_group, last_success FROM peers "
-                    "WHERE network = ? AND host = ? AND port = ?", (network, h, p)).fetchone()
-                if row is None:
-                    if not self._make_room(conn, network, group, rank, t, barren, seeds):
-                        self.learned = self.learned.bump(dropped=1)
-                        continue
-                    conn.execute(
-                        "INSERT INTO peers (network, host, port, kind, source, source_rank, "
-                        "first_seen, last_seen, addrv2, source_group, addr_group) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (network, h, p, k, source, rank, t, t, flag, group,
-                         _entry_addr_group(k, h)))
-                    if rank < PROTECTED_RANK:
-                        counts.add(group)
-                    new.add((h, p))
-                    continue
-                old_rank, old_group, tried = int(row[0]), str(row[1]), row[2] is not None
-                # a higher rank replaces the source; the quota group changes only when the entry
-                # becomes a seed/config one (so nobody can move what others told us into a
-                # group they can churn)
-                regroup = rank > old_rank and rank >= PROTECTED_RANK
-                conn.execute(
-                    """
-                    UPDATE peers SET last_seen = max(last_seen, ?), addrv2 = (addrv2 OR ?),
-                        source = CASE WHEN ? > source_rank THEN ? ELSE source END,
-                        source_rank = max(source_rank, ?),
-                        source_group = CASE WHEN ? THEN ? ELSE source_group END
-                    WHERE network = ? AND host = ? AND port = ?
-                    """,
-                    (t, flag, rank, source, rank, int(regroup), group, network, h, p))
-                if regroup and old_rank < PROTECTED_RANK and not tried:
-                    counts.add(old_group, -1)
-                if regroup and seeds[0] >= 0:  # seed entries counted in this call
-                    seeds[0] += (rank < _CONFIG_RANK) - (old_group == "seed")
-        return new
+            return place(self, conn, network, items, source, rank, group, t, addrv2)
 
-    @_tolerant(lambda: False, "record_success")
+    @tolerant(lambda: False, "record_success")
     def record_success(self, network: str, host: str, port: int, *, now: float | None = None,
                        addrv2: bool | None = None) -> bool:
         """A connection to the peer worked: failures and backoff reset, ``last_success = now``.
@@ -723,38 +332,11 @@ class AddressBook:
                 (t, t, None if addrv2 is None else int(addrv2), rowid),
             )
             if rank < PROTECTED_RANK and row[4] is None:
-                self._counts(conn, network).add(group, -1)
-                self._bound_tried(conn, network, agroup, rowid)
+                new_counts(self, conn, network).add(group, -1)
+                bound_tried(self, conn, network, agroup, rowid)
             return True
 
-    def _bound_tried(self, conn: sqlite3.Connection, network: str, agroup: str,
-                     keep: int) -> None:
-        tried = "network = ? AND last_success IS NOT NULL AND source_rank < ?"
-        (in_group,) = conn.execute(
-            f"SELECT count(*) FROM peers WHERE {tried} AND addr_group = ?",
-            (network, PROTECTED_RANK, agroup)).fetchone()
-        victim_group: str | None = None
-        if int(in_group) > max(1, self.max_tried // addrman.QUOTA_DIVISOR):
-            victim_group = agroup
-        else:
-            (total,) = conn.execute(f"SELECT count(*) FROM peers WHERE {tried}",
-                                    (network, PROTECTED_RANK)).fetchone()
-            if int(total) > self.max_tried:
-                victim_group = str(conn.execute(
-                    f"SELECT addr_group FROM peers WHERE {tried} GROUP BY addr_group "
-                    "ORDER BY count(*) DESC, addr_group LIMIT 1",
-                    (network, PROTECTED_RANK)).fetchone()[0])
-        if victim_group is None:
-            return
-        victim = conn.execute(
-            f"SELECT rowid FROM peers WHERE {tried} AND addr_group = ? AND rowid != ? "
-            "ORDER BY failures DESC, last_success, host, port LIMIT 1",
-            (network, PROTECTED_RANK, victim_group, keep)).fetchone()
-        if victim is not None:
-            conn.execute("DELETE FROM peers WHERE rowid = ?", (int(victim[0]),))
-            self.learned = self.learned.bump(evicted=1)
-
-    @_tolerant(lambda: None, "record_failure")
+    @tolerant(lambda: None, "record_failure")
     def record_failure(self, network: str, host: str, port: int, *, now: float | None = None,
                        backoff: Callable[[int], float] = backoff_delay,
                        ) -> tuple[int, float] | None:
@@ -779,7 +361,7 @@ class AddressBook:
                 (n, t + delay, network, h, p))
             return n, delay
 
-    @_tolerant(lambda: 0, "reset_backoff")
+    @tolerant(lambda: 0, "reset_backoff")
     def reset_backoff(self, network: str) -> int:
         """Clear failures and backoffs of every entry (our Tor recovered). Returns the count."""
         _check_network(network)
@@ -789,7 +371,7 @@ class AddressBook:
                                (network,))
             return int(cur.rowcount)
 
-    @_tolerant(lambda: False, "mark_self")
+    @tolerant(lambda: False, "mark_self")
     def mark_self(self, network: str, host: str, port: int, is_self: bool = True) -> bool:
         """Flag (or unflag) the peer as a route back to our own kaspad. ``False`` if unknown."""
         _check_network(network)
@@ -800,7 +382,7 @@ class AddressBook:
                 (int(is_self), network, h, p))
             return cur.rowcount == 1
 
-    @_tolerant(lambda: False, "remove")
+    @tolerant(lambda: False, "remove")
     def remove(self, network: str, host: str, port: int) -> bool:
         _check_network(network)
         h, p, _ = normalize_endpoint(host, port)
@@ -812,21 +394,21 @@ class AddressBook:
 
     # -- reads -----------------------------------------------------------------------------
 
-    @_tolerant(lambda: None, "read", write=False)
+    @tolerant(lambda: None, "read", write=False)
     def get(self, network: str, host: str, port: int) -> PeerEntry | None:
         _check_network(network)
         h, p, _ = normalize_endpoint(host, port)
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM peers WHERE network = ? AND host = ? AND port = ?",
+                f"SELECT {COLUMNS} FROM peers WHERE network = ? AND host = ? AND port = ?",
                 (network, h, p)).fetchone()
-        return None if row is None else _row_entry(row)
+        return None if row is None else row_entry(row)
 
-    @_tolerant(list, "read", write=False)
+    @tolerant(list, "read", write=False)
     def entries(self, network: str, kinds: Collection[Kind] | None = None) -> list[PeerEntry]:
         """All entries of ``network`` (optionally only these kinds), ordered by host, port."""
         _check_network(network)
-        sql = f"SELECT {_COLUMNS} FROM peers WHERE network = ?"
+        sql = f"SELECT {COLUMNS} FROM peers WHERE network = ?"
         args: list[object] = [network]
         if kinds is not None:
             ks = sorted(set(kinds))
@@ -836,9 +418,9 @@ class AddressBook:
             args += ks
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY host, port", args).fetchall()
-        return [_row_entry(r) for r in rows]
+        return [row_entry(r) for r in rows]
 
-    @_tolerant(lambda: 0, "count", write=False)
+    @tolerant(lambda: 0, "count", write=False)
     def count(self, network: str | None = None) -> int:
         with self._lock:
             if network is None:

@@ -326,7 +326,7 @@ async def test_client_tor_restart_pauses_and_resumes_dialing(
 # mount namespace (tests/faults/disk_ns.py): real ENOSPC and real EROFS, invisible to the host.
 
 DISK_SIZE = 2 * 1024 * 1024
-BOOK_ERROR = r"ERROR +bridge\.book: address book \S+: \w+ failed \("
+BOOK_ERROR = r"ERROR +bridge\.store\.book: address book \S+: \w+ failed \("
 
 
 @pytest.fixture
