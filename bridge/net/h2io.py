@@ -15,7 +15,7 @@ wants to send, and look at the events. This module holds those steps once:
 - :func:`h2_client_handshake`: our client preface out, the server's SETTINGS in.
 
 Users: :mod:`bridge.net.pool` (the handshake of a warm connection and its idle loop),
-:mod:`bridge.net.probe` (the harvest loop), :mod:`bridge.runtime.bridge` and
+:mod:`bridge.net.probe` (the harvest loop), :mod:`bridge.runtime.bridge_relays` and
 :mod:`bridge.cli.doctor` (handshake to kaspad). The relay runner's reader and writer tasks are
 the same steps split over two tasks (:func:`receive`, then ``relay.receive``; ``relay
 .data_to_send``, then :func:`send`).
