@@ -61,17 +61,27 @@ def tornet(request: pytest.FixtureRequest,
         if os.environ.get("CI"):
             pytest.fail(f"{msg}; CI is set, so this is an error, not a skip", pytrace=False)
         pytest.skip(msg)
-    workdir = tmp_path_factory.mktemp("tornet")
-    net = TorNetwork(workdir, onion_hosts=3, control_password=TORNET_CONTROL_PASSWORD)
-    request.config.stash[_TORNET_KEY] = net
-    try:
-        net.start(timeout=float(os.environ.get("KTB_TORNET_TIMEOUT", "90")))
-    except RigError as exc:
-        where = "" if exc.log_dir is not None else f" (logs: {workdir})"
-        pytest.fail(f"private Tor network failed to start: {exc}{where}", pytrace=False)
-    except BaseException:
-        net.stop()
-        raise
+    # One retry: on a loaded 2-core box a tor of the network once aborted during its start
+    # (rc=-6); a second network from scratch is cheaper than a failed session. Both errors
+    # are reported if the second start fails too.
+    errors: list[str] = []
+    for _attempt in range(2):
+        workdir = tmp_path_factory.mktemp("tornet")
+        net = TorNetwork(workdir, onion_hosts=3, control_password=TORNET_CONTROL_PASSWORD)
+        request.config.stash[_TORNET_KEY] = net
+        try:
+            net.start(timeout=float(os.environ.get("KTB_TORNET_TIMEOUT", "90")))
+            break
+        except RigError as exc:
+            net.stop()
+            where = "" if exc.log_dir is not None else f" (logs: {workdir})"
+            errors.append(f"{exc}{where}")
+        except BaseException:
+            net.stop()
+            raise
+    else:
+        pytest.fail("private Tor network failed to start, twice: " + " / ".join(errors),
+                    pytrace=False)
     try:
         yield net
     finally:
