@@ -24,6 +24,11 @@ NETWORK_OPTIONS = ("TestingTorNetwork", "DirAuthority", "PathsNeededToBuildCircu
                    "ShutdownWaitLength")
 
 
+def find_obfs4proxy() -> str | None:
+    """The obfs4 server binary: obfs4proxy, or its successor lyrebird (PATH or sbin)."""
+    return find_binary("obfs4proxy") or find_binary("lyrebird")
+
+
 def network_torrc(net: TorNetwork) -> list[str]:
     """The lines that make a tor join ``net`` (authorities and testing options)."""
     return [ln for ln in net.client.torrc.read_text().splitlines()
@@ -60,7 +65,7 @@ def start_obfs4_bridge(net: TorNetwork, home: Path, *, timeout: float = 60.0,
                        obfs4proxy: str | None = None) -> Obfs4Bridge:
     """Start an obfs4 bridge relay for ``net`` under ``home``; returns once its bridge line is
     known. Raises RuntimeError (with the log's tail) if it does not come up."""
-    binary = obfs4proxy or find_binary("obfs4proxy") or find_binary("lyrebird")
+    binary = obfs4proxy or find_obfs4proxy()
     if binary is None:
         raise RuntimeError("obfs4proxy not found (apt-get install -y obfs4proxy)")
     tor = net.tor_binary

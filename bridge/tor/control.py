@@ -317,17 +317,17 @@ class TorControl:
         else:
             ktype, kcontent = "ED25519-V3", key.blob_content()
         want_pow = defenses is not None and defenses.pow
+        streams = defenses.max_streams if defenses is not None else 0
+        flags = ["Detach"] if detached else []
+        if streams and defenses is not None and defenses.max_streams_close_circuit:
+            flags.append("MaxStreamsCloseCircuit")
 
         def command(with_pow: bool) -> str:
-            flags = ["Detach"] if detached else []
-            if defenses is not None and defenses.max_streams and \
-                    defenses.max_streams_close_circuit:
-                flags.append("MaxStreamsCloseCircuit")
             parts = [f"ADD_ONION {ktype}:{kcontent}"]
             if flags:
                 parts.append("Flags=" + ",".join(flags))
-            if defenses is not None and defenses.max_streams:
-                parts.append(f"MaxStreams={defenses.max_streams}")
+            if streams:
+                parts.append(f"MaxStreams={streams}")
             parts.append(f"Port={virt_port},{tgt}")
             if with_pow and defenses is not None:
                 parts += defenses.pow_keywords()
@@ -360,8 +360,7 @@ class TorControl:
             if not resp.private_key or resp.private_key_type != "ED25519-V3":
                 raise OnionPublishError(f"ADD_ONION NEW returned no ED25519-V3 key for {sid}")
             new_key = OnionKey.from_blob(str(resp.private_key))
-        max_streams = defenses.max_streams if defenses is not None else 0
-        return AddedOnion(sid, new_key, pow=pow_on, max_streams=max_streams)
+        return AddedOnion(sid, new_key, pow=pow_on, max_streams=streams)
 
     async def remove_onion(self, service_id: str, timeout: float | None = None) -> bool:
         """DEL_ONION; ``False`` if Tor did not know it."""

@@ -31,7 +31,12 @@ from bridge.tor.control import ControlAuth, ControlEndpoint
 from bridge.tor.errors import ManagedTorError
 from bridge.tor.proc import spawn
 from bridge.tor.supervisor import Backoff
-from bridge.tor.transports import TRANSPORT_BINARIES, find_transport_binary, torrc_lines
+from bridge.tor.transports import (
+    DEBIAN_PACKAGES,
+    TRANSPORT_BINARIES,
+    find_transport_binary,
+    torrc_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +71,10 @@ def transport_plugins(cfg: ManagedTorConfig) -> dict[str, str]:
                       " or ".join(TRANSPORT_BINARIES[transport]))
             raise ManagedTorError(
                 f"the bridges use the {transport} transport, which needs {wanted} on PATH "
-                f"(Debian: apt install {_PACKAGES.get(transport, transport)}); "
+                f"(Debian: apt install {DEBIAN_PACKAGES[transport]}); "
                 "see tor.transport_binary", action="managed tor not started")
         plugins[transport] = found
     return plugins
-
-
-#: Debian packages of the transport binaries
-_PACKAGES = {"obfs4": "obfs4proxy", "meek_lite": "obfs4proxy", "webtunnel": "webtunnel",
-             "snowflake": "snowflake-client"}
 
 
 def render_torrc(cfg: ManagedTorConfig, plugins: dict[str, str] | None = None) -> str:

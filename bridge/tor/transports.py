@@ -23,11 +23,9 @@ TRANSPORT_BINARIES: dict[str, tuple[str, ...]] = {
     "webtunnel": ("lyrebird", "webtunnel-client"),
     "snowflake": ("snowflake-client",),
 }
-
-
-def parse_bridges(lines: Sequence[str], transport: str | None = None) -> tuple[BridgeLine, ...]:
-    """Every line parsed (the first bad one raises :class:`BridgeLineError`)."""
-    return tuple(BridgeLine.parse(line, transport=transport) for line in lines)
+#: the Debian package of each transport's binaries (named in the error when none is found)
+DEBIAN_PACKAGES: dict[str, str] = {"obfs4": "obfs4proxy", "meek_lite": "obfs4proxy",
+                                   "webtunnel": "webtunnel", "snowflake": "snowflake-client"}
 
 
 def find_transport_binary(transport: str, override: str | None = None) -> str | None:

@@ -125,3 +125,12 @@ def test_compose_tor_image_has_the_transports_and_a_valid_example() -> None:
     plugins = {ln.split()[1]: ln.split()[3] for ln in example
                if ln.startswith("ClientTransportPlugin ")}
     assert plugins == {"obfs4": "/usr/bin/obfs4proxy", "snowflake": "/usr/bin/snowflake-client"}
+
+
+def test_every_transport_has_binaries_and_a_package() -> None:
+    """The transport names the config accepts (core) and the tables the managed tor runs them
+    from (tor) list the same transports."""
+    from bridge.core.bridges import TRANSPORTS
+    from bridge.tor.transports import DEBIAN_PACKAGES, TRANSPORT_BINARIES
+
+    assert set(TRANSPORT_BINARIES) == set(TRANSPORTS) == set(DEBIAN_PACKAGES)

@@ -18,16 +18,15 @@ import trio
 from bridge.core.bridges import BridgeLine
 from bridge.net.socks import ProxyEndpoint, open_socks_stream
 from bridge.rig import TorNetwork
-from bridge.rig.ptbridge import network_torrc, start_obfs4_bridge
-from bridge.rig.tornet import find_binary, free_ports
+from bridge.rig.ptbridge import find_obfs4proxy, network_torrc, start_obfs4_bridge
+from bridge.rig.tornet import free_ports
 from bridge.tor.control import ControlAuth, ControlEndpoint, TorControl
 from bridge.tor.keys import KEY_FILE_NAME
 from bridge.tor.managed import ManagedTor, ManagedTorConfig
 from bridge.tor.supervisor import Backoff, OnionSpec, TorSupervisor
 
 pytestmark = [pytest.mark.tor,
-              pytest.mark.skipif(find_binary("obfs4proxy") is None and
-                                 find_binary("lyrebird") is None,
+              pytest.mark.skipif(find_obfs4proxy() is None,
                                  reason="obfs4proxy is not installed (scripts/setup.sh does)")]
 
 
