@@ -211,7 +211,8 @@ def test_onion_dos_defences_are_shown() -> None:
 
     onion = f"{ONION_B.host}:16511"
     for pow_on, text, gauge in ((True, "proof-of-work on", 1.0),
-                                (False, "proof-of-work OFF (this tor lacks it)", 0.0)):
+                                (False, "proof-of-work OFF (this tor lacks it)", 0.0),
+                                (None, "proof-of-work off (tor.onion_pow = false)", 0.0)):
         tor = TorStatus(state=TorState.READY, usable=True, onion_published=True,
                         onion_address=ONION_B.host, onion_port=16511, onion_pow=pow_on,
                         onion_max_streams=16)

@@ -241,7 +241,7 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
         pow_on, streams = tor.get("onion_pow"), tor.get("onion_max_streams")
         tor_t.add_row("onion DoS", ("proof-of-work on" if pow_on else
                                     "proof-of-work OFF (this tor lacks it)" if pow_on is False
-                                    else "proof-of-work -")
+                                    else "proof-of-work off (tor.onion_pow = false)")
                       + f"  streams per circuit: {streams or 'unlimited'}")
     tor_t.add_row("gossip", f"onion peers learned: {snap.get('known_onions', 0)}")
     pool = snap.get("pool", {})

@@ -120,7 +120,7 @@ class TorStatus:
     onion_address: str | None = None  # "<56 chars>.onion"
     onion_port: int | None = None
     #: proof-of-work defence on the published onion: True on, False asked for but this tor
-    #: lacks it (or not asked for), None while nothing is published
+    #: lacks it, None not asked for (tor.onion_pow = false) or nothing published yet
     onion_pow: bool | None = None
     onion_max_streams: int | None = None  # streams per rendezvous circuit (0: no limit)
     socks_listeners: tuple[tuple[str, int], ...] = ()
@@ -459,8 +459,9 @@ class TorSupervisor:
             raise OnionPublishError(f"tor published {sid}.onion, expected "
                                     f"{key.service_id}.onion from {spec.key_path}")
         self._service_id = sid
+        asked = spec.defenses is not None and spec.defenses.pow
         self._set(onion_address=f"{sid}.onion", onion_port=spec.virt_port,
-                  onion_published=True, onion_pow=added.pow,
+                  onion_published=True, onion_pow=added.pow if asked else None,
                   onion_max_streams=added.max_streams)
         log.info("onion service %s.onion:%d -> %s:%d published (proof-of-work defence %s, "
                  "streams per circuit %s)", sid, spec.virt_port, *spec.target,

@@ -384,3 +384,21 @@ def test_defenses_keywords_and_bounds() -> None:
         OnionDefenses(max_streams=70000)
     with pytest.raises(ValueError, match="pow_queue_rate"):
         OnionDefenses(pow_queue_rate=-1)
+
+
+async def test_pow_not_asked_for_is_not_reported_as_missing(scripted: ScriptedControl,
+                                                            tmp_path: Path) -> None:
+    """tor.onion_pow = false: status says "not asked" (None), not "this tor lacks it"."""
+    sup = TorSupervisor(
+        ep(scripted), NOAUTH,
+        onion=OnionSpec(tmp_path / "simnet" / "onion_ed25519_v3.key", ("127.0.0.1", 1), 16511,
+                        OnionDefenses(pow=False, max_streams=16)),
+        backoff=Backoff(initial=0.05, cap=0.2), health_interval=0.2, health_timeout=2)
+    async with trio.open_nursery() as n:
+        await n.start(sup.run)
+        st = await sup.wait_usable(timeout=10, onion=True)
+        assert st.onion_pow is None and st.onion_max_streams == 16
+        (cmd,) = [c for c in scripted.commands if c.startswith("ADD_ONION")]
+        assert not any(w.startswith("PoW") for w in cmd.split(" "))
+        await sup.stop()
+        n.cancel_scope.cancel()
