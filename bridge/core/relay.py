@@ -31,6 +31,24 @@ another one, on which it opens the same request.
 kaspad only ever sees the upstream that passed (or, when the shell has none in time, an
 UNAVAILABLE answer). The response deadline therefore covers the remote's Version, not just its
 HEADERS.
+
+Gating the onion inbound (``screen=True`` with ``kaspad_side=UP``): the remote is the HTTP/2
+client and kaspad is not dialed until the remote's Version passed. A kaspad client waits for the
+response HEADERS before it sends anything (protocol.md §3.2), so the relay answers the request
+itself, with the headers kaspad would send (:func:`response_headers_for`, protocol.md §2.5), and
+holds the remote's messages until the Version has been checked. Only then does
+:attr:`Relay.upstream_wanted` ask the shell for kaspad; the relay opens the same request on it,
+hands on the held Version, and takes kaspad's own response HEADERS as the start of the relay
+without sending them on (the remote has had its HEADERS). A peer whose Version is refused (a
+decompression bomb, a duplicate node id, our own kaspad) therefore costs kaspad nothing: no
+connection, no handshake.
+
+One peer does not send its Version first: another bridge's slot relay, which screens *us* (it
+holds its kaspad back until our kaspad's Version passed). Such a peer sends nothing at all after
+its request, so the shell opens the gate (:meth:`Relay.open_gate`) when the peer stayed silent
+for a short while: kaspad is dialed and the relay goes on as an ungated one (the peer's Version,
+when it comes, is still checked before kaspad sees it). A peer that has started a message must
+finish its Version first.
 """
 
 from __future__ import annotations
@@ -126,10 +144,14 @@ class Relay:
         self.response_started = False
         #: HTTP/2 error code for the GOAWAY to a peer that broke the protocol
         self._culprit_code: int | None = None
-        #: hold the remote back from kaspad until its Version passed (the bridge's slot relays;
-        #: only with ``kaspad_side=DOWN``), see the module docstring
-        self.screen = screen and kaspad_side is Side.DOWN
-        self.screening = self.screen
+        #: hold the remote back from kaspad until its Version passed, see the module docstring
+        #: (slot relays: the remote's response; the onion inbound: kaspad is not even dialed)
+        self.screen = screen
+        self.screening = screen
+        #: the onion inbound's form of screening: the relay answers the remote's request itself
+        self.gated = screen and kaspad_side is Side.UP
+        #: the grpc-encoding the relay announced to the remote in its own response HEADERS
+        self._announced: bytes | None = None
         self._held_response: list[tuple[bytes, bytes]] | None = None
         self.upstreams_dropped = 0
 
@@ -166,6 +188,24 @@ class Relay:
         return "kaspad" if side is self.kaspad_side else self.policy.remote_label
 
     @property
+    def upstream_wanted(self) -> bool:
+        """The shell should attach the upstream now: the DOWN client opened its stream and, on
+        a gated inbound relay, its Version passed."""
+        return (self._closed is None and self._request_headers is not None
+                and not (self.gated and self.screening))
+
+    def open_gate(self) -> bool:
+        """A gated relay whose remote has sent nothing since it opened its stream: it waits for
+        kaspad's Version first (a screening bridge, see the module docstring). From now on the
+        upstream is wanted and kaspad's bytes are not held back. False (nothing changes) when
+        the remote has started sending: its Version must pass first."""
+        if (not self.gated or not self.screening or self._closed is not None
+                or self._request_headers is None or self.legs[Side.DOWN].pipe.bytes_in):
+            return False
+        self.screening = False
+        return True
+
+    @property
     def has_upstream(self) -> bool:
         """An UP connection is attached (not yet, or not since one was dropped)."""
         return self.legs[Side.UP].end is not None
@@ -187,7 +227,7 @@ class Relay:
             if authority is not None:
                 self.upstream_authority = authority
             self.legs[Side.UP].end = end
-            if self._request_headers is not None:
+            if self.upstream_wanted:
                 try:
                     self._open_upstream()
                 except h2.exceptions.ProtocolError as exc:
@@ -359,6 +399,10 @@ class Relay:
                     raise FramingError("stream ended in the middle of a gRPC message")
                 leg.pipe.end_pending = True
                 if self.screening and side is not self.kaspad_side:
+                    if self.gated:  # nothing for kaspad: it is not even dialed
+                        self._close_both(f"{self.who(side)} ended its stream before sending "
+                                         "its Version", culprit=None)
+                        return
                     self._screened()  # ended without a Version: kaspad gets what it sent
         elif isinstance(ev, h2.events.StreamReset):
             if ev.stream_id == leg.sid:
@@ -401,7 +445,12 @@ class Relay:
             raise ProtocolError(f"{self.who(Side.DOWN)} uses unsupported grpc-encoding {enc!r}")
         down.pipe.encoding = enc
         self._request_headers = _pick(headers, _REQUEST_COPY)
-        if self.legs[Side.UP].end is not None:
+        if self.gated:
+            out = response_headers_for(headers)
+            self._announced = dict(out).get(b"grpc-encoding")
+            self.conn(Side.DOWN).send_headers(sid, out)
+            down.headers_sent = True
+        if self.legs[Side.UP].end is not None and self.upstream_wanted:
             self._open_upstream()
 
     def _open_upstream(self) -> None:
@@ -432,20 +481,29 @@ class Relay:
         up.pipe.encoding = enc
         down_sid = down.sid
         assert down_sid is not None
+        if self.gated and enc not in (None, b"identity") and enc != self._announced:
+            # (kaspad compresses only for a client that accepts it: protocol.md §2.2)
+            raise ProtocolError(f"{self.who(Side.UP)} answered with grpc-encoding {enc!r}, "
+                                f"not {self._announced!r} as the bridge told the remote",
+                                fault=Fault.KASPAD)
         out = [(b":status", b"200"), *_pick(headers, _RESPONSE_COPY)]
         if b"grpc-status" not in h and self.screening:
             self._held_response = out  # sent once the remote's Version passed
             return
         if b"grpc-status" in h:  # trailers-only response
-            out += _pick(headers, _TRAILER_COPY)
+            if down.headers_sent:  # (gated: the relay answered the remote already)
+                out = _pick(headers, _TRAILER_COPY)
+            else:
+                out += _pick(headers, _TRAILER_COPY)
             self.conn(Side.DOWN).send_headers(down_sid, out, end_stream=True)
             down.headers_sent = True
             self._close_both(f"{self.who(Side.UP)} ended the call at once "
                              f"(grpc-status {h[b'grpc-status'].decode(errors='replace')})",
                              culprit=Side.UP, quiet=True)
             return
-        self.conn(Side.DOWN).send_headers(down_sid, out)
-        down.headers_sent = True
+        if not self.gated:  # (gated: the remote has the relay's own HEADERS)
+            self.conn(Side.DOWN).send_headers(down_sid, out)
+            down.headers_sent = True
         self.response_started = True
 
     def _screened(self) -> None:
@@ -457,6 +515,9 @@ class Relay:
             self.conn(Side.DOWN).send_headers(down.sid, held)
             down.headers_sent = True
             self.response_started = True
+        up = self.legs[Side.UP]
+        if self.gated and up.end is not None and up.sid is None:
+            self._open_upstream()  # (attached early: only a test does that)
 
     def _can_drop_upstream(self) -> bool:
         """kaspad has seen nothing of the current upstream: it can be replaced unnoticed."""
@@ -550,6 +611,22 @@ class Relay:
                 safe(lambda c=leg.end.conn: c.close_connection(code))
 
 
+def response_headers_for(request: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]]
+                         ) -> list[tuple[bytes, bytes]]:
+    """The response HEADERS kaspad's server sends for ``request`` (protocol.md §2.5): status
+    200, the gRPC content type, and ``grpc-encoding: gzip`` when the client accepts gzip (kaspad
+    then compresses its messages; otherwise it sends them plain, flag 0)."""
+    accept = b""
+    for k, v in request:
+        kb = k.encode() if isinstance(k, str) else k
+        if kb == b"grpc-accept-encoding":
+            accept = v.encode() if isinstance(v, str) else v
+    out = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    if b"gzip" in (e.strip() for e in accept.split(b",")):
+        out.append((b"grpc-encoding", b"gzip"))
+    return out
+
+
 def _pick(headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]],
           names: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
     out = []
@@ -561,4 +638,4 @@ def _pick(headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]],
     return out
 
 __all__ = ["Closed", "Dropped", "Endpoint", "Inflow", "Relay", "RelaySettings", "Side",
-           "new_upstream_connection"]
+           "new_upstream_connection", "response_headers_for"]

@@ -153,7 +153,9 @@ class RelayRunner:
                   refresh_interval: float | None = None,
                   lazy: bool = False, preface_timeout: float | None = None,
                   stall: StallPolicy | None = None,
-                  refill_margin: float | None = None) -> None:
+                  refill_margin: float | None = None,
+                  version_timeout: float | None = None,
+                  silent_window: float | None = None) -> None:
         """Relay until either side ends. ``get_upstream`` supplies the UP stream and its h2
         connection (or ``None``: the DOWN client is refused with UNAVAILABLE).
 
@@ -162,7 +164,11 @@ class RelayRunner:
         pool); ``preface_timeout`` bounds the wait for its HTTP/2 preface. ``stall``: watch the
         remote side for a stalled or trickling message. ``refill_margin``: after the relay
         dropped an upstream, another is taken only while this many seconds remain before the
-        response deadline (None: never; kaspad is answered UNAVAILABLE)."""
+        response deadline (None: never; kaspad is answered UNAVAILABLE). ``version_timeout``:
+        on a gated relay (the onion inbound, :attr:`Relay.gated`), the time the DOWN client has
+        from opening its stream to its Version passing; the upstream (kaspad) is only asked
+        for then, or once the client stayed silent for ``silent_window`` seconds (a screening
+        bridge waits for kaspad's Version first, :meth:`Relay.open_gate`)."""
         try:
             async with trio.open_nursery() as nursery:
                 down = self.streams[Side.DOWN]
@@ -171,6 +177,8 @@ class RelayRunner:
                 nursery.start_soon(self._writer, Side.DOWN, down)
                 if lazy:
                     await self._wait_request(preface_timeout)
+                if self.relay.gated:
+                    await self._wait_version(version_timeout, silent_window)
                 up = None if self.relay.finished else await get_upstream()
                 if self.relay.finished:
                     if up is not None:
@@ -271,6 +279,26 @@ class RelayRunner:
                 continue
             self.blame(f"{self.relay.who(Side.DOWN)} sent no HTTP/2 preface within "
                        f"{preface_timeout:.1f}s")
+
+    async def _wait_version(self, timeout: float | None, silent_window: float | None) -> None:
+        """Until a gated relay wants its upstream (the DOWN client's Version passed, or it was
+        silent for ``silent_window`` s) or ends; the Version must pass within ``timeout`` of
+        now (the stream being open)."""
+        now = trio.current_time()
+        end = now + (timeout if timeout is not None else float("inf"))
+        quiet = now + silent_window if silent_window is not None else float("inf")
+        with trio.move_on_at(end):
+            while not self.relay.upstream_wanted and not self.relay.finished:
+                with trio.move_on_at(quiet):
+                    await self._progress.wait()
+                    continue
+                quiet = float("inf")
+                if self.relay.open_gate():
+                    log.debug("%s: the peer waits for kaspad's Version first; dialing kaspad",
+                              self.label)
+            return
+        self.blame(f"{self.relay.who(Side.DOWN)} sent no acceptable Version within "
+                   f"{timeout:.1f}s of opening its stream")
 
     async def _response_watchdog(self, timeout: float) -> None:
         await trio.sleep(timeout)

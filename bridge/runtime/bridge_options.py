@@ -19,6 +19,8 @@ from bridge.net.runner import StallPolicy
 
 #: kaspad's client gives up if response HEADERS take over 10 s (protocol.md §3.1); answer by 9.
 KASPAD_RESPONSE_DEADLINE = 9.0
+#: kaspad closes a peer whose Version takes over 4 s (protocol.md §3.1)
+KASPAD_VERSION_TIMEOUT = 4.0
 
 
 @dataclass(slots=True)
@@ -42,6 +44,13 @@ class BridgeOptions:
     max_pending: int = 64
     #: seconds an inbound connection has to send its HTTP/2 preface
     inbound_handshake_timeout: float = 10.0
+    #: seconds an inbound peer has from opening its stream to its Version passing; kaspad is
+    #: dialed only then. kaspad's own limit for a peer's Version (protocol.md §3.1); the
+    #: bridge answers the stream at once, so the peer's clock starts as it would with kaspad
+    inbound_version_timeout: float = KASPAD_VERSION_TIMEOUT
+    #: an inbound peer that sends nothing for this long after opening its stream waits for
+    #: kaspad's Version first (another bridge's slot relay does): kaspad is dialed then
+    inbound_silent_window: float = 1.0
     #: inbound connections accepted per second after ``inbound_accept_burst`` (None: unpaced).
     #: Anyone can connect to the onion, and every new connection costs HTTP/2 set-up and a
     #: frame budget's worth of work before it can be closed; pacing accepts keeps a flood of

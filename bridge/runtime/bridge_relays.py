@@ -198,15 +198,21 @@ def _finish(bridge: Bridge, runner: RelayRunner, policy: ConnectionPolicy,
 async def inbound_handler(bridge: Bridge, stream: trio.SocketStream) -> None:
     """One Tor connection to the onion. It may hold an idle HTTP/2 connection (a remote
     bridge's warm pool does) without costing a kaspad connection: kaspad is dialed only once
-    the peer opens its MessageStream. Bounded: ``max_pending`` idle connections (the oldest
-    is closed for a newcomer), ``inbound_handshake_timeout`` for the HTTP/2 preface, and
-    ``max_inbound`` relayed at once (more are answered UNAVAILABLE)."""
+    the peer opened its MessageStream and its Version passed (the relay answers the stream
+    itself, see :mod:`bridge.core.relay`; ``inbound_version_timeout``), or once it stayed
+    silent for ``inbound_silent_window`` (another bridge's slot waits for our Version first).
+    Bounded: ``max_pending`` idle connections (the oldest is closed for a newcomer),
+    ``inbound_handshake_timeout`` for the HTTP/2 preface, and ``max_inbound`` relayed at once
+    (more are answered UNAVAILABLE)."""
     rid = next(bridge._ids)
     label = f"inbound#{rid}"
     host, port = bridge.options.kaspad_p2p
     policy = _policy(bridge, f"inbound peer #{rid}", label)
+    # gated (screen=True): the relay answers the peer's request itself and kaspad is dialed
+    # only once the peer's Version passed, so a refused peer costs kaspad nothing
     relay = Relay(policy, kaspad_side=Side.UP,
-                  upstream_authority=f"{host}:{port}".encode(), settings=bridge.options.relay)
+                  upstream_authority=f"{host}:{port}".encode(), settings=bridge.options.relay,
+                  screen=True)
     info = RelayInfo(rid, "inbound", bridge.inbound_port or 0, None, relay, trio.current_time())
     runner = RelayRunner(relay, stream, label)
     runner.on_learned = bridge.learned
@@ -256,6 +262,8 @@ async def inbound_handler(bridge: Bridge, stream: trio.SocketStream) -> None:
                                   refuse_message="kaspad is not reachable through "
                                   "this bridge", lazy=True,
                                   preface_timeout=opts.inbound_handshake_timeout,
+                                  version_timeout=opts.inbound_version_timeout,
+                                  silent_window=opts.inbound_silent_window,
                                   stall=opts.stall), label)
     finally:
         bridge._pending.pop(rid, None)

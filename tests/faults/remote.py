@@ -265,7 +265,9 @@ class RawClient:
         self.conn.send_headers(self.sid, [
             (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x.onion:16511"),
             (b":path", b"/protowire.P2P/MessageStream"), (b"te", b"trailers"),
-            (b"content-type", b"application/grpc")])
+            # as kaspad's tonic client (protocol.md §2.5); a grpcio server (the emulator)
+            # compresses whatever the client accepts
+            (b"content-type", b"application/grpc"), (b"grpc-accept-encoding", b"gzip,identity")])
         await self.flush()
 
     async def send(self, data: bytes) -> None:

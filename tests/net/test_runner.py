@@ -31,11 +31,15 @@ class Wired:
     def __init__(self, peer: Peer, stream: trio.abc.Stream) -> None:
         self.peer = peer
         self.stream = stream
+        # the test task and serve() both flush: one send_all at a time (a memory stream
+        # refuses a second concurrent sender with BusyResourceError)
+        self._sending = trio.Lock()
 
     async def flush(self) -> None:
-        data = self.peer.conn.data_to_send()
-        if data:
-            await self.stream.send_all(data)
+        async with self._sending:
+            data = self.peer.conn.data_to_send()
+            if data:
+                await self.stream.send_all(data)
 
     async def serve(self) -> None:
         await self.flush()
