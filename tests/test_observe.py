@@ -456,6 +456,29 @@ async def test_logs_and_endpoints_never_show_password_or_key(
     assert key.service_id.encode() not in metrics_body  # the onion is not in metrics either
 
 
+async def test_time_to_warm_upstream_after_start_and_after_tor_comes_back(
+        tmp_path: Path) -> None:
+    """The daemon's warm-up timings: the first warm upstream after the start (once), and the
+    next one after Tor became usable, at startup and again after each loss."""
+    d = Daemon(daemon_config(tmp_path), handle_signals=False)
+    d._run_at = trio.current_time()
+    d._on_tor_change(TorStatus(state=TorState.READY, usable=True))
+    await trio.sleep(0.2)
+    d._on_warm()
+    assert d.first_warm_seconds is not None and 0.2 <= d.first_warm_seconds < 2
+    first = d.tor_to_warm.snapshot()
+    assert first.count == 1 and 0.2 <= first.sum < 2
+    await trio.sleep(0.1)
+    d._on_warm()  # another warm upstream while Tor stayed up: nothing new
+    assert d.tor_to_warm.snapshot().count == 1 and d.first_warm_seconds < 2
+    d._on_tor_change(TorStatus(state=TorState.DOWN, usable=False))
+    d._on_tor_change(TorStatus(state=TorState.READY, usable=True, reconnects=1))
+    await trio.sleep(0.1)
+    d._on_warm()
+    again = d.tor_to_warm.snapshot()
+    assert again.count == 2 and again.sum - first.sum >= 0.1
+
+
 # ------------------------------------------------------------------ the public /metrics
 
 #: every address a rich snapshot holds (peers, own onion, Tor's listeners, errors, warnings)

@@ -94,7 +94,8 @@ def check_loopback(host: str) -> None:
         raise ObserveError(
             f"metrics.listen = {host!r} is not a loopback address; the metrics/status endpoint "
             "shows peers and the own onion and is only served on loopback (e.g. "
-            "\"127.0.0.1:9464\"); to scrape it from elsewhere, put a proxy in front of it")
+            "\"127.0.0.1:9464\"); to scrape /metrics from another host, set "
+            "metrics.public_listen, which serves only the address-free /metrics and /health")
 
 
 # ------------------------------------------------------------------------ Prometheus

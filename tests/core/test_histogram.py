@@ -57,7 +57,7 @@ def timed_relay(window: int = 65535) -> tuple[Relay, Peer, Peer, Clock, RelayTim
 
 
 def test_every_relayed_message_is_observed_once_per_direction() -> None:
-    relay, kaspad, remote, clock, timing = timed_relay()
+    relay, kaspad, remote, _clock, timing = timed_relay()
     # Version (rewritten), Verack, Ready each way, at no time at all
     assert timing.from_kaspad.snapshot().count == 3 == len(remote.messages)
     assert timing.from_remote.snapshot().count == 3 == len(kaspad.messages)
@@ -95,7 +95,7 @@ def test_latency_runs_from_first_byte_in_to_last_byte_handed_on() -> None:
 
 
 def test_a_dropped_message_is_not_observed() -> None:
-    relay, kaspad, remote, clock, timing = timed_relay()
+    relay, kaspad, remote, _clock, timing = timed_relay()
     n = timing.from_remote.snapshot().count
     remote.send(addresses([]))  # unsolicited Addresses: dropped by the policy
     pump(relay, kaspad, remote)
