@@ -151,7 +151,10 @@ async def test_metrics_follow_a_live_relay_and_keep_totals_after_it_closes(
         # privacy: no remote address, no onion in any label or value
         assert ONION_B.host not in text and ".onion" not in text
         b_port = pair.b.bridge.inbound_port if pair.b.bridge else None
-        assert f":{b_port}" not in text and str(pair.socks.port) not in text
+        assert f":{b_port}" not in text
+        # (label values: the digits of a port may well occur inside a process_* value)
+        assert not [v for _, labels in m for _, v in labels
+                    if str(pair.socks.port) in v or str(b_port) in v]
 
         status, _, body = await aget(pair.metrics_port, "/status")
         snap = json.loads(body)
@@ -417,12 +420,13 @@ async def test_logs_and_endpoints_never_show_password_or_key(
     /status or in /metrics."""
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="stem")
-    (metrics,) = free_ports(1)
+    metrics, public = free_ports(2)
     cfg = daemon_config(tmp_path, **{
         "tor.control": f"127.0.0.1:{tornet.onion_host.control_port}",
         "tor.control_password": TORNET_CONTROL_PASSWORD, "tor.listen_onion": True,
         "tor.socks": f"127.0.0.1:{tornet.client.socks_port}", "tor.bootstrap_timeout": 60.0,
-        "metrics.listen": f"127.0.0.1:{metrics}"})
+        "metrics.listen": f"127.0.0.1:{metrics}",
+        "metrics.public_listen": f"127.0.0.1:{public}"})
     d = build_daemon(cfg, handle_signals=False)
     await nursery.start(d.run)
     try:
@@ -442,6 +446,14 @@ async def test_logs_and_endpoints_never_show_password_or_key(
         m = samples(metrics_body.decode())
         assert value(m, "ktb_tor_onion_published") == 1
         assert value(m, "ktb_tor_bootstrap_progress") == 100
+        assert value(m, "ktb_tor_listen_onion") == 1
+        assert ("ktb_tor_usable_to_warm_seconds_count", ()) in m  # Tor is monitored
+        # the public endpoint: the same address-free metrics, no /status, no onion anywhere
+        pst, _, public_body = await aget(public, "/metrics")
+        assert pst == 200 and b"ktb_tor_onion_published 1.0" in public_body
+        assert (await aget(public, "/status"))[0] == 404
+        for text in (metrics_body, public_body):
+            assert key.service_id.encode() not in text and b".onion" not in text
     finally:
         d.request_stop()
         await wait_for(lambda: d.supervisor is not None
@@ -483,7 +495,9 @@ async def test_time_to_warm_upstream_after_start_and_after_tor_comes_back(
 
 #: every address a rich snapshot holds (peers, own onion, Tor's listeners, errors, warnings)
 ADDRESSES = (ONION_B.host, "192.0.2.1", "2001:db8::7", "198.51.100.23", "203.0.113.9",
-             "10.11.12.13", "9051", "16511", "16300", "16200", "127.0.0.1")
+             "10.11.12.13", "127.0.0.1")
+#: its ports (looked for in label values: their digits may occur inside a process_* value)
+PORTS = ("9051", "9050", "16511", "16300", "16200", "16201")
 
 
 def test_public_metrics_are_address_free_and_serve_nothing_else() -> None:
@@ -509,6 +523,7 @@ def test_public_metrics_are_address_free_and_serve_nothing_else() -> None:
     assert value(m, "process_resident_memory_bytes") > 0
     for addr in ADDRESSES:
         assert addr not in text, f"{addr} leaks into the public /metrics"
+    assert not [(k, v) for k in m for _, v in k[1] if any(p in v for p in PORTS)]
     # no label value looks like an address or a connection (samples of the snapshot's
     # families; python_info's version is a dotted number, not an address)
     for (name, labels), _ in m.items():
