@@ -6,19 +6,28 @@ Both run in tor-only mode with ``tor.control = ""`` and ``tor.listen_onion = fal
 needed); daemon A serves ``/metrics``, ``/health`` and ``/status`` on ``metrics.listen``.
 
 :func:`make_snapshot` builds a :class:`~bridge.runtime.stats.Snapshot` by hand, for the tests
-that only check how a snapshot is rendered (``/status`` JSON, the screen, ``/metrics``).
+that only check how a snapshot is rendered (``/status`` JSON, the screen, ``/metrics``);
+:func:`address_rich_snapshot` is one with addresses wherever a snapshot can hold one and every
+optional metric family present (the public /metrics and deploy/ tests).
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from bridge.config import Config, load_config
+from bridge.core.histogram import (
+    DIAL_BUCKETS,
+    RELAY_BUCKETS,
+    WARM_BUCKETS,
+    Histogram,
+    HistogramSnapshot,
+)
 from bridge.net.pool import DialStats, FaultCounts, PoolEvents, PoolStats
 from bridge.rig.emulator import EmulatorConfig, KaspadEmulator
 from bridge.rig.tornet import free_ports
@@ -41,7 +50,7 @@ from bridge.runtime.stats import (
     TrafficStats,
 )
 from bridge.store.book import BookStats, LearnedStats
-from bridge.tor.supervisor import TorStats, TorStatus
+from bridge.tor.supervisor import TorState, TorStats, TorStatus
 from tests.integration.conftest import ONION_B
 from tests.peers.socks_server import ScriptedSocks5Server
 
@@ -183,3 +192,34 @@ def make_snapshot(*, bridge: BridgeStats | None = None, tor: TorStatus | None = 
                             inbound="127.0.0.1:16300" if bridge is not None else None,
                             kaspad_p2p="127.0.0.1:16511"),
         pool_size=1, bridge=bridge, recent_errors=errors)
+
+
+def address_rich_snapshot() -> Snapshot:
+    """A snapshot with addresses in every place that may hold one, and histograms with
+    observations (so the public output is as full as it gets)."""
+    def hist(bounds: tuple[float, ...], *values: float) -> HistogramSnapshot:
+        h = Histogram(bounds)
+        for v in values:
+            h.observe(v)
+        return h.snapshot()
+
+    relays = (relay_stats(1, "slot", 16200, peer=f"{ONION_B.host}:16511",
+                          user_agent="/kaspad:1.0.1 198.51.100.23/", buffered=77),
+              relay_stats(2, "slot", 16201, peer="[2001:db8::7]:16111"),
+              relay_stats(3, "inbound", 16300, peer="192.0.2.1:16111"))
+    bridge = make_bridge_stats(relays=relays, dials=5, failures=FaultCounts(remote=1))
+    bridge = replace(
+        bridge,
+        dial=replace(bridge.dial, durations={("tor", "ok"): hist(DIAL_BUCKETS, 1.5, 7.0),
+                                             ("tor", "failed"): hist(DIAL_BUCKETS, 60.0)}),
+        relay_latency={("slot", "from_remote"): hist(RELAY_BUCKETS, 0.0003, 0.02)})
+    tor = TorStatus(state=TorState.READY, usable=True, onion_published=True,
+                    onion_address=f"{ONION_B.host}", onion_port=16511, onion_pow=True,
+                    socks_listeners=(("10.11.12.13", 9050),), tor_version="0.4.8.13",
+                    last_error="could not reach 203.0.113.9:9001", last_recovery_seconds=4.0,
+                    client_warnings=("DANGEROUS_SOCKS 203.0.113.9",))
+    snap = make_snapshot(bridge=bridge, tor=tor, own_onion=f"{ONION_B.host}:16511",
+                         known_onions=3,
+                         errors=(ErrorRecord(1.0, "slot:16200", "peer 192.0.2.1 reset"),))
+    return replace(snap, listen_onion=True, first_warm_seconds=12.5,
+                   tor_to_warm=hist(WARM_BUCKETS, 3.0, 40.0))

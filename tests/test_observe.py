@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
+import re
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import __version__
 from bridge.core.counters import Counters
 from bridge.core.errors import BridgeError, Fault
 from bridge.core.relay import Closed
@@ -33,6 +36,7 @@ from bridge.tor.supervisor import TOR_COUNTERS, TorState, TorStatus
 from tests.conftest import TORNET_CONTROL_PASSWORD
 from tests.integration.conftest import ONION_B
 from tests.observe_rig import (
+    address_rich_snapshot,
     aget,
     daemon_config,
     make_bridge_stats,
@@ -114,14 +118,29 @@ async def test_metrics_follow_a_live_relay_and_keep_totals_after_it_closes(
         assert value(m, "ktb_tor_monitored") == 0
         assert value(m, "ktb_dials_total") >= 1
         assert value(m, "ktb_pool_events_total", event="taken") == 1
-        label = f"slot:{slot}"
-        live_from_kaspad = value(m, "ktb_peer_bytes_total", peer=label, kind="slot",
+        assert value(m, "ktb_relays_live", kind="slot") == 1
+        assert value(m, "ktb_relays_live", kind="inbound") == 0
+        live_from_kaspad = value(m, "ktb_relay_bytes_total", kind="slot",
                                  direction="from_kaspad")
         assert live_from_kaspad > 0
-        assert value(m, "ktb_peer_messages_total", peer=label, kind="slot",
-                     direction="from_remote") >= 2  # Version, Verack, ...
-        assert value(m, "ktb_relay_bytes_total", kind="slot",
-                     direction="from_kaspad") == live_from_kaspad
+        relayed = value(m, "ktb_relay_messages_total", kind="slot", direction="from_remote")
+        assert relayed >= 2  # Version, Verack, ...
+        # every message handed on was timed (the daemon records the observations)
+        assert value(m, "ktb_relay_message_latency_seconds_count", kind="slot",
+                     direction="from_remote") == relayed
+        assert value(m, "ktb_relay_message_latency_seconds_bucket", kind="slot",
+                     direction="from_remote", le="+Inf") == relayed
+        assert value(m, "ktb_dial_duration_seconds_count", route="tor", outcome="ok") >= 1
+        assert value(m, "ktb_dial_duration_seconds_sum", route="tor", outcome="ok") > 0
+        assert 0 < value(m, "ktb_first_warm_upstream_seconds") < 10
+        assert ("ktb_tor_usable_to_warm_seconds_count", ()) not in m  # no Tor monitored
+        assert value(m, "process_resident_memory_bytes") > 0
+        assert value(m, "process_open_fds") > 0
+        assert value(m, "ktb_build_info", version=__version__,
+                     python=platform.python_version(), network="kaspa-simnet",
+                     mode="tor-only") == 1
+        # no per-connection series: no label names a connection
+        assert "peer=" not in text and "inbound#" not in text and f"slot:{slot}" not in text
         for action in ("onions_added", "onions_removed", "invalid_removed", "dropped"):
             assert ("ktb_rewrites_total", (("action", action),)) in m
         for reason in ("tor", "local", "remote"):
@@ -132,7 +151,10 @@ async def test_metrics_follow_a_live_relay_and_keep_totals_after_it_closes(
         # privacy: no remote address, no onion in any label or value
         assert ONION_B.host not in text and ".onion" not in text
         b_port = pair.b.bridge.inbound_port if pair.b.bridge else None
-        assert f":{b_port}" not in text and str(pair.socks.port) not in text
+        assert f":{b_port}" not in text
+        # (label values: the digits of a port may well occur inside a process_* value)
+        assert not [v for _, labels in m for _, v in labels
+                    if str(pair.socks.port) in v or str(b_port) in v]
 
         status, _, body = await aget(pair.metrics_port, "/status")
         snap = json.loads(body)
@@ -142,12 +164,11 @@ async def test_metrics_follow_a_live_relay_and_keep_totals_after_it_closes(
         assert snap["slots_filled"] == 1 and snap["slots"][1]["relays"] == []
         assert snap["pool"]["size"] == 1 and snap["tor"] == {"enabled": False}
 
-        # close kaspad's side: the live series goes, the totals keep its bytes
+        # close kaspad's side: the live count goes down, the totals keep its bytes
         sa.close()
         await wait_for(lambda: a.bridge is not None and not a.bridge.relays)
         m2 = samples((await aget(pair.metrics_port, "/metrics"))[2].decode())
-        assert ("ktb_peer_bytes_total", (("direction", "from_kaspad"), ("kind", "slot"),
-                                         ("peer", label))) not in m2
+        assert value(m2, "ktb_relays_live", kind="slot") == 0
         assert value(m2, "ktb_relay_bytes_total", kind="slot",
                      direction="from_kaspad") >= live_from_kaspad
         assert sum(value(m2, "ktb_relays_closed_total", outcome=o)
@@ -258,7 +279,12 @@ def test_every_counter_shows_in_status_and_metrics() -> None:
     status, m = served(snap)
     in_json = _json_numbers(status)
     in_metrics = set(m.values())
-    missing = [(p, v) for p, v in counters if v not in in_json or v not in in_metrics]
+    # a live connection's own counters are /status only: /metrics has no per-connection
+    # series (their sums are the totals, which are counters of their own here)
+    per_connection = [(p, v) for p, v in counters if p.startswith(".bridge.relays[")]
+    assert per_connection and all(v not in in_metrics for _, v in per_connection)
+    missing = [(p, v) for p, v in counters if v not in in_json
+               or (v not in in_metrics and (p, v) not in per_connection)]
     assert not missing, f"counters missing from /status or /metrics: {missing}"
     # the refresh counter in particular (it was missing from /metrics)
     assert value(m, "ktb_rewrites_total", action="refreshes") == \
@@ -281,11 +307,23 @@ def test_metrics_from_a_snapshot() -> None:
     for reason, n in (("tor", 0), ("local", 0), ("remote", 0), ("kaspad", 2)):
         assert value(m, "ktb_dial_failures_total", reason=reason) == n
     assert value(m, "ktb_candidates") == 3 and value(m, "ktb_candidates_backing_off") == 1
+    assert value(m, "ktb_build_info", version="0.0.test", python=platform.python_version(),
+                 network="kaspa-simnet", mode="tor-only") == 1
     assert value(m, "ktb_info", version="0.0.test", network="kaspa-simnet",
-                 mode="tor-only") == 1
-    assert ("ktb_peer_buffered_bytes", (("kind", "slot"), ("peer", "slot:16200"))) in m
-    assert ("ktb_peer_bytes_total", (("direction", "from_remote"), ("kind", "inbound"),
-                                     ("peer", "inbound#2"))) in m
+                 mode="tor-only") == 1  # deprecated, kept for one release
+    # aggregates instead of one series per connection (peer="slot:<port>"/"inbound#<id>")
+    assert not [k for k in m if any(label == "peer" for label, _ in k[1])]
+    assert value(m, "ktb_relays_live", kind="slot") == 1
+    assert value(m, "ktb_relays_live", kind="inbound") == 1
+    # every histogram is exported with all its label sets, also before any observation
+    for kind in ("slot", "inbound"):
+        for direction in ("from_kaspad", "from_remote"):
+            assert value(m, "ktb_relay_message_latency_seconds_count", kind=kind,
+                         direction=direction) == 0
+    for route in ("tor", "direct"):
+        for outcome in ("ok", "failed"):
+            assert value(m, "ktb_dial_duration_seconds_bucket", route=route, outcome=outcome,
+                         le="+Inf") == 0
     # before the bridge exists: no pool series, zero totals
     _, m0 = served(make_snapshot(health=Health(False, ("listeners not up yet",))))
     assert value(m0, "ktb_listeners_up") == 0 and ("ktb_pool_size", ()) not in m0
@@ -382,12 +420,13 @@ async def test_logs_and_endpoints_never_show_password_or_key(
     /status or in /metrics."""
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="stem")
-    (metrics,) = free_ports(1)
+    metrics, public = free_ports(2)
     cfg = daemon_config(tmp_path, **{
         "tor.control": f"127.0.0.1:{tornet.onion_host.control_port}",
         "tor.control_password": TORNET_CONTROL_PASSWORD, "tor.listen_onion": True,
         "tor.socks": f"127.0.0.1:{tornet.client.socks_port}", "tor.bootstrap_timeout": 60.0,
-        "metrics.listen": f"127.0.0.1:{metrics}"})
+        "metrics.listen": f"127.0.0.1:{metrics}",
+        "metrics.public_listen": f"127.0.0.1:{public}"})
     d = build_daemon(cfg, handle_signals=False)
     await nursery.start(d.run)
     try:
@@ -407,6 +446,14 @@ async def test_logs_and_endpoints_never_show_password_or_key(
         m = samples(metrics_body.decode())
         assert value(m, "ktb_tor_onion_published") == 1
         assert value(m, "ktb_tor_bootstrap_progress") == 100
+        assert value(m, "ktb_tor_listen_onion") == 1
+        assert ("ktb_tor_usable_to_warm_seconds_count", ()) in m  # Tor is monitored
+        # the public endpoint: the same address-free metrics, no /status, no onion anywhere
+        pst, _, public_body = await aget(public, "/metrics")
+        assert pst == 200 and b"ktb_tor_onion_published 1.0" in public_body
+        assert (await aget(public, "/status"))[0] == 404
+        for text in (metrics_body, public_body):
+            assert key.service_id.encode() not in text and b".onion" not in text
     finally:
         d.request_stop()
         await wait_for(lambda: d.supervisor is not None
@@ -419,3 +466,106 @@ async def test_logs_and_endpoints_never_show_password_or_key(
         assert secret.encode() not in status_body
         assert secret.encode() not in metrics_body
     assert key.service_id.encode() not in metrics_body  # the onion is not in metrics either
+
+
+async def test_time_to_warm_upstream_after_start_and_after_tor_comes_back(
+        tmp_path: Path) -> None:
+    """The daemon's warm-up timings: the first warm upstream after the start (once), and the
+    next one after Tor became usable, at startup and again after each loss."""
+    d = Daemon(daemon_config(tmp_path), handle_signals=False)
+    d._run_at = trio.current_time()
+    d._on_tor_change(TorStatus(state=TorState.READY, usable=True))
+    await trio.sleep(0.2)
+    d._on_warm()
+    assert d.first_warm_seconds is not None and 0.2 <= d.first_warm_seconds < 2
+    first = d.tor_to_warm.snapshot()
+    assert first.count == 1 and 0.2 <= first.sum < 2
+    await trio.sleep(0.1)
+    d._on_warm()  # another warm upstream while Tor stayed up: nothing new
+    assert d.tor_to_warm.snapshot().count == 1 and d.first_warm_seconds < 2
+    d._on_tor_change(TorStatus(state=TorState.DOWN, usable=False))
+    d._on_tor_change(TorStatus(state=TorState.READY, usable=True, reconnects=1))
+    await trio.sleep(0.1)
+    d._on_warm()
+    again = d.tor_to_warm.snapshot()
+    assert again.count == 2 and again.sum - first.sum >= 0.1
+
+
+# ------------------------------------------------------------------ the public /metrics
+
+#: every address a rich snapshot holds (peers, own onion, Tor's listeners, errors, warnings)
+ADDRESSES = (ONION_B.host, "192.0.2.1", "2001:db8::7", "198.51.100.23", "203.0.113.9",
+             "10.11.12.13", "127.0.0.1")
+#: its ports (looked for in label values: their digits may occur inside a process_* value)
+PORTS = ("9051", "9050", "16511", "16300", "16200", "16201")
+
+
+def test_public_metrics_are_address_free_and_serve_nothing_else() -> None:
+    """metrics.public_listen: /metrics holds no address or onion of a snapshot full of them
+    (the loopback /status does), /health is bare, everything else is 404, whatever the Host."""
+    snap = address_rich_snapshot()
+    private = ObserveServer(Source(snap), "127.0.0.1", 0)
+    status_body = get(private, "/status")[2].decode()
+    for addr in (ONION_B.host, "192.0.2.1", "2001:db8::7", "10.11.12.13", "203.0.113.9"):
+        assert addr in status_body  # the snapshot does hold them
+    public = ObserveServer(Source(snap), "192.0.2.50", 0, public=True)  # not loopback: fine
+    for host in ("127.0.0.1", "evil.example", "192.0.2.50:9465"):
+        raw = public.respond(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert raw.startswith(b"HTTP/1.1 200 ")
+    code, ctype, body = get(public, "/metrics")
+    assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    m = samples(text)
+    assert value(m, "ktb_tor_onion_published") == 1 and value(m, "ktb_relays_live",
+                                                               kind="slot") == 2
+    assert value(m, "ktb_dial_duration_seconds_count", route="tor", outcome="ok") == 2
+    assert value(m, "ktb_tor_usable_to_warm_seconds_bucket", le="60.0") == 2
+    assert value(m, "process_resident_memory_bytes") > 0
+    for addr in ADDRESSES:
+        assert addr not in text, f"{addr} leaks into the public /metrics"
+    assert not [(k, v) for k in m for _, v in k[1] if any(p in v for p in PORTS)]
+    # no label value looks like an address or a connection (samples of the snapshot's
+    # families; python_info's version is a dotted number, not an address)
+    for (name, labels), _ in m.items():
+        for label, val in labels:
+            assert not re.search(r"\.onion|\d+\.\d+\.\d+\.\d+|:\d|#\d", val), (name, label)
+    for path in ("/status", "/", "/status?x=1", "/nope"):
+        assert get(public, path)[0] == 404
+    code, ctype, body = get(public, "/health")
+    assert code == 200 and json.loads(body) == {"status": "ok"}
+    sick = ObserveServer(Source(replace(snap, health=Health(False, (
+        f"tor not usable; own onion {ONION_B.host}",)))), "0.0.0.0", 0, public=True)
+    code, _, body = get(sick, "/health")
+    assert code == 503 and json.loads(body) == {"status": "unhealthy"}
+    assert get(private, "/status")[0] == 200  # the loopback server keeps /status
+
+
+async def test_public_listen_serves_only_metrics_beside_the_loopback_server(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    metrics, public = free_ports(2)
+    cfg = daemon_config(tmp_path, **{"metrics.listen": f"127.0.0.1:{metrics}",
+                                     "metrics.public_listen": f"127.0.0.1:{public}"})
+    d = build_daemon(cfg, handle_signals=False)
+    await nursery.start(d.run)
+    try:
+        status, headers, body = await aget(public, "/metrics", host="bridge.example")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        m = samples(body.decode())
+        assert value(m, "ktb_listeners_up") == 1 and value(m, "process_open_fds") > 0
+        assert (await aget(public, "/status"))[0] == 404
+        assert (await aget(public, "/status", host="localhost"))[0] == 404
+        st, _, body = await aget(public, "/health")
+        assert st == 200 and json.loads(body) == {"status": "ok"}
+        assert (await aget(metrics, "/status"))[0] == 200
+    finally:
+        d.request_stop()
+
+
+async def test_public_listen_beyond_loopback_is_accepted(tmp_path: Path) -> None:
+    cfg = daemon_config(tmp_path, **{"metrics.public_listen": "0.0.0.0:9465"})
+    d = build_daemon(cfg, handle_signals=False)
+    assert isinstance(d.public_observe, ObserveServer) and d.public_observe.public
+    assert d.observe is None
+    with pytest.raises(Exception, match="public_listen"):
+        daemon_config(tmp_path, **{"metrics.listen": "127.0.0.1:9465",
+                                   "metrics.public_listen": "0.0.0.0:9465"})

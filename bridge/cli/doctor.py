@@ -95,7 +95,9 @@ def check_config(cfg: Config) -> list[Check]:
     m = cfg.metrics.listen
     if m is not None and not m.is_loopback:
         out.append(Check("config", "fail", f"metrics.listen = {m} is not loopback; the daemon "
-                         "refuses to start", "set metrics.listen = \"127.0.0.1:9464\""))
+                         "refuses to start", "set metrics.listen = \"127.0.0.1:9464\"; for a "
+                         "Prometheus on another host set metrics.public_listen (address-free "
+                         "/metrics only)"))
     src = cfg.sources.get("tor.control_password", "default")
     if cfg.tor.control_password and not src.startswith("env") and not src.startswith("--"):
         out.append(Check("config", "warn", f"the tor control password is written in {src}",

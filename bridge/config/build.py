@@ -359,7 +359,9 @@ def _metrics(b: Builder) -> MetricsConfig:
     metrics_listen = (
         b.hostport("metrics.listen", default_port=None) if b.str_("metrics.listen") else None
     )
-    return MetricsConfig(listen=metrics_listen)
+    public = (b.hostport("metrics.public_listen", default_port=None)
+              if b.str_("metrics.public_listen") else None)
+    return MetricsConfig(listen=metrics_listen, public_listen=public)
 
 
 def _check_collisions(b: Builder, kaspad: KaspadConfig, slots: SlotsConfig,
@@ -371,6 +373,8 @@ def _check_collisions(b: Builder, kaspad: KaspadConfig, slots: SlotsConfig,
     listeners.append(("inbound.listen", inbound_listen))
     if metrics_listen is not None:
         listeners.append(("metrics.listen", metrics_listen))
+    if metrics.public_listen is not None:
+        listeners.append(("metrics.public_listen", metrics.public_listen))
     others: list[tuple[str, HostPort]] = [("kaspad.p2p", kaspad.p2p)]
     if socks is not None:
         others.append(("tor.socks", socks))

@@ -362,6 +362,10 @@ _DECLARATIONS: Final = (
     Key("metrics.listen", "str", "",
         "'<ip>:<port>' of the /health, /status and /metrics endpoint, e.g. "
         "\"127.0.0.1:9464\"; \"\" = off."),
+    Key("metrics.public_listen", "str", "",
+        "'<ip>:<port>' of a second endpoint serving only the address-free /metrics and a bare "
+        "/health (200/503, no reasons), which may be beyond loopback for a Prometheus on "
+        "another host, e.g. \"0.0.0.0:9465\"; /status is never served there. \"\" = off."),
 )
 
 #: Every key by dotted name, in declaration order (a dict: tests may patch an entry).

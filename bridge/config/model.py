@@ -160,6 +160,8 @@ class PoolConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: HostPort | None  # None: metrics off
+    #: the address-free /metrics (+ bare /health) beyond loopback; None: off
+    public_listen: HostPort | None = None
 
 
 @dataclass(frozen=True, slots=True)

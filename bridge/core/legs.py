@@ -8,6 +8,12 @@ policy, queued and forwarded as the destination's window allows. Sans-IO.
 
 The DATA hot path is :meth:`Pipe.feed` (bytes received, split at gRPC message boundaries) and
 :meth:`Pipe.forward` (bytes handed on to the other connection, and acknowledged to the sender).
+
+Message relay latency (:class:`RelayTiming`, optional): the shell hands in its clock and a
+histogram per direction; a pipe reads the clock when a message starts (its first bytes are in
+the read being processed) and when the output item holding its last byte has been handed to the
+destination's HTTP/2 connection, and observes the difference. Two clock reads per message, none
+per byte or per DATA frame; a message the policy drops is not observed (it is not relayed).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import h2.exceptions
 from bridge.core import fastpath, grpc, proto
 from bridge.core.errors import DecodeError, FramingError
 from bridge.core.h2conn import Endpoint, RelaySettings
+from bridge.core.histogram import Histogram
 from bridge.core.policy import Action, ConnectionPolicy, Direction
 
-__all__ = ["Leg", "Pipe", "Side", "connect"]
+__all__ = ["Leg", "Pipe", "RelayTiming", "Side", "connect"]
 
 
 class Side(enum.Enum):
@@ -36,10 +43,22 @@ class Side(enum.Enum):
     __hash__ = object.__hash__
 
 
+@dataclass(frozen=True, slots=True)
+class RelayTiming:
+    """The shell's clock (monotonic seconds) and where each direction's message latencies go:
+    ``from_kaspad`` for what kaspad sends, ``from_remote`` for what the remote sends."""
+
+    clock: Callable[[], float]
+    from_kaspad: Histogram
+    from_remote: Histogram
+
+
 @dataclass(slots=True)
 class _Out:
     data: memoryview
     credit: int = 0  # bytes of the source to acknowledge once ``data`` is sent
+    #: clock time the message whose last byte is in ``data`` started (timed pipes only)
+    born: float | None = None
 
 
 @dataclass(slots=True)
@@ -72,6 +91,11 @@ class Pipe:
     encoding: bytes | None = None  # the source's declared grpc-encoding
     #: the bridge's own messages waiting for a message boundary: (framed bytes, on_emit)
     injections: deque[tuple[bytes, Callable[[], None]]] = field(default_factory=deque)
+    #: message latency: the shell's clock and this direction's histogram (None: not timed)
+    clock: Callable[[], float] | None = None
+    latency: Histogram | None = None
+    #: clock time the current message started
+    started: float = 0.0
 
     def inject(self, framed: bytes, on_emit: Callable[[], None]) -> None:
         """Queue one whole gRPC message of the bridge's own, sent at the next boundary so it
@@ -111,6 +135,8 @@ class Pipe:
         self.held.clear()
         self.sniffer = grpc.PayloadSniffer(ev.compressed,
                                            self.policy.inflate_budgets[self.direction])
+        if self.clock is not None:
+            self.started = self.clock()
 
     def _chunk(self, data: bytes) -> None:
         if self.action is None:
@@ -153,11 +179,20 @@ class Pipe:
             new = self.policy.rewrite(self.direction, plain)
             if new is not None:
                 self._emit(grpc.frame(new))
+                self._stamp()
+        else:
+            self._stamp()
         self.messages += 1
         self.action = None
         self.held.clear()
         self.sniffer = None
         self._emit_injections()
+
+    def _stamp(self) -> None:
+        """The message that just ended has its last byte in the newest output item: mark it
+        with the message's start, observed once that item is handed on (timed pipes only)."""
+        if self.clock is not None and self.out:
+            self.out[-1].born = self.started
 
     def _emit(self, data: bytes, credit: int = 0) -> None:
         if not data and not credit:
@@ -191,6 +226,8 @@ class Pipe:
                 break
             acked += item.credit
             self.out.popleft()
+            if item.born is not None and self.latency is not None and self.clock is not None:
+                self.latency.observe(self.clock() - item.born)
         if acked and src_sid is not None and not self.ended:
             try:
                 src.acknowledge_received_data(acked, src_sid)
@@ -229,8 +266,13 @@ class Leg:
 
 
 def connect(src: Leg, dst: Leg, direction: Direction, policy: ConnectionPolicy,
-            settings: RelaySettings) -> Pipe:
-    """A fresh pipe from ``src`` to ``dst`` (installed as ``src.pipe``)."""
+            settings: RelaySettings, timing: RelayTiming | None = None) -> Pipe:
+    """A fresh pipe from ``src`` to ``dst`` (installed as ``src.pipe``), its messages timed
+    into ``timing`` when given."""
     src.pipe = Pipe(src, dst, direction, policy, settings,
                     grpc.MessageReader(settings.max_message_bytes))
+    if timing is not None:
+        src.pipe.clock = timing.clock
+        src.pipe.latency = (timing.from_kaspad if direction is Direction.TO_REMOTE
+                            else timing.from_remote)
     return src.pipe

@@ -81,7 +81,7 @@ from bridge.core.h2conn import (
     new_upstream_connection,
     safe,
 )
-from bridge.core.legs import Leg, Pipe, Side, connect
+from bridge.core.legs import Leg, Pipe, RelayTiming, Side, connect
 from bridge.core.policy import ConnectionPolicy, Direction
 
 h2fast.install()  # output-identical; saves a 16 KiB hexlify per received DATA frame
@@ -122,8 +122,11 @@ class Relay:
 
     def __init__(self, policy: ConnectionPolicy, *, kaspad_side: Side,
                  upstream_authority: bytes, settings: RelaySettings | None = None,
-                 upstream: Endpoint | None = None, screen: bool = False) -> None:
+                 upstream: Endpoint | None = None, screen: bool = False,
+                 timing: RelayTiming | None = None) -> None:
         self.policy = policy
+        #: message latency per direction (the shell's clock and histograms), or None
+        self.timing = timing
         self.settings = settings or RelaySettings()
         self.kaspad_side = kaspad_side
         self.upstream_authority = upstream_authority
@@ -135,8 +138,8 @@ class Relay:
         down, up = self.legs[Side.DOWN], self.legs[Side.UP]
         down_dir = (Direction.TO_REMOTE if kaspad_side is Side.DOWN else Direction.TO_KASPAD)
         up_dir = Direction.TO_KASPAD if kaspad_side is Side.DOWN else Direction.TO_REMOTE
-        connect(down, up, down_dir, policy, self.settings)
-        connect(up, down, up_dir, policy, self.settings)
+        connect(down, up, down_dir, policy, self.settings, timing)
+        connect(up, down, up_dir, policy, self.settings, timing)
         self._request_headers: list[tuple[bytes, bytes]] | None = None
         self._closed: Closed | None = None
         self._events: list[RelayEvent] = []
@@ -536,7 +539,8 @@ class Relay:
         self.upstreams_dropped += 1
         up.detach()
         self._held_response = None
-        connect(up, self.legs[Side.DOWN], up.pipe.direction, self.policy, self.settings)
+        connect(up, self.legs[Side.DOWN], up.pipe.direction, self.policy, self.settings,
+                self.timing)
         self.policy.reset_remote()
         self._emit(Dropped(error, conn.data_to_send()))
 
@@ -637,5 +641,5 @@ def _pick(headers: Sequence[tuple[bytes, bytes]] | Sequence[tuple[str, str]],
             out.append((kb, vb))
     return out
 
-__all__ = ["Closed", "Dropped", "Endpoint", "Inflow", "Relay", "RelaySettings", "Side",
-           "new_upstream_connection", "response_headers_for"]
+__all__ = ["Closed", "Dropped", "Endpoint", "Inflow", "Relay", "RelaySettings", "RelayTiming",
+           "Side", "new_upstream_connection", "response_headers_for"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import h2.events
@@ -39,6 +39,7 @@ import trio
 from bridge.aio import Signal
 from bridge.core.counters import Counters
 from bridge.core.errors import BridgeError, Fault
+from bridge.core.histogram import DIAL_BUCKETS, Histogram, HistogramSnapshot
 from bridge.core.peers import Selector, Target
 from bridge.core.relay import Endpoint, RelaySettings, new_upstream_connection
 from bridge.net import h2io
@@ -67,12 +68,19 @@ class FaultCounts(Counters):
     tor: int = 0
 
 
+#: how a dial went out: through Tor's SOCKS port (or ``tor.onion_socks``), or direct (hybrid)
+DIAL_ROUTES = ("tor", "direct")
+DIAL_OUTCOMES = ("ok", "failed")
+
+
 @dataclass(frozen=True, slots=True)
 class DialStats:
-    """What :meth:`Dialer.stats` reports: dial attempts and failures by fault."""
+    """What :meth:`Dialer.stats` reports: dial attempts, failures by fault, and how long the
+    dials took by (route, outcome) (:data:`DIAL_ROUTES`, :data:`DIAL_OUTCOMES`)."""
 
     dials: int
     failures: FaultCounts
+    durations: Mapping[tuple[str, str], HistogramSnapshot] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +131,13 @@ class Dialer:
         self.socks_provider = socks_provider
         self.dials = 0
         self.failures = FaultCounts()
+        #: dial durations (SOCKS5 handshake done or failed; the gate's wait not included)
+        self.durations = {(route, outcome): Histogram(DIAL_BUCKETS)
+                          for route in DIAL_ROUTES for outcome in DIAL_OUTCOMES}
 
     def stats(self) -> DialStats:
-        return DialStats(self.dials, self.failures)
+        return DialStats(self.dials, self.failures,
+                         {k: h.snapshot() for k, h in self.durations.items()})
 
     def tor_proxy(self) -> ProxyEndpoint | None:
         """Tor's SOCKS port: the configured one, else the one tor reported (None: unknown)."""
@@ -158,19 +170,29 @@ class Dialer:
         if self.gate is not None:
             await self.gate()
         self.dials += 1
-        proxy = self.route(target)
+        proxy = self.route(target)  # (a configuration error: neither counted nor timed)
+        route = "tor" if proxy is not None else "direct"
+        started = trio.current_time()
         try:
             if proxy is None:
                 with trio.fail_after(self.policy.timeout):
-                    return await trio.open_tcp_stream(target.host, target.port)
-            return await open_socks_stream(proxy, target.host, target.port,
-                                           timeout=self.policy.timeout)
+                    stream = await trio.open_tcp_stream(target.host, target.port)
+            else:
+                stream = await open_socks_stream(proxy, target.host, target.port,
+                                                 timeout=self.policy.timeout)
         except DialError as exc:
             self.failures = self.failures.bump(**{exc.fault.name.lower(): 1})
+            self._took(route, "failed", started)
             raise
         except (OSError, trio.TooSlowError) as exc:
             self.failures = self.failures.bump(remote=1)
+            self._took(route, "failed", started)
             raise DialError(f"direct dial to {target} failed: {exc!r}", fault=Fault.REMOTE) from exc
+        self._took(route, "ok", started)
+        return stream
+
+    def _took(self, route: str, outcome: str, started: float) -> None:
+        self.durations[route, outcome].observe(trio.current_time() - started)
 
 
 class _PoliteClose(BridgeError):
@@ -230,6 +252,8 @@ class WarmPool:
         #: slots waiting in :meth:`take` with nothing ready: each gets a dial of its own on top
         #: of ``size`` (a burst of kaspad connections; ``size = 0`` means dial on demand)
         self._waiting = 0
+        #: called each time an upstream becomes warm (the daemon's time-to-first-warm)
+        self.on_ready: Callable[[], None] | None = None
 
     @property
     def ready_count(self) -> int:
@@ -303,6 +327,8 @@ class WarmPool:
         entry = _Entry(Upstream(target, stream, conn), trio.Event())
         self._ready.append(entry)
         self.events = self.events.bump(ready=1)
+        if self.on_ready is not None:
+            self.on_ready()
         self._notify_ready()
         log.debug("upstream %s warm", target)
         nursery.start_soon(self._keep, entry)

@@ -105,7 +105,7 @@ async def slot_handler(bridge: Bridge, stream: trio.SocketStream) -> None:
         info.target = None
 
     relay = Relay(policy, kaspad_side=Side.DOWN, upstream_authority=b"",
-                  settings=bridge.options.relay, screen=True)
+                  settings=bridge.options.relay, screen=True, timing=bridge.timing["slot"])
     info = RelayInfo(rid, "slot", local_port, None, relay, trio.current_time())
     bridge.relays[rid] = info
     runner = RelayRunner(relay, stream, label)
@@ -212,7 +212,7 @@ async def inbound_handler(bridge: Bridge, stream: trio.SocketStream) -> None:
     # only once the peer's Version passed, so a refused peer costs kaspad nothing
     relay = Relay(policy, kaspad_side=Side.UP,
                   upstream_authority=f"{host}:{port}".encode(), settings=bridge.options.relay,
-                  screen=True)
+                  screen=True, timing=bridge.timing["inbound"])
     info = RelayInfo(rid, "inbound", bridge.inbound_port or 0, None, relay, trio.current_time())
     runner = RelayRunner(relay, stream, label)
     runner.on_learned = bridge.learned

@@ -35,6 +35,7 @@ import trio
 from bridge import __version__
 from bridge.config import Config, HostPort, UnixSocket
 from bridge.core.errors import BridgeError, Fault
+from bridge.core.histogram import WARM_BUCKETS, Histogram
 from bridge.core.onion import OnionAddress
 from bridge.core.policy import GossipState, OnionPeer
 from bridge.net.pool import Dialer
@@ -124,6 +125,8 @@ class Daemon:
     #: the metrics/status server when metrics.listen is set (built by
     #: :func:`bridge.runtime.service.build_daemon`)
     observe: SideService | None = None
+    #: the address-free /metrics server when metrics.public_listen is set (idem)
+    public_observe: SideService | None = None
 
     def __post_init__(self) -> None:
         self.started_at = time.time()  # reset when run() starts: the uptime's origin
@@ -135,6 +138,13 @@ class Daemon:
         self._scope: trio.CancelScope | None = None  # the daemon's own nursery, once open
         #: the name of the signal that stopped the daemon, if one did
         self.stopped_by: str | None = None
+        #: trio time run() started; seconds from it to the first warm upstream
+        self._run_at: float | None = None
+        self.first_warm_seconds: float | None = None
+        #: trio time Tor last became usable, until the next warm upstream (then observed
+        #: into :attr:`tor_to_warm`)
+        self._tor_usable_at: float | None = None
+        self.tor_to_warm = Histogram(WARM_BUCKETS)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -210,7 +220,20 @@ class Daemon:
                          if bstats is not None and bstats.inbound_port else None),
                 kaspad_p2p=str(cfg.kaspad.p2p)),
             pool_size=cfg.pool.size, bridge=bstats,
-            recent_errors=errors[-MAX_RECENT_ERRORS:])
+            recent_errors=errors[-MAX_RECENT_ERRORS:],
+            listen_onion=cfg.tor.listen_onion, first_warm_seconds=self.first_warm_seconds,
+            tor_to_warm=self.tor_to_warm.snapshot() if sup is not None else None)
+
+    def _on_warm(self) -> None:
+        """An upstream became warm: the first since the start, the first since Tor became
+        usable (again) with none warm."""
+        now = trio.current_time()
+        if self.first_warm_seconds is None and self._run_at is not None:
+            self.first_warm_seconds = now - self._run_at
+            log.info("first warm upstream %.1fs after the start", self.first_warm_seconds)
+        if self._tor_usable_at is not None:
+            self.tor_to_warm.observe(now - self._tor_usable_at)
+            self._tor_usable_at = None
 
     def _on_tor_change(self, st: TorStatus) -> None:
         """Keep the gossip state's own onion in step with what Tor publishes; forgive peer
@@ -218,6 +241,11 @@ class Daemon:
         if st.usable and not self._tor_was_usable and st.reconnects and self.bridge is not None:
             log.info("tor is usable again: clearing peer backoffs")
             self.bridge.pool.forgive_all()
+        if st.usable and not self._tor_was_usable and (
+                self.bridge is None or not self.bridge.pool.ready_count):
+            # (with upstreams still warm, e.g. only the control connection was lost, there is
+            # nothing to wait for)
+            self._tor_usable_at = trio.current_time()
         self._tor_was_usable = st.usable
         if self.gossip is None or not st.onion_address:
             return
@@ -331,7 +359,12 @@ class Daemon:
         if cfg.metrics.listen is not None and self.observe is None:
             raise StartupError("metrics.listen is set but this daemon has no metrics server: "
                                "build it with bridge.runtime.service.build_daemon")
+        if cfg.metrics.public_listen is not None and self.public_observe is None:
+            raise StartupError("metrics.public_listen is set but this daemon has no public "
+                               "metrics server: build it with "
+                               "bridge.runtime.service.build_daemon")
         self.started_at = time.time()
+        self._run_at = trio.current_time()
         # warnings from here on are kept for /status (the config's were logged just above)
         handler = ErrorLogHandler(self.errors)
         logger = logging.getLogger("bridge")
@@ -368,9 +401,13 @@ class Daemon:
                     await sup.wait_usable()
             self.bridge = Bridge(options, gossip=self.gossip, dialer=Dialer(
                 options.dial, gate, socks_provider=self._socks_from_tor), errors=self.errors)
-            if observe is not None:  # before the listeners: /status shows startup too
+            self.bridge.pool.on_ready = self._on_warm
+            # before the listeners: /status shows startup too
+            for side in (observe, self.public_observe):
+                if side is None or startup_error is not None:
+                    continue
                 try:
-                    await nursery.start(observe.run)
+                    await nursery.start(side.run)
                 except BridgeError as exc:
                     startup_error = StartupError(str(exc), fault=exc.fault)
                     nursery.cancel_scope.cancel()

@@ -1,21 +1,29 @@
-"""Observability: Prometheus ``/metrics``, ``/health`` and ``/status`` on a loopback HTTP port.
+"""Observability: Prometheus ``/metrics``, ``/health`` and ``/status`` on a loopback HTTP port,
+and optionally the address-free ``/metrics`` alone on a port beyond loopback.
 
-Enabled with ``metrics.listen = "127.0.0.1:9464"``. The server is a deliberately tiny HTTP/1.1
-server on trio: GET/HEAD only, one request per connection (``Connection: close``), a bounded
-request head, a read deadline and a cap on concurrent connections.
+Enabled with ``metrics.listen = "127.0.0.1:9464"`` (and ``metrics.public_listen``). The server is
+a deliberately tiny HTTP/1.1 server on trio: GET/HEAD only, one request per connection
+(``Connection: close``), a bounded request head, a read deadline and a cap on concurrent
+connections.
 
 * ``/metrics`` — Prometheus text format, rendered at scrape time (no background polling) from
-  the same :class:`~bridge.runtime.stats.Snapshot` as ``/status`` (:func:`metric_families`).
-  **Privacy**: no label ever carries a remote address or an onion address. Per-connection
-  series are labelled ``peer="slot:<local port>"`` or ``peer="inbound#<connection id>"``; the
-  own onion is not exported either (a central
-  Prometheus would otherwise link this host to its onion).
+  the same :class:`~bridge.runtime.stats.Snapshot` as ``/status`` (:func:`metric_families`),
+  plus prometheus_client's process, platform and GC collectors (``process_*``,
+  ``python_info``, ``python_gc_*``). **Privacy**: no label ever carries a remote address, an
+  onion address or a per-connection id: series are totals, gauges and histograms by bounded
+  label sets (kind, direction, outcome, reason, ...), so the series count does not grow with
+  connections, and the output can leave the host. The own onion is not exported either (a
+  central Prometheus would otherwise link this host to its onion).
 * ``/health`` — 200 ``{"status": "ok"}`` when the listeners are up and, in tor-only mode or with
   ``tor.listen_onion``, Tor is usable (and the onion published); else 503 with the reasons.
 * ``/status`` — the snapshot as JSON (:func:`bridge.runtime.status.to_json`; used by
   ``kaspa-tor-bridge status``).
-  It names peers and the own onion, which is why the server refuses non-loopback addresses and
+  It names peers and the own onion, which is why this server refuses non-loopback addresses and
   any ``Host`` header that is not a loopback name (DNS-rebinding from a local browser).
+
+The **public** server (``public=True``, ``metrics.public_listen``) may bind any address and
+serves ``/metrics`` and a bare ``/health`` (status code and ``ok``/``unhealthy``, no reasons)
+only; every other path, ``/status`` included, is 404 there, whatever the ``Host`` header.
 
 The server knows nothing of the daemon: it is handed a :class:`SnapshotSource` (the wiring
 layer, :mod:`bridge.runtime.service`, hands it the daemon). Neither the control password nor
@@ -28,15 +36,29 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import platform
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from bridge.core.errors import BridgeError, Fault
+from bridge.core.histogram import DIAL_BUCKETS, RELAY_BUCKETS, WARM_BUCKETS, HistogramSnapshot
+from bridge.net.pool import DIAL_OUTCOMES, DIAL_ROUTES
 from bridge.runtime.stats import DIRECTIONS, KINDS, Health, Snapshot, Totals
 from bridge.runtime.status import to_json
 from bridge.tor.supervisor import TorState
@@ -72,20 +94,40 @@ def check_loopback(host: str) -> None:
         raise ObserveError(
             f"metrics.listen = {host!r} is not a loopback address; the metrics/status endpoint "
             "shows peers and the own onion and is only served on loopback (e.g. "
-            "\"127.0.0.1:9464\"); to scrape it from elsewhere, put a proxy in front of it")
+            "\"127.0.0.1:9464\"); to scrape /metrics from another host, set "
+            "metrics.public_listen, which serves only the address-free /metrics and /health")
 
 
 # ------------------------------------------------------------------------ Prometheus
 
 
+def _histogram(name: str, doc: str, labels: list[str],
+               series: Mapping[tuple[str, ...], HistogramSnapshot | None],
+               bounds: tuple[float, ...]) -> HistogramMetricFamily:
+    """A histogram family with one series per label tuple (each present, empty or not)."""
+    fam = HistogramMetricFamily(name, doc, labels=labels)
+    for key, h in series.items():
+        if h is None:
+            h = HistogramSnapshot.empty(bounds)
+        fam.add_metric(list(key), h.cumulative(), sum_value=h.sum)
+    return fam
+
+
 def metric_families(snap: Snapshot) -> Iterator[Metric]:
-    """``/metrics`` for a snapshot. Labels never carry remote or onion addresses."""
+    """``/metrics`` for a snapshot. Labels never carry remote or onion addresses, nor a
+    per-connection value: every label set is bounded by the code or the configuration."""
 
     def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, value=value)
 
-    info = GaugeMetricFamily("ktb_info", "Bridge version and configuration",
-                             labels=["version", "network", "mode"])
+    build = GaugeMetricFamily("ktb_build_info", "Bridge version, Python version, Kaspa network "
+                              "and mode (always 1)", labels=["version", "python", "network",
+                                                             "mode"])
+    build.add_metric([snap.bridge_version, platform.python_version(), snap.network, snap.mode],
+                     1)
+    yield build
+    info = GaugeMetricFamily("ktb_info", "DEPRECATED, removed in the next release: use "
+                             "ktb_build_info", labels=["version", "network", "mode"])
     info.add_metric([snap.bridge_version, snap.network, snap.mode], 1)
     yield info
     yield gauge("ktb_healthy", "1 when /health answers 200", 1 if snap.health.ok else 0)
@@ -93,8 +135,13 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     yield gauge("ktb_listeners_up", "1 when the slot and inbound listeners are bound",
                 1 if snap.listeners.up else 0)
     yield gauge("ktb_uptime_seconds", "Seconds since the daemon started", snap.uptime or 0.0)
+    if snap.first_warm_seconds is not None:
+        yield gauge("ktb_first_warm_upstream_seconds", "Seconds from the daemon's start to its "
+                    "first warm upstream (absent until then)", snap.first_warm_seconds)
 
     # Tor
+    yield gauge("ktb_tor_listen_onion", "1 when tor.listen_onion is set (the onion service "
+                "should be published)", 1 if snap.listen_onion else 0)
     yield gauge("ktb_tor_monitored", "1 when the bridge has a Tor control connection "
                 "configured", 1 if snap.tor is not None else 0)
     if snap.tor is not None:
@@ -133,6 +180,12 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
                         "Seconds from the last Tor loss to the onion being back",
                         st.last_recovery_seconds)
 
+        if snap.tor_to_warm is not None:
+            yield _histogram("ktb_tor_usable_to_warm_seconds", "Seconds from Tor becoming "
+                             "usable (at startup and after each loss, with no upstream warm) "
+                             "to the next warm upstream", [], {(): snap.tor_to_warm},
+                             WARM_BUCKETS)
+
     # Slots, pool, dialing
     relays = snap.relays
     yield gauge("ktb_slots", "Configured kaspad slots", len(snap.listeners.slot_ports))
@@ -157,6 +210,13 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
             if v or reason in ("tor", "local", "remote"):
                 fails.add_metric([reason], v)
         yield fails
+        durations = bridge.dial.durations
+        yield _histogram("ktb_dial_duration_seconds", "Upstream dial durations (SOCKS5 "
+                         "through Tor, or direct in hybrid), by route and outcome",
+                         ["route", "outcome"],
+                         {(r, o): durations.get((r, o)) for r in DIAL_ROUTES
+                          for o in DIAL_OUTCOMES},
+                         DIAL_BUCKETS)
         closed = CounterMetricFamily("ktb_relays_closed", "Relays closed, by outcome",
                                      labels=["outcome"])
         for k, v in bridge.closed.items():
@@ -192,27 +252,23 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         yield gauge("ktb_candidates_backing_off", "Candidates waiting for a retry",
                     bridge.candidates.backing_off)
 
-    # Per live connection (label: slot port / inbound id — never a remote address)
-    pb = CounterMetricFamily("ktb_peer_bytes", "Bytes relayed on a live connection",
-                             labels=["peer", "kind", "direction"])
-    pm = CounterMetricFamily("ktb_peer_messages", "gRPC messages relayed on a live "
-                             "connection", labels=["peer", "kind", "direction"])
-    pbuf = GaugeMetricFamily("ktb_peer_buffered_bytes", "Bytes held by the relay",
-                             labels=["peer", "kind"])
-    prw = CounterMetricFamily("ktb_peer_rewrites", "Policy actions on a live connection (see "
-                              "ktb_rewrites)", labels=["peer", "kind", "action"])
-    for r in relays:
-        for direction in DIRECTIONS:
-            pb.add_metric([r.label, r.kind, direction], getattr(r.traffic, f"bytes_{direction}"))
-            pm.add_metric([r.label, r.kind, direction],
-                          getattr(r.traffic, f"messages_{direction}"))
-        pbuf.add_metric([r.label, r.kind], r.buffered)
-        for action, v in r.rewrites.items():
-            prw.add_metric([r.label, r.kind, action], v)
-    yield pb
-    yield pm
-    yield pbuf
-    yield prw
+    # Live connections, aggregated by kind (never one series per connection)
+    live = GaugeMetricFamily("ktb_relays_live", "Live relayed connections", labels=["kind"])
+    buf = GaugeMetricFamily("ktb_relay_buffered_bytes", "Bytes held by the live relays",
+                            labels=["kind"])
+    for kind in KINDS:
+        live.add_metric([kind], sum(1 for r in relays if r.kind == kind))
+        buf.add_metric([kind], sum(r.buffered for r in relays if r.kind == kind))
+    yield live
+    yield buf
+    latency = bridge.relay_latency if bridge is not None else {}
+    yield _histogram("ktb_relay_message_latency_seconds", "Time a gRPC message spends inside "
+                     "the bridge, from its first byte in to its last byte handed to the other "
+                     "connection (waiting for the receiver's window included), by connection "
+                     "kind and the side that sent it", ["kind", "direction"],
+                     {(k, d): latency.get((k, d)) for k in KINDS
+                      for d in DIRECTIONS},
+                     RELAY_BUCKETS)
 
     # Cumulative (closed + live)
     totals = bridge.totals if bridge is not None else Totals()
@@ -250,8 +306,13 @@ class SnapshotCollector(Collector):
 
 
 def make_registry(source: SnapshotSource) -> CollectorRegistry:
+    """The snapshot's families, and the process (CPU, RSS, open files), platform
+    (``python_info``) and GC collectors of prometheus_client: all address-free."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(source))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 
@@ -286,10 +347,15 @@ def _json(status: int, reason: str, obj: object, head_only: bool = False) -> byt
 
 
 class ObserveServer:
-    """The loopback HTTP server. ``await nursery.start(server.run)`` returns the bound port."""
+    """The loopback HTTP server (or, with ``public``, the address-free /metrics server).
+    ``await nursery.start(server.run)`` returns the bound port."""
 
-    def __init__(self, source: SnapshotSource, host: str, port: int) -> None:
-        check_loopback(host)
+    def __init__(self, source: SnapshotSource, host: str, port: int, *,
+                 public: bool = False) -> None:
+        #: the address-free server (metrics.public_listen): /metrics and a bare /health only
+        self.public = public
+        if not public:
+            check_loopback(host)
         self.host = host
         self.port = port
         self.source = source
@@ -297,15 +363,24 @@ class ObserveServer:
         self._limit = trio.Semaphore(MAX_CONNECTIONS)
         self.bound_port: int | None = None
 
+    @property
+    def key(self) -> str:
+        """The configuration key this server listens on."""
+        return "metrics.public_listen" if self.public else "metrics.listen"
+
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         except OSError as exc:
-            raise ObserveError(f"cannot listen on metrics.listen {self.host}:{self.port}: "
+            raise ObserveError(f"cannot listen on {self.key} {self.host}:{self.port}: "
                                f"{exc.strerror or exc}") from exc
         self.bound_port = int(listeners[0].socket.getsockname()[1])
-        log.info("metrics/health/status on http://%s/ (loopback only)",
-                 _hostport(self.host, self.bound_port))
+        if self.public:
+            log.info("address-free /metrics and /health on http://%s/ (metrics.public_listen; "
+                     "no /status there)", _hostport(self.host, self.bound_port))
+        else:
+            log.info("metrics/health/status on http://%s/ (loopback only)",
+                     _hostport(self.host, self.bound_port))
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._handle, listeners)
             task_status.started(self.bound_port)
@@ -389,12 +464,14 @@ class ObserveServer:
         if method not in ("GET", "HEAD"):
             return _response(405, "Method Not Allowed", b"GET only\n", "text/plain",
                              extra=(("Allow", "GET, HEAD"),))
+        head_only = method == "HEAD"
+        path = target.split("?", 1)[0]
+        if self.public:
+            return self._respond_public(path, head_only)
         host = headers.get("host")
         if host is not None and not _loopback_host_header(host):
             return _response(403, "Forbidden", b"Host must be a loopback address\n",
                              "text/plain")
-        head_only = method == "HEAD"
-        path = target.split("?", 1)[0]
         try:
             if path == "/metrics":
                 return _response(200, "OK", generate_latest(self.registry),
@@ -411,6 +488,22 @@ class ObserveServer:
             if path == "/":
                 return _response(200, "OK", b"kaspa-tor-bridge: /metrics /health /status\n",
                                  "text/plain", head_only)
+        except Exception:
+            log.exception("observability: %s failed", path)
+            return _response(500, "Internal Server Error", b"internal error\n", "text/plain")
+        return _response(404, "Not Found", b"not found\n", "text/plain", head_only)
+
+    def _respond_public(self, path: str, head_only: bool) -> bytes:
+        """The public server: the address-free /metrics and a bare /health, nothing else (no
+        Host check: nothing served here names a peer or the onion)."""
+        try:
+            if path == "/metrics":
+                return _response(200, "OK", generate_latest(self.registry),
+                                 PROMETHEUS_CONTENT_TYPE, head_only)
+            if path == "/health":
+                if self.source.health().ok:
+                    return _json(200, "OK", {"status": "ok"}, head_only)
+                return _json(503, "Service Unavailable", {"status": "unhealthy"}, head_only)
         except Exception:
             log.exception("observability: %s failed", path)
             return _response(500, "Internal Server Error", b"internal error\n", "text/plain")

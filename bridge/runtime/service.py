@@ -1,5 +1,6 @@
 """The wiring of the running service: the daemon and, when ``metrics.listen`` is set, the
-metrics/status server over it.
+metrics/status server over it (and the address-free public /metrics server when
+``metrics.public_listen`` is set).
 
 This module owns the observe server so that neither :mod:`bridge.runtime.daemon` nor
 :mod:`bridge.runtime.observe` knows the other: the server reads snapshots from any
@@ -21,4 +22,7 @@ def build_daemon(cfg: Config, *, handle_signals: bool = True) -> Daemon:
     daemon = Daemon(cfg, handle_signals=handle_signals)
     if cfg.metrics.listen is not None:
         daemon.observe = ObserveServer(daemon, cfg.metrics.listen.host, cfg.metrics.listen.port)
+    public = cfg.metrics.public_listen
+    if public is not None:
+        daemon.public_observe = ObserveServer(daemon, public.host, public.port, public=True)
     return daemon

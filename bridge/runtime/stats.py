@@ -19,9 +19,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from bridge.core.counters import Counters
+from bridge.core.histogram import HistogramSnapshot
 from bridge.core.peers import Target
 from bridge.core.relay import Relay
 from bridge.net.pool import DialStats, PoolStats
@@ -194,6 +195,9 @@ class BridgeStats:
     candidates: CandidateStats
     relays: tuple[RelayStats, ...]
     totals: Totals  # closed + live connections
+    #: gRPC message latency inside the bridge (first byte in to last byte handed on), by
+    #: (kind, direction): ("slot" | "inbound", "from_kaspad" | "from_remote")
+    relay_latency: Mapping[tuple[str, str], HistogramSnapshot] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +302,13 @@ class Snapshot:
     pool_size: int  # configured (the pool's own size once the bridge exists)
     bridge: BridgeStats | None  # None before the bridge is built
     recent_errors: tuple[ErrorRecord, ...] = ()
+    #: tor.listen_onion: the onion service is meant to be published
+    listen_onion: bool = False
+    #: seconds from the daemon's start to its first warm upstream (None: none yet)
+    first_warm_seconds: float | None = None
+    #: each time Tor became usable (at startup, after each loss): seconds to the next warm
+    #: upstream (None: no Tor monitored)
+    tor_to_warm: HistogramSnapshot | None = None
 
     @property
     def relays(self) -> tuple[RelayStats, ...]:

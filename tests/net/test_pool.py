@@ -40,6 +40,30 @@ async def test_dial_errors_say_whose_fault(nursery: trio.Nursery) -> None:
     assert tor.value.fault is Fault.TOR and "unreachable" in str(tor.value)
 
 
+async def test_dial_durations_by_route_and_outcome(nursery: trio.Nursery) -> None:
+    """Every dial is timed, by route (Tor's SOCKS or direct) and outcome."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    nursery.start_soon(trio.serve_listeners, lambda s: s.aclose(), [listener])
+    open_port = listener.socket.getsockname()[1]
+    (closed,) = free_ports(1)
+    socks = ScriptedSocks5Server(lambda host, port: 4)
+    sport = await nursery.start(socks.serve)
+    dialer = Dialer(DialPolicy(proxy=ProxyEndpoint("127.0.0.1", sport), ip_via_tor=False,
+                               allow_direct=True, timeout=5))
+    stream = await dialer.dial(Target("127.0.0.1", open_port))
+    await stream.aclose()
+    with pytest.raises(DialError):
+        await dialer.dial(Target("127.0.0.1", closed))
+    with pytest.raises(DialError):
+        await dialer.dial(Target(ONION, 16111))  # through the SOCKS port: unreachable
+    d = dialer.stats().durations
+    counts = {k: h.count for k, h in d.items()}
+    assert counts == {("tor", "ok"): 0, ("tor", "failed"): 1, ("direct", "ok"): 1,
+                      ("direct", "failed"): 1}
+    assert all(0 <= h.sum < 5 for h in d.values())
+    assert dialer.stats().dials == 3
+
+
 def test_routing_rules() -> None:
     p = ProxyEndpoint("127.0.0.1", 9050)
     o = ProxyEndpoint("127.0.0.1", 9150)
