@@ -185,3 +185,28 @@ def test_option_errors_name_the_flag_and_never_echo_a_password(command: str) -> 
     out = res.stdout + res.stderr
     assert res.returncode in (1, 2) and "--slots-count needs a value" in out, out
     assert secret not in out
+
+
+def test_run_option_wins_and_the_wait_for_tor_is_said_once(tmp_path: Path) -> None:
+    """``run`` with no tor on the control port: the option's port (not the environment's) is
+    the one waited for, in one line with the timeout; no line per connection attempt; then the
+    bridge gives up with one error line after tor.bootstrap_timeout (issue 12 item 6)."""
+    env_port, flag_port, slot, inbound = free_ports(4)
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f'network = "kaspa-simnet"\ndata_dir = "{tmp_path / "data"}"\n'
+                   f'[slots]\nbase_port = {slot}\ncount = 1\n'
+                   f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n')
+    res = _run(["run", "-c", str(cfg), "--tor-control", f"127.0.0.1:{flag_port}",
+                "--tor-bootstrap-timeout", "4"],
+               env={"KTB_TOR__CONTROL": f"127.0.0.1:{env_port}", "PYTHONUNBUFFERED": "1"})
+    lines = res.stderr.splitlines()
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    waiting = [ln for ln in lines if "waiting for tor" in ln]
+    assert len(waiting) == 1, res.stderr
+    assert f"control port at 127.0.0.1:{flag_port}" in waiting[0]
+    assert "up to 4 s (tor.bootstrap_timeout)" in waiting[0]
+    assert not re.search(rf":{env_port}\b", res.stderr), res.stderr
+    # the attempts (every 0.25 to 5 s) are not lines; the waiting line and the final error are
+    assert sum("cannot connect to tor control port" in ln for ln in lines) == 2, res.stderr
+    assert "ERROR" in lines[-1] and "cannot start without Tor" in lines[-1], res.stderr
