@@ -210,3 +210,22 @@ def test_run_option_wins_and_the_wait_for_tor_is_said_once(tmp_path: Path) -> No
     # the attempts (every 0.25 to 5 s) are not lines; the waiting line and the final error are
     assert sum("cannot connect to tor control port" in ln for ln in lines) == 2, res.stderr
     assert "ERROR" in lines[-1] and "cannot start without Tor" in lines[-1], res.stderr
+
+
+def test_no_command_option_shadows_a_key_option() -> None:
+    """The generated options and a command's own (``--json``, ``--timeout``, ``--compose`` …)
+    never share a name: one of them would silently never be reached."""
+    import typer
+
+    from bridge.cli.keyopts import option_names
+    from bridge.cli.main import app
+
+    group = typer.main.get_command(app)
+    keys = set(option_names())
+    for name in COMMANDS:
+        command = group.commands[name]  # type: ignore[attr-defined]
+        seen: list[str] = []
+        for param in command.params:
+            seen += [*param.opts, *param.secondary_opts]
+        assert len(seen) == len(set(seen)), (name, seen)
+        assert keys <= set(seen), (name, keys - set(seen))
