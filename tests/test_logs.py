@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
 import sys
 
-from bridge.runtime.logs import RepeatFilter, text_formatter
+from bridge.runtime.logs import JsonFormatter, RepeatFilter, text_formatter
+from bridge.runtime.stats import ErrorLogHandler, RecentErrors
 
 
 def _record(msg: str, *args: object, level: int = logging.WARNING,
@@ -29,7 +31,15 @@ def test_identical_lines_are_collapsed_and_counted() -> None:
     now[0] = 61.0
     rec = _record(line, 2.0)
     assert f.filter(rec)
-    assert rec.getMessage().endswith("(repeated 27 more times in the last 61 s)")
+    note = "(repeated 27 more times in the last 61 s)"
+    assert text_formatter().format(rec).endswith(f"retrying in 2s {note}")
+    assert json.loads(JsonFormatter().format(rec))["msg"].endswith(f"retrying in 2s {note}")
+    # the record itself is left as logged: other handlers (the recent-errors ring of /status)
+    # see the line, not the count
+    assert rec.getMessage() == line % 2.0
+    ring = RecentErrors()
+    ErrorLogHandler(ring).handle(rec)
+    assert [r.message for r in ring.records()] == [line % 2.0]
     now[0] = 62.0
     assert f.filter(_record(line, 2.0)) and f.filter(_record(line, 2.0))  # a new window
     assert not f.filter(_record(line, 2.0))

@@ -15,12 +15,13 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import trio
 import typer
 
-from bridge.config import Config, flag_help, load_config, parse_flags, parse_set, set_help
+from bridge.cli.keyopts import config_options
+from bridge.config import Config, load_config, parse_options, parse_set
 from bridge.core.errors import BridgeError, ConfigError
 from bridge.runtime.logs import setup_logging
 from bridge.runtime.wiring import kaspad_flags
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True,
                   help="Run an unmodified rusty-kaspa kaspad over Tor.")
 rig_app = typer.Typer(no_args_is_help=True, help="Test rig: a private Tor network on loopback, "
                       "optionally with real kaspad nodes behind bridges.")
@@ -50,21 +51,32 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML con
                                                 envvar="KTB_CONFIG")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE",
-    help="set a configuration key, e.g. --set slots.count=8 (repeatable; the keys are listed "
-         "below); wins over the environment and the file")]
+    help="set a configuration key by its dotted name, e.g. --set slots.count=8 (repeatable; "
+         "the same as the key's own option below, which wins when both are given)")]
+
+#: The epilog of the commands that take every configuration key as an option.
+KEYS_EPILOG = ("Every configuration key is an option (grouped by section above, with its "
+               "default) and an environment variable: KTB_ + the upper-cased dotted key with "
+               "'.' → '__', e.g. KTB_SLOTS__COUNT. Precedence: option (or --set) > environment "
+               "> file (-c) > default. The control password is never an option: use "
+               "KTB_TOR_CONTROL_PASSWORD or tor.control_password_file.")
 
 
-def _set_epilog() -> str:
-    """The keys ``--set`` takes, from their declarations (bridge.config.keys)."""
-    lines = ["--set takes every configuration key (values as in the KTB_… environment "
-             "variables; a list key repeats or takes a comma-separated list):", ""]
-    lines += [f"  {key}  {what}" for key, what in set_help()]
-    return "\n\n".join(lines)
+def _overrides(set_items: list[str] | None,
+               options: dict[str, object]) -> tuple[dict[str, object], dict[str, str]]:
+    """The command line's overrides (``--set`` and the keys' own options, which win) and the
+    source of the ones ``--set`` gave (for errors). Raises :class:`ConfigError`."""
+    by_set = parse_set(set_items or [])
+    by_option = parse_options(options)
+    return {**by_set, **by_option}, {k: "--set" for k in by_set if k not in by_option}
 
 
-def _set_overrides(items: list[str] | None) -> dict[str, Any]:
+def _load_cli(config: Path | None, set_items: list[str] | None,
+              options: dict[str, object]) -> Config:
+    """The configuration of a command with the key options; exit 2 on an error."""
     try:
-        return parse_set(items or [])
+        overrides, sources = _overrides(set_items, options)
+        return load_config(config, overrides=overrides, overrides_source=sources)
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -117,36 +129,23 @@ def _interruptible(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-def _load(config: Path | None, overrides: dict[str, Any], source: str | None = None) -> Config:
+def _load(config: Path | None) -> Config:
     try:
-        return load_config(config, overrides=overrides, overrides_source=source)
+        return load_config(config)
     except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 
-def _run_epilog() -> str:
-    lines = ["Every configuration key is also a flag (and an environment variable KTB_…); "
-             "precedence: flag > environment > file > default. Lists repeat the flag.", ""]
-    lines += [f"  {flag}  {what}" for flag, what in flag_help()]
-    return "\n\n".join(lines)
-
-
-@app.command(rich_help_panel="Operator",
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             epilog=_run_epilog())
+@app.command(rich_help_panel="Operator", epilog=KEYS_EPILOG)
 @_interruptible
-def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
+@config_options
+def run(config: ConfigOpt = None, set_: SetOpt = None, *, options: dict[str, object]) -> None:
     """Run the bridge daemon.
 
     SIGTERM and SIGINT (Ctrl-C) stop it in order, also during startup (exit status 0); SIGHUP
     is logged and ignored (the bridge does not reload its configuration)."""
-    try:
-        overrides = parse_flags(ctx.args)
-    except ConfigError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    cfg = _load(config, overrides)
+    cfg = _load_cli(config, set_, options)
     setup_logging(cfg.log_level, cfg.log_format)
     from bridge.runtime.service import build_daemon
 
@@ -160,7 +159,8 @@ def run(ctx: typer.Context, config: ConfigOpt = None) -> None:
         raise
 
 
-@app.command("kaspad-flags", rich_help_panel="Operator", epilog=_set_epilog())
+@app.command("kaspad-flags", rich_help_panel="Operator", epilog=KEYS_EPILOG)
+@config_options
 def kaspad_flags_cmd(
     config: ConfigOpt = None,
     compose: Annotated[bool, typer.Option(
@@ -170,9 +170,10 @@ def kaspad_flags_cmd(
         help="print a drop-in for kaspad.service (see deploy/systemd)")] = False,
     kaspad_bin: Annotated[str, typer.Option(
         help="kaspad binary in the --systemd drop-in")] = "/usr/local/bin/kaspad",
+    *, options: dict[str, object],
 ) -> None:
     """Print the flags kaspad needs to use this bridge (copy-paste ready)."""
-    cfg = _load(config, _set_overrides(set_), "--set")
+    cfg = _load_cli(config, set_, options)
     flags = kaspad_flags(cfg)
     if systemd:
         from bridge.cli.systemd import kaspad_dropin
@@ -190,18 +191,20 @@ def kaspad_flags_cmd(
         typer.echo("kaspad " + " ".join(shlex.quote(f) for f in flags))
 
 
-@app.command(rich_help_panel="Operator", epilog=_set_epilog())
+@app.command(rich_help_panel="Operator", epilog=KEYS_EPILOG)
+@config_options
 def status(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON snapshot")] = False,
     watch: Annotated[bool, typer.Option(help="refresh until Ctrl-C")] = False,
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
     set_: SetOpt = None,
+    *, options: dict[str, object],
 ) -> None:
     """Live view of the running daemon (read from its metrics.listen endpoint)."""
     from bridge.runtime.status import StatusUnavailable, fetch, render
 
-    cfg = _load(config, _set_overrides(set_), "--set")
+    cfg = _load_cli(config, set_, options)
     listen = cfg.metrics.listen
     if listen is None:
         where = f" in {config}" if config is not None else ""
@@ -232,18 +235,21 @@ def status(
         pass
 
 
-@app.command(rich_help_panel="Operator", epilog=_set_epilog())
+@app.command(rich_help_panel="Operator", epilog=KEYS_EPILOG)
 @_interruptible
+@config_options
 def doctor(
     config: ConfigOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds per network check")] = 10.0,
     set_: SetOpt = None,
+    *, options: dict[str, object],
 ) -> None:
     """Check Tor control/auth, Tor SOCKS, kaspad, files and config; say how to fix each."""
     from bridge.cli.doctor import Check, report, run_checks
 
     try:
-        cfg = load_config(config, overrides=parse_set(set_ or []), overrides_source="--set")
+        overrides, sources = _overrides(set_, options)
+        cfg = load_config(config, overrides=overrides, overrides_source=sources)
     except ConfigError as exc:
         report([Check("config", "fail", str(exc), "fix the named key")], typer.echo)
         raise typer.Exit(1) from exc
@@ -253,7 +259,7 @@ def doctor(
 
 
 def _onion_key_file(config: Path | None, key_file: Path | None) -> Path:
-    return key_file if key_file is not None else _load(config, {}).tor.onion_key_file
+    return key_file if key_file is not None else _load(config).tor.onion_key_file
 
 
 KeyFileOpt = Annotated[Path | None, typer.Option(
@@ -567,7 +573,9 @@ def kaspad_path() -> None:
 
 
 def main() -> None:
-    app()
+    # One program name (usage lines, completion's _KASPA_TOR_BRIDGE_COMPLETE), also when run as
+    # `python -m bridge`.
+    app(prog_name="kaspa-tor-bridge")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,14 @@ from collections.abc import Mapping
 from typing import Final
 
 from bridge.config.build import ONION_KEY_FILE_NAME, PUBLIC_REFRESH_FLOOR
-from bridge.config.flags import FLAG_TO_KEY, flag_help, parse_flags, parse_set, set_help
+from bridge.config.flags import (
+    FLAG_TO_KEY,
+    flag_help,
+    parse_flags,
+    parse_options,
+    parse_set,
+    set_help,
+)
 from bridge.config.keys import (
     ENV_PREFIX,
     KEYS,
@@ -97,6 +104,7 @@ __all__ = [
     "network_p2p_port",
     "parse_flags",
     "parse_hostport",
+    "parse_options",
     "parse_set",
     "set_help",
 ]

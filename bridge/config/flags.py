@@ -1,6 +1,7 @@
-"""Command-line overrides, derived from the key declarations: a flag per key (``run``:
-``--slots-count 8``, ``--no-tor-listen-onion``) and the generic ``--set slots.count=8`` (the
-commands that otherwise take only ``-c``). Both return overrides for
+"""Command-line overrides, derived from the key declarations: a flag per key (``--slots-count
+8``, ``--no-tor-listen-onion``; real options of the commands, :mod:`bridge.cli.keyopts`, whose
+values :func:`parse_options` parses; :func:`parse_flags` parses the same from a plain argument
+list) and the generic ``--set slots.count=8``. All return overrides for
 :func:`~bridge.config.load.load_config`; values are parsed like the environment's, and a secret
 is never taken from the command line (it would be visible to every user in ``ps``).
 """
@@ -8,6 +9,7 @@ is never taken from the command line (it would be visible to every user in ``ps`
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
@@ -16,9 +18,12 @@ from bridge.config.keys import KEYS, describe_allowed, flag_name, is_secret_key
 from bridge.config.load import parse_text_value, unknown_key_error
 from bridge.core.errors import ConfigError
 
-__all__ = ["FLAG_TO_KEY", "flag_help", "parse_flags", "parse_set", "set_help"]
+__all__ = ["FLAG_TO_KEY", "flag_help", "parse_flags", "parse_options", "parse_set", "set_help"]
 
 FLAG_TO_KEY: Final[Mapping[str, str]] = {flag_name(k): k for k in KEYS}
+#: A value that is really the next option: "--slots-count --tor-control-password=x" hands the
+#: command-line parser "--tor-control-password=x" as the count.
+_AN_OPTION: Final = re.compile(r"--[a-z]")
 
 
 def flag_help() -> list[tuple[str, str]]:
@@ -88,6 +93,32 @@ def _flag_values(args: Sequence[str]) -> Iterator[tuple[str, object]]:
             value = args[i]
             i += 1
         yield key, parse_text_value(key, value, name)
+
+
+def parse_options(options: Mapping[str, object]) -> dict[str, object]:
+    """Overrides from the per-key options as the command-line parser returns them: {dotted key:
+    a bool (``--x/--no-x``), a string, or a list key's strings (the option repeated; each may
+    be a comma-separated list)}. Values parse like the environment's; errors name the flag and
+    never show a value that is really another option (it could carry a secret)."""
+    pairs: list[tuple[str, object]] = []
+    for key, raw in options.items():
+        if key not in KEYS:
+            raise unknown_key_error(key, "command line")
+        _refuse_secret(key, "command line")
+        flag = flag_name(key)
+        if isinstance(raw, bool):
+            pairs.append((key, raw))
+            continue
+        texts: list[object] = list(raw) if isinstance(raw, list | tuple) else [raw]
+        for text in texts:
+            if not isinstance(text, str):
+                raise ConfigError(f"{flag}: expected text, got {type(text).__name__}",
+                                  source="command line", key=key)
+            if _AN_OPTION.match(text):
+                raise ConfigError(f"{flag} needs a value: {describe_allowed(KEYS[key])}",
+                                  source="command line", key=key)
+            pairs.append((key, parse_text_value(key, text, flag)))
+    return _collect(pairs)
 
 
 def set_help() -> list[tuple[str, str]]:

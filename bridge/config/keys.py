@@ -286,7 +286,10 @@ _DECLARATIONS: Final = (
         "connection); a circuit asking for more is closed. 0 = no limit.",
         bounds=Bounds(0, 65535)),
     Key("tor.bootstrap_timeout", "float", 120.0,
-        "Seconds to wait for Tor to finish bootstrapping before each warning.",
+        "Seconds the bridge waits at startup for Tor (its control port, bootstrap and the "
+        "onion's publication) before giving up (tor-only mode or tor.listen_onion; it says once "
+        "what it waits for, then shows progress every 15 s); later, while tor re-bootstraps, "
+        "seconds between warnings.",
         bounds=Bounds(1, 86400)),
     Key("tor.managed", "bool", False,
         "The bridge launches and stops its own tor (data directory under "

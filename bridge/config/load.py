@@ -255,12 +255,14 @@ def _from_env(env: Mapping[str, str]) -> Raw:
     return raw
 
 
-def _from_overrides(overrides: Mapping[str, object], source_name: str | None) -> Raw:
+def _from_overrides(overrides: Mapping[str, object],
+                    source_name: str | Mapping[str, str] | None) -> Raw:
     raw: Raw = {}
     for key, value in overrides.items():
         if value is None:  # an unset CLI option
             continue
-        source = source_name or flag_name(key)
+        named = source_name.get(key) if isinstance(source_name, Mapping) else source_name
+        source = named or flag_name(key)
         if key not in KEYS:
             raise unknown_key_error(key, source)
         raw[key] = (_check_type(key, value, source), source)
@@ -272,7 +274,7 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
-    overrides_source: str | None = None,
+    overrides_source: str | Mapping[str, str] | None = None,
 ) -> Config:
     """Load and validate the configuration.
 
@@ -280,7 +282,7 @@ def load_config(
     only ``KTB_*`` variables are looked at (unknown ``KTB_X__Y`` names and near-misses of known
     names are errors, other ``KTB_*`` names are ignored). ``overrides`` maps dotted keys to native
     values (``None`` = not given) and wins over everything; errors name them as ``--dotted-key``,
-    or as ``overrides_source`` when given (``"--set"``).
+    or as ``overrides_source`` when given (``"--set"``; a mapping names some keys' source).
     """
     if env is None:
         env = os.environ

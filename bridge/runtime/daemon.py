@@ -61,6 +61,9 @@ log = logging.getLogger("bridge")
 
 #: Name prefix of the data-dir write test's file (a random suffix follows).
 WRITE_TEST_PREFIX = ".kaspa-tor-bridge-write-test."
+#: Seconds between the "still waiting for tor" lines while the daemon starts (one line says what
+#: it waits for; tor's bootstrap can take minutes, so not every attempt is worth a line).
+TOR_REPORT_EVERY = 15.0
 
 
 class StartupError(BridgeError):
@@ -335,8 +338,10 @@ class Daemon:
                                      max_streams=tor.onion_max_streams)
             onion = OnionSpec(tor.onion_key_file, (listen.host, listen.port),
                               tor.onion_virtual_port, defenses)
+        # _start reports the wait for tor (wait_ready) when the bridge cannot start without it
+        must_have_tor = self.cfg.mode == "tor-only" or tor.listen_onion
         return TorSupervisor(endpoint, auth, onion=onion, bootstrap_timeout=tor.bootstrap_timeout,
-                             on_change=self._on_tor_change)
+                             on_change=self._on_tor_change, quiet_start=must_have_tor)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, serve until stopped, shut down in order. With ``handle_signals`` the signals
@@ -418,8 +423,10 @@ class Daemon:
                 await nursery.start(sup.run)
                 if must_have_tor:
                     try:
-                        await sup.wait_usable(cfg.tor.bootstrap_timeout,
-                                              onion=cfg.tor.listen_onion)
+                        await sup.wait_ready(cfg.tor.bootstrap_timeout,
+                                             onion=cfg.tor.listen_onion,
+                                             report_every=TOR_REPORT_EVERY,
+                                             timeout_name="tor.bootstrap_timeout")
                     except BridgeError as exc:
                         startup_error = StartupError(
                             f"{exc}; in {cfg.mode} mode"

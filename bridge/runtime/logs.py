@@ -6,7 +6,9 @@ further identical lines (same logger, level and text) for the rest of a ``window
 and lets the next one after it through with how many were dropped, e.g. ``... (repeated 11 more
 times in the last 60 s)``. It
 remembers at most ``max_keys`` lines (least recently seen dropped first), so its memory is
-bounded whatever is logged.
+bounded whatever is logged. The count is not written into the record (other handlers, such as
+the recent-errors ring of ``/status``, see the line as logged): it is an attribute that this
+module's formatters append.
 """
 
 from __future__ import annotations
@@ -21,19 +23,33 @@ from collections.abc import Callable
 #: text lines: "2026-12-03T17:59:30Z INFO    bridge: bridge up ..." (UTC, ISO 8601)
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 TEXT_DATEFMT = "%Y-%m-%dT%H:%M:%SZ"
+#: The record attribute :class:`RepeatFilter` sets: " (repeated 11 more times in the last 60 s)"
+#: or "" (appended by the formatters below).
+REPEAT_NOTE = "ktb_repeat_note"
+
+
+def repeat_note(record: logging.LogRecord) -> str:
+    note = getattr(record, REPEAT_NOTE, "")
+    return note if isinstance(note, str) else ""
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
+               "logger": record.name, "msg": record.getMessage() + repeat_note(record)}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
 
 
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        # the message ends the line (a record with a traceback is never collapsed)
+        return super().format(record) + repeat_note(record)
+
+
 def text_formatter() -> logging.Formatter:
-    fmt = logging.Formatter(TEXT_FORMAT, TEXT_DATEFMT)
+    fmt = _TextFormatter(TEXT_FORMAT, TEXT_DATEFMT)
     fmt.converter = time.gmtime
     return fmt
 
@@ -54,6 +70,7 @@ class RepeatFilter(logging.Filter):
         self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, REPEAT_NOTE, "")
         if record.exc_info:
             return True  # tracebacks are never collapsed
         key = (record.name, record.levelno, record.getMessage())
@@ -67,9 +84,8 @@ class RepeatFilter(logging.Filter):
             state[2] += 1
             return False
         if state is not None and state[2]:
-            record.msg = (f"{key[2]} (repeated {state[2]:.0f} more times in the last "
-                          f"{now - state[0]:.0f} s)")
-            record.args = None
+            setattr(record, REPEAT_NOTE, f" (repeated {state[2]:.0f} more times in the last "
+                                         f"{now - state[0]:.0f} s)")
         self._seen[key] = [now, 1, 0]
         self._seen.move_to_end(key)
         while len(self._seen) > self.max_keys:

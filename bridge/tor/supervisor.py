@@ -186,6 +186,7 @@ class TorSupervisor:
         connect: ControlFactory | None = None,
         on_change: Callable[[TorStatus], object] | None = None,
         rng: random.Random | None = None,
+        quiet_start: bool = False,
     ):
         self.endpoint = endpoint
         self.auth = auth or ControlAuth()
@@ -213,6 +214,9 @@ class TorSupervisor:
         self._circ_suppressed = 0
         self._reached_usable = False
         self._usable_at = 0.0
+        #: while :meth:`wait_ready` reports the startup (from the start with ``quiet_start``,
+        #: for a caller that calls it next), the per-attempt lines go to debug
+        self._quiet = quiet_start
 
     async def _default_connect(self, ep: ControlEndpoint, auth: ControlAuth) -> TorControl:
         return await TorControl.connect(ep, auth, events=self._events,
@@ -241,15 +245,99 @@ class TorSupervisor:
         ``onion=True`` also wait until the onion service is (re-)published. With ``timeout``,
         raise :class:`TorUnavailable` after that many seconds."""
         with trio.move_on_after(math.inf if timeout is None else timeout):
-            while not (self._status.usable and (self._status.onion_published or not onion)):
+            while not self._ready(onion):
                 await self._changed.wait()
             return self._status
+        raise self._unavailable(timeout, onion)
+
+    def _ready(self, onion: bool) -> bool:
+        return self._status.usable and (self._status.onion_published or not onion)
+
+    def _unavailable(self, timeout: float | None, onion: bool) -> TorUnavailable:
         st = self._status
-        raise TorUnavailable(
+        return TorUnavailable(
             f"tor not usable{' (onion)' if onion else ''} after {timeout}s "
             f"(state {st.state.value}"
             + (f", bootstrap {st.bootstrap.progress}%" if st.bootstrap else "")
             + (f"; last error: {st.last_error}" if st.last_error else "") + ")")
+
+    async def wait_ready(self, timeout: float, *, onion: bool = False,
+                         report_every: float = 15.0, grace: float = 1.0,
+                         timeout_name: str = "timeout") -> TorStatus:
+        """:meth:`wait_usable` for the daemon's startup, said once rather than every attempt.
+
+        Tor ready within ``grace`` seconds: one line, "tor ready after 0.3 s". Otherwise one
+        line saying what the bridge waits for (tor's control port, its bootstrap, the onion's
+        publication) and for how long (``timeout``, named ``timeout_name``), then at most one
+        progress line every ``report_every`` seconds (bootstrap percent, or seconds waited), a
+        line when the phase changes or a new error appears (each error text once), and "tor
+        ready after 12.3 s". Meanwhile the supervisor's per-attempt lines go to debug. Raises
+        :class:`TorUnavailable` after ``timeout`` (the caller says what that means)."""
+        t0 = trio.current_time()
+        deadline = t0 + timeout
+        self._quiet = True
+        try:
+            with trio.move_on_after(min(grace, timeout)):
+                while not self._ready(onion):
+                    await self._changed.wait()
+            if not self._ready(onion):
+                phase = self._phase()
+                errors = {self._status.last_error}
+                phases = {phase}
+                log.log(logging.WARNING if phase == "control" else logging.INFO,
+                        "waiting for %s; up to %s s (%s), progress every %s s",
+                        self._waiting_for(phase), _num(timeout), timeout_name,
+                        _num(report_every))
+                next_report = trio.current_time() + report_every
+                while not self._ready(onion):
+                    now = trio.current_time()
+                    if now >= deadline:
+                        raise self._unavailable(timeout, onion)
+                    with trio.move_on_after(min(next_report, deadline) - now):
+                        await self._changed.wait()
+                    if self._ready(onion):
+                        break
+                    now = trio.current_time()
+                    st = self._status
+                    if st.last_error not in errors:
+                        errors.add(st.last_error)
+                        log.warning("tor: %s", st.last_error)
+                    if self._phase() != phase:
+                        phase = self._phase()
+                        if phase not in phases:  # each phase once: a flapping tor is no flood
+                            phases.add(phase)
+                            log.info("now waiting for %s", self._waiting_for(phase))
+                    elif now >= next_report and now < deadline:
+                        log.info("still waiting for %s: %.0f s of %s s", self._progress(phase),
+                                 now - t0, _num(timeout))
+                    if now >= next_report:
+                        next_report = now + report_every
+            log.info("tor ready after %.1f s%s", trio.current_time() - t0,
+                     f" (onion {self._status.onion_address} published)" if onion else "")
+            return self._status
+        finally:
+            self._quiet = False
+
+    def _phase(self) -> str:
+        state = self._status.state
+        if state in (TorState.CONNECTING, TorState.DOWN, TorState.STOPPED):
+            return "control"
+        return "onion" if state is TorState.PUBLISHING else "bootstrap"
+
+    def _waiting_for(self, phase: str) -> str:
+        st = self._status
+        if phase == "control":
+            why = f" ({st.last_error})" if st.last_error else ""
+            return f"tor's control port at {self.endpoint}{why}"
+        if phase == "onion":
+            return "tor to publish the onion service"
+        return f"tor to bootstrap{_bootstrap_text(st.bootstrap)}"
+
+    def _progress(self, phase: str) -> str:
+        if phase == "control":
+            return (f"tor's control port at {self.endpoint} "
+                    f"({self._status.attempts_failed} attempts failed)")
+        return self._waiting_for(phase)
 
     async def wait_changed(self) -> TorStatus:
         await self._changed.wait()
@@ -320,6 +408,8 @@ class TorSupervisor:
         level = logging.WARNING
         if attempt > 0 and not isinstance(exc, (AuthenticationError, OnionKeyError)):
             level = logging.INFO if attempt < 5 else logging.WARNING
+        if self._quiet:  # wait_ready says it once, with progress
+            level = logging.DEBUG
         log.log(level, "tor: %s", self._status.last_error)
 
     async def _serve(self, ctl: TorControl) -> None:
@@ -358,8 +448,9 @@ class TorSupervisor:
     async def _serve_body(self, ctl: TorControl, first: bool, version: str) -> None:
         def progress(st: BootstrapStatus) -> None:
             self._set(bootstrap=st)
-            log.info("tor bootstrap %d%% (%s)%s", st.progress, st.summary,
-                     f" — warning: {st.warning}" if st.warning else "")
+            log.log(logging.DEBUG if self._quiet else logging.INFO,
+                    "tor bootstrap %d%% (%s)%s", st.progress, st.summary,
+                    f" — warning: {st.warning}" if st.warning else "")
 
         while True:
             try:
@@ -367,7 +458,7 @@ class TorSupervisor:
                 break
             except BootstrapTimeout as exc:  # keep waiting on this connection
                 self._error(exc)
-                log.warning("tor: %s", exc)
+                log.log(logging.DEBUG if self._quiet else logging.WARNING, "tor: %s", exc)
         try:
             listeners = tuple(await ctl.socks_listeners())
         except ControlCommandFailed:
@@ -540,6 +631,17 @@ class TorSupervisor:
         if ctl is not None:
             await ctl.close(timeout=self.remove_timeout)
         self._set(state=TorState.STOPPED, usable=False, onion_published=False)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _bootstrap_text(st: BootstrapStatus | None) -> str:
+    if st is None:
+        return ""
+    warning = f"; warning: {st.warning}" if st.warning else ""
+    return f" ({st.progress}%: {st.summary}{warning})"
 
 
 def _leaves(eg: BaseExceptionGroup[BaseException]) -> list[BaseException]:
