@@ -161,7 +161,7 @@ class PoolConfig:
 class MetricsConfig:
     listen: HostPort | None  # None: metrics off
     #: the address-free /metrics (+ bare /health) beyond loopback; None: off
-    public_listen: HostPort | None = None
+    public_listen: HostPort | None
 
 
 @dataclass(frozen=True, slots=True)
