@@ -41,6 +41,8 @@ INFLATE_RATIO = 64
 INFLATE_BURST = 4 * 1024 * 1024
 #: Largest piece inflated (and scanned, then dropped) at a time.
 INFLATE_PIECE = 256 * 1024
+#: ... while the payload tag is still unknown (it sits in the first few dozen bytes).
+SNIFF_PIECE = 4096
 #: kaspad's own limit on a decoded message (1 GiB, as tonic is configured, protocol.md §2.3).
 MAX_INFLATED = 1 << 30
 
@@ -201,15 +203,33 @@ class PayloadSniffer:
     Feed it every byte of the message, in order, *before* passing them on: :meth:`feed` raises
     :class:`DecodeError` on a chunk that holds something the bridge must not forward. A gzip
     message is inflated within ``budget`` (a fresh :class:`InflateBudget` if none is given; a
-    relay passes the one of its direction) and at most ``max_inflated`` bytes in all."""
+    relay passes the one of its direction) and at most ``max_inflated`` bytes in all.
+
+    With ``pause_at_tag`` (the relay's pipes), a gzip message's inflating pauses once the tag
+    is known: :meth:`follow` resumes it (the message is passed on and must be followed to its
+    end); a message that is decoded whole instead (a rewrite, with its own bounds) never pays
+    for inflating the rest here."""
 
     def __init__(self, compressed: bool, budget: InflateBudget | None = None, *,
-                 max_inflated: int = MAX_INFLATED) -> None:
+                 max_inflated: int = MAX_INFLATED, pause_at_tag: bool = False) -> None:
         self._inflater = _INFLATE.decompressobj(16 + zlib.MAX_WBITS) if compressed else None
         self.budget = budget if budget is not None else InflateBudget()
         self.max_inflated = max_inflated
         self.scanner = proto.EnvelopeScanner()
         self._fed = 0
+        #: compressed input not inflated yet (paused at the tag, see :meth:`follow`)
+        self._tail = b""
+        self._paused = False
+        self._following = not pause_at_tag
+
+    def follow(self) -> None:
+        """The message is passed on: inflate (and scan) all of it from now on, starting with
+        what was held back since the tag was found. Raises :class:`DecodeError` as
+        :meth:`feed` does."""
+        self._following = True
+        if self._paused:  # (zlib may hold output even when no input is left)
+            self._paused = False
+            self._inflate(b"")
 
     @property
     def tag(self) -> int | None:
@@ -230,14 +250,20 @@ class PayloadSniffer:
     def _inflate(self, data: bytes) -> None:
         inflater = self._inflater
         assert inflater is not None
-        if inflater.eof:
+        if inflater.eof and (data or self._tail):
             raise DecodeError("trailing bytes after gzip data")
         budget = self.budget
         budget.earn(len(data))
-        pending = data
+        pending = self._tail + data if self._tail else data
+        self._tail = b""
         while True:
+            if self.scanner.tag is not None and not self._following:
+                self._tail = bytes(pending)  # paused until follow()
+                self._paused = True
+                return
             # one byte over what the budget allows, to learn whether there is more
-            want = min(INFLATE_PIECE, max(budget.tokens, 0) + 1)
+            piece = INFLATE_PIECE if self.scanner.tag is not None else SNIFF_PIECE
+            want = min(piece, max(budget.tokens, 0) + 1)
             try:
                 out = inflater.decompress(pending, want)
             except _INFLATE_ERRORS as exc:

@@ -134,7 +134,8 @@ class Pipe:
         self.prefix = ev.prefix
         self.held.clear()
         self.sniffer = grpc.PayloadSniffer(ev.compressed,
-                                           self.policy.inflate_budgets[self.direction])
+                                           self.policy.inflate_budgets[self.direction],
+                                           pause_at_tag=True)
         if self.clock is not None:
             self.started = self.clock()
 
@@ -160,6 +161,8 @@ class Pipe:
     def _decide(self, tag: int) -> None:
         self.action = self.policy.classify(self.direction, tag)
         if self.action is Action.PASS:
+            if self.sniffer is not None:  # vet what was held before it goes out
+                self.sniffer.follow()
             self._emit(self.prefix + bytes(self.held))
             self.held.clear()
         else:  # REWRITE: collected whole (bounded), then handed to the policy

@@ -454,3 +454,26 @@ def test_sniffer_gzip_with_optional_header_fields() -> None:
         if tag is not None:
             break
     assert tag == proto.BLOCK
+
+
+def test_a_paused_sniffer_inflates_only_the_start_until_it_follows() -> None:
+    """The relay's sniffers pause at the tag: a message decoded whole for a rewrite (a Version
+    bomb) costs a few KiB of inflating here, not the burst; one passed on is followed to its end
+    from the same bytes, second payload field included."""
+    bomb = grpc.gzip_compress(_kaspad(proto.VERSION, bytes(4 * MAX)))
+    s = grpc.PayloadSniffer(True, pause_at_tag=True)
+    assert s.feed(bomb) == proto.VERSION
+    assert s.budget.inflated <= grpc.SNIFF_PIECE
+    sneaky = grpc.gzip_compress(_kaspad(proto.PING, bytes(64 * 1024))
+                                + _kaspad(proto.ADDRESSES, b""))
+    p = grpc.PayloadSniffer(True, pause_at_tag=True)
+    assert p.feed(sneaky) == proto.PING and p.budget.inflated <= grpc.SNIFF_PIECE
+    with pytest.raises(DecodeError):
+        p.follow()  # the held rest holds a second payload field
+    whole = grpc.gzip_compress(_kaspad(proto.PING, bytes(64 * 1024)))
+    q = grpc.PayloadSniffer(True, pause_at_tag=True)
+    for i in range(0, len(whole), 7):
+        q.feed(whole[i:i + 7])
+        if q.tag is not None and i < 100:
+            q.follow()
+    assert q.budget.inflated == len(_kaspad(proto.PING, bytes(64 * 1024)))
