@@ -436,14 +436,19 @@ class RelayRunner:
             if not dropped:
                 self._writers_done[side].set()
 
-    def log_close(self) -> None:
+    def close_line(self) -> tuple[int, str] | None:
+        """The log level and text of the relay's end (None while it runs)."""
         closed = self.closed
         if closed is None:
-            return
+            return None
         stats = self.relay.stats()
         err = closed.error or self.fault
         if err is not None:
             level = logging.WARNING if err.fault in (Fault.KASPAD, Fault.LOCAL) else logging.INFO
-            log.log(level, "%s closed: %s; stats=%s", self.label, err.describe(), stats)
-        else:
-            log.info("%s closed: %s; stats=%s", self.label, closed.reason, stats)
+            return level, f"{self.label} closed: {err.describe()}; stats={stats}"
+        return logging.INFO, f"{self.label} closed: {closed.reason}; stats={stats}"
+
+    def log_close(self) -> None:
+        line = self.close_line()
+        if line is not None:
+            log.log(line[0], "%s", line[1])

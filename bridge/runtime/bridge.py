@@ -164,6 +164,8 @@ class Bridge:
         self._log_full = _Throttled(logging.WARNING)
         self._log_silent = _Throttled(logging.WARNING)
         self._log_accept = _Throttled(logging.WARNING)
+        #: onion peers refused before kaspad answered: one line per 10 s at most, with a count
+        self._log_inbound_refused = _Throttled(logging.INFO, every=10.0)
         self.started = trio.Event()
 
     def _retire(self, info: RelayInfo) -> None:

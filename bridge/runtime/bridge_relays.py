@@ -164,7 +164,16 @@ def _finish(bridge: Bridge, runner: RelayRunner, policy: ConnectionPolicy,
         else:  # connected and closed (a port scan, a TCP health check): not worth a line
             log.debug("%s: local connection closed before any request", runner.label)
         return
-    runner.log_close()
+    line = runner.close_line()
+    if (line is not None and runner.relay.kaspad_side is Side.UP
+            and not runner.relay.response_started and (err is None or err.fault is Fault.REMOTE)):
+        # An onion peer refused before kaspad answered (a bad Version, a flood, a timeout):
+        # anyone can connect to the onion, so these lines are throttled (the log's disk is a
+        # cost too); each one is still counted in /status and logged at debug level.
+        log.debug("%s", line[1])
+        bridge._log_inbound_refused("%s", line[1])
+    else:
+        runner.log_close()
     if isinstance(err, DuplicatePeer):
         # kaspad has that node connected already: nobody's fault
         bridge.closed_count = bridge.closed_count.bump(refused=1)

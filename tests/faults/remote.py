@@ -267,7 +267,8 @@ class RawClient:
             (b":path", b"/protowire.P2P/MessageStream"), (b"te", b"trailers"),
             # as kaspad's tonic client (protocol.md §2.5); a grpcio server (the emulator)
             # compresses whatever the client accepts
-            (b"content-type", b"application/grpc"), (b"grpc-accept-encoding", b"gzip,identity")])
+            (b"content-type", b"application/grpc"), (b"grpc-encoding", b"gzip"),
+            (b"grpc-accept-encoding", b"gzip,identity")])
         await self.flush()
 
     async def send(self, data: bytes) -> None:

@@ -381,3 +381,57 @@ async def test_inbound_accepts_are_paced() -> None:
         for s in socks:
             await s.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_version_bombs_never_reach_kaspad_and_their_log_is_throttled(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue G: an onion peer refused on its Version (here a gzip bomb, sent as soon as the
+    bridge answered its stream) costs kaspad nothing -- the bridge answers the stream itself and
+    dials kaspad only for a Version that passed -- and costs the log one line per 10 s, not one
+    per connection (anyone can connect to the onion; the disk is a cost too)."""
+    import gzip
+
+    from bridge.core import proto
+    from bridge.runtime.bridge import Bridge, BridgeOptions
+    from tests.faults.remote import RawClient
+
+    caplog.set_level(logging.DEBUG, "bridge")
+    dials = 0
+
+    async def kaspad(stream: trio.SocketStream) -> None:
+        nonlocal dials
+        dials += 1
+        await stream.aclose()
+
+    bomb_msg = gzip.compress(proto.make_len_field(proto.VERSION, bytes(8 << 20)).raw)
+    bomb = b"\x01" + len(bomb_msg).to_bytes(4, "big") + bomb_msg
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, kaspad, 0,
+                                                          host="127.0.0.1"))
+        kaspad_port = listeners[0].socket.getsockname()[1]
+        opts = BridgeOptions(kaspad_p2p=("127.0.0.1", kaspad_port), candidates=[],
+                             slot_ports=[], inbound=("127.0.0.1", 0), inbound_accept_rate=None)
+        bridge = Bridge(opts)
+        await nursery.start(bridge.run)
+        assert bridge.inbound_port is not None
+        refused = 0
+        for _ in range(30):
+            c = await RawClient.connect(bridge.inbound_port)
+            await c.preface()
+            await c.open_stream()
+            await c.pump(lambda c: c.status is not None)
+            assert c.status == b"200" and c.grpc_status is None  # answered by the bridge
+            await c.send(bomb)
+            with trio.fail_after(5):
+                await c.pump(lambda c: c.goaway or c.eof)
+            refused += c.goaway
+            await c.aclose()
+        await until(lambda: bridge.closed_count.refused + bridge.closed_count.error >= 30, 5,
+                    "all 30 closed")
+        assert refused == 30
+        assert dials == 0  # kaspad never saw one of them
+        nursery.cancel_scope.cancel()
+    lines = [r for r in caplog.records if "inflates to more than" in r.getMessage()]
+    assert len([r for r in lines if r.levelno == logging.DEBUG]) == 30
+    info = [r for r in lines if r.levelno >= logging.INFO]
+    assert 1 <= len(info) <= 2, [r.getMessage() for r in info]
