@@ -42,6 +42,7 @@ import itertools
 import logging
 import threading
 import time
+from dataclasses import replace
 from functools import partial
 
 import trio
@@ -68,6 +69,7 @@ from bridge.runtime.bridge_relays import (
     inbound_handler,
     slot_handler,
 )
+from bridge.runtime.bridge_sync import SyncFirst, sync_first_loop
 from bridge.runtime.stats import (
     BookWriterStats,
     BridgeStats,
@@ -156,6 +158,10 @@ class Bridge:
         self._log_silent = _Throttled(logging.WARNING)
         self._log_accept = _Throttled(logging.WARNING)
         self.started = trio.Event()
+        if options.sync_first is not None:  # IP peers (dialed directly) while kaspad syncs
+            self.pick_kinds(frozenset(options.onlynet) - {"onion"})
+        #: peers.sync_first's switch (None: not configured), created when the bridge runs
+        self.sync: SyncFirst | None = None
 
     def _retire(self, info: RelayInfo) -> None:
         """A relay closed: its counters go into the totals, its error into the recent errors."""
@@ -189,12 +195,23 @@ class Bridge:
                 total=len(cands), in_use=sum(1 for c in cands.values() if c.get("in_use")),
                 backing_off=sum(1 for c in cands.values()
                                 if float(c.get("retry_at") or 0) > now)),
-            relays=relays, totals=totals)
+            relays=relays, totals=totals,
+            sync=self.sync.stats(now) if self.sync is not None else None)
 
     @property
     def max_slot_connections(self) -> int:
         cap = self.options.max_slot_connections
         return cap if cap is not None else max(8, 4 * len(self.options.slot_ports))
+
+    def pick_kinds(self, kinds: frozenset[str]) -> None:
+        """Pick only candidates of these peer networks from now on (``peers.sync_first``: IP
+        peers while kaspad syncs, then every network of ``onlynet``)."""
+        sel = self.selector
+        if isinstance(sel, BookSelector):
+            sel.policy = replace(sel.policy, kinds=kinds)  # type: ignore[arg-type]
+        elif isinstance(sel, PeerSelector):
+            sel.kinds = kinds
+        self.pool.poke()
 
     def learned(self, event: OnionsLearned | AddressesLearned) -> None:
         """What a relay's policy learned from gossip (its runner's ``on_learned``): onions
@@ -227,6 +244,9 @@ class Bridge:
                 nursery.start_soon(book_writer, self)
             if self.options.seeders and self.book is not None:
                 nursery.start_soon(seed_loop, self)
+            if self.options.sync_first is not None:
+                self.sync = SyncFirst(self.options.sync_first, trio.current_time())
+                nursery.start_soon(sync_first_loop, self, self.sync)
             log.info("bridge up: slots %s on %s, inbound %s, %d candidates",
                      self.slot_ports, self.options.slot_host, self.inbound_port,
                      len(self.options.candidates))

@@ -21,6 +21,25 @@ from bridge.net.runner import StallPolicy
 KASPAD_RESPONSE_DEADLINE = 9.0
 
 
+@dataclass(frozen=True, slots=True)
+class SyncFirstOptions:
+    """``peers.sync_first``: direct IP upstreams while kaspad syncs, Tor only once it is synced
+    (:mod:`bridge.runtime.bridge_sync`)."""
+
+    #: kaspad's gRPC RPC (``kaspad.rpc``)
+    rpc: tuple[str, int]
+    #: kaspad's ``networkId`` for the configured network ("mainnet", "testnet-10", "simnet")
+    network_id: str
+    #: seconds after the start when the bridge switches anyway (None: never)
+    timeout: float | None = 86400.0
+    #: seconds between two GetServerInfo requests
+    poll_interval: float = 5.0
+    #: seconds an RPC connection or answer may take
+    rpc_timeout: float = 10.0
+    #: seconds between two slot relays closed at the switch (kaspad never loses all at once)
+    stagger: float = 10.0
+
+
 @dataclass(slots=True)
 class BridgeOptions:
     kaspad_p2p: tuple[str, int]
@@ -80,3 +99,5 @@ class BridgeOptions:
     #: re-harvest the seeders while the book has fewer usable peers than this
     seed_below: int = 16
     seed_interval: float = 1800.0
+    #: sync first, then Tor (None: the dial policy never changes)
+    sync_first: SyncFirstOptions | None = None

@@ -1,0 +1,143 @@
+"""Sync first, then Tor (``peers.sync_first``): the task of :class:`bridge.runtime.bridge.Bridge`
+that asks kaspad whether it is synced and switches the bridge to Tor only, once.
+
+While kaspad syncs, the pool picks IP peers only and dials them directly (hybrid mode's
+``allow_direct``): the initial sync is over clearnet, at clearnet speed.
+:func:`sync_first_loop` polls kaspad's RPC (:mod:`bridge.net.kaspad_rpc`) and feeds the answers
+to a :class:`~bridge.core.sync_first.SyncGate`. When it switches:
+
+1. the dialer sends every new dial through Tor (IP peers via Tor exits, as in tor-only mode),
+   for good (:meth:`bridge.net.pool.Dialer.tor_only`), and the pool picks from every network
+   of ``peers.onlynet`` (onion peers too);
+2. the warm connections dialed directly are closed (:meth:`bridge.net.pool.WarmPool.drop_direct`)
+   and the pool refills through Tor;
+3. each slot relay on a direct upstream is closed (kaspad is answered UNAVAILABLE, reconnects to
+   the slot and gets a Tor upstream), one every ``stagger`` seconds so that kaspad never loses
+   all its slot peers at once;
+4. one INFO line says what happened; ``status`` shows the phase.
+
+Polling stops after the switch: nothing kaspad says later changes the phase.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from bridge.core.kaspad_rpc import ServerInfo
+from bridge.core.sync_first import SyncGate
+from bridge.net.kaspad_rpc import poll_server_info
+from bridge.runtime.stats import SyncStats
+
+if TYPE_CHECKING:  # the bridge imports this module and passes itself in
+    from bridge.runtime.bridge import Bridge
+    from bridge.runtime.bridge_options import SyncFirstOptions
+
+log = logging.getLogger("bridge.sync")
+
+
+class SyncFirst:
+    """The switch's state on the bridge (what :meth:`stats` shows)."""
+
+    def __init__(self, options: SyncFirstOptions, started: float) -> None:
+        self.options = options
+        self.gate = SyncGate(network_id=options.network_id, started=started,
+                             timeout=options.timeout)
+        self.switched = trio.Event()
+        self.closed_relays = 0
+        self.closed_warm = 0
+        self._problem_logged = ""
+        self._answered = False
+
+    @property
+    def rpc(self) -> str:
+        host, port = self.options.rpc
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def stats(self, now: float) -> SyncStats:
+        st = self.gate.state()
+        return SyncStats(
+            phase=st.phase.value, kaspad_synced=st.kaspad_synced, reason=st.reason,
+            switched_ago=None if st.switched_at is None else round(now - st.switched_at, 1),
+            last_answer_ago=(None if st.last_answer_at is None
+                             else round(now - st.last_answer_at, 1)),
+            rpc=self.rpc, rpc_problem=st.rpc_problem,
+            switch_in=None if st.deadline is None else round(max(0.0, st.deadline - now), 1),
+            closed_direct_relays=self.closed_relays, closed_direct_warm=self.closed_warm)
+
+    def on_answer(self, info: ServerInfo) -> None:
+        if self.gate.answer(trio.current_time(), info):
+            self.switched.set()
+        elif self.gate.rpc_problem:
+            self._problem(self.gate.rpc_problem)
+        elif self._problem_logged or not self._answered:
+            self._problem_logged = ""
+            log.info("sync first: kaspad's RPC at %s answers: kaspad is still syncing; slots "
+                     "get IP peers dialed directly until it reports synced", self.rpc)
+        self._answered = True
+
+    def on_problem(self, why: str) -> None:
+        if self.gate.unreachable(trio.current_time(), why):
+            self.switched.set()
+        else:
+            self._problem(why)
+
+    def _problem(self, why: str) -> None:
+        """Logged once per kind of problem (and again after kaspad answered)."""
+        kind = why.split(" (", 1)[0]
+        if kind == self._problem_logged:
+            return
+        self._problem_logged = kind
+        deadline = self.gate.deadline
+        until = (f"at most until peers.sync_first_timeout expires (in "
+                 f"{max(0.0, deadline - trio.current_time()):.0f}s)" if deadline is not None
+                 else "until it does (peers.sync_first_timeout = 0: no limit)")
+        log.warning("sync first: %s; the bridge cannot tell whether kaspad is synced and keeps "
+                    "dialing IP peers directly %s; asking again every %gs (check kaspad.rpc and "
+                    "kaspad's --rpclisten)", why, until, self.options.poll_interval)
+
+
+async def sync_first_loop(bridge: Bridge, sync: SyncFirst) -> None:
+    """Poll kaspad until the gate switches, then switch the bridge to Tor only."""
+    opts = sync.options
+    async with trio.open_nursery() as nursery:
+        host, port = opts.rpc
+        nursery.start_soon(lambda: poll_server_info(
+            host, port, interval=opts.poll_interval, timeout=opts.rpc_timeout,
+            on_answer=sync.on_answer, on_problem=sync.on_problem))
+        while not sync.switched.is_set():
+            with trio.move_on_after(opts.poll_interval):
+                await sync.switched.wait()
+            if sync.gate.tick(trio.current_time()):
+                sync.switched.set()
+        nursery.cancel_scope.cancel()
+    await switch_to_tor(bridge, sync)
+
+
+async def switch_to_tor(bridge: Bridge, sync: SyncFirst) -> None:
+    """Tor only from now on: new dials, the warm pool, then the slot relays one by one."""
+    bridge.dialer.tor_only()
+    bridge.pick_kinds(frozenset(bridge.options.onlynet))
+    sync.closed_warm = bridge.pool.drop_direct()
+    direct = [info for info in bridge.relays.values() if info.kind == "slot" and info.direct]
+    stagger = sync.options.stagger
+    log.info("sync first: %s (kaspad's RPC at %s): switching to Tor for good. New upstreams go "
+             "through Tor only (onion peers; IP peers via Tor exits); %d direct warm "
+             "connection(s) closed; %d slot relay(s) on direct upstreams are closed one every "
+             "%gs, kaspad reconnects to each slot and gets a Tor upstream. The bridge does not "
+             "return to clearnet, even if kaspad reports unsynced later.",
+             sync.gate.reason, sync.rpc, sync.closed_warm, len(direct), stagger)
+    for i, info in enumerate(direct):
+        if i:
+            await trio.sleep(stagger)
+        runner = info.runner
+        if info.id not in bridge.relays or runner is None or runner.relay.finished \
+                or not info.direct:
+            continue
+        log.info("%s: closed, its upstream %s was dialed directly; kaspad reconnects through "
+                 "Tor", info.label, info.target)
+        runner.abort("the bridge switched to Tor (kaspad is synced); reconnect")
+        sync.closed_relays += 1
+    bridge.pool.poke()
