@@ -36,8 +36,12 @@ class SyncFirstOptions:
     poll_interval: float = 5.0
     #: seconds an RPC connection or answer may take
     rpc_timeout: float = 10.0
-    #: seconds between two slot relays closed at the switch (kaspad never loses all at once)
+    #: at the switch, the next direct slot relay is closed at least this many seconds after
+    #: the previous one, and once the previous slot has a Tor upstream again (kaspad retries a
+    #: closed --addpeer after 30 s, protocol.md §10.2) or ``stagger_max`` seconds have passed:
+    #: kaspad never loses all its slot peers at once
     stagger: float = 10.0
+    stagger_max: float = 120.0
 
 
 @dataclass(slots=True)

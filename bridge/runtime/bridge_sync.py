@@ -12,8 +12,9 @@ to a :class:`~bridge.core.sync_first.SyncGate`. When it switches:
 2. the warm connections dialed directly are closed (:meth:`bridge.net.pool.WarmPool.drop_direct`)
    and the pool refills through Tor;
 3. each slot relay on a direct upstream is closed (kaspad is answered UNAVAILABLE, reconnects to
-   the slot and gets a Tor upstream), one every ``stagger`` seconds so that kaspad never loses
-   all its slot peers at once;
+   the slot, 30 s later by its own schedule, and gets a Tor upstream), one at a time: the next
+   one only once the previous slot relays to a Tor upstream again (at least ``stagger``, at most
+   ``stagger_max`` seconds later), so that kaspad never loses all its slot peers at once;
 4. one INFO line says what happened; ``status`` shows the phase.
 
 Polling stops after the switch: nothing kaspad says later changes the phase.
@@ -116,28 +117,41 @@ async def sync_first_loop(bridge: Bridge, sync: SyncFirst) -> None:
     await switch_to_tor(bridge, sync)
 
 
+async def _slot_back(bridge: Bridge, port: int, opts: SyncFirstOptions) -> None:
+    """Wait ``opts.stagger`` seconds, then until slot ``port`` relays to a Tor upstream again
+    (at most ``opts.stagger_max`` seconds in all)."""
+    await trio.sleep(opts.stagger)
+    with trio.move_on_after(max(0.0, opts.stagger_max - opts.stagger)):
+        while not any(i.kind == "slot" and i.local_port == port and i.target is not None
+                      and not i.direct for i in bridge.relays.values()):
+            await trio.sleep(0.2)
+
+
 async def switch_to_tor(bridge: Bridge, sync: SyncFirst) -> None:
     """Tor only from now on: new dials, the warm pool, then the slot relays one by one."""
     bridge.dialer.tor_only()
     bridge.pick_kinds(frozenset(bridge.options.onlynet))
     sync.closed_warm = bridge.pool.drop_direct()
     direct = [info for info in bridge.relays.values() if info.kind == "slot" and info.direct]
-    stagger = sync.options.stagger
     log.info("sync first: %s (kaspad's RPC at %s): switching to Tor for good. New upstreams go "
              "through Tor only (onion peers; IP peers via Tor exits); %d direct warm "
-             "connection(s) closed; %d slot relay(s) on direct upstreams are closed one every "
-             "%gs, kaspad reconnects to each slot and gets a Tor upstream. The bridge does not "
-             "return to clearnet, even if kaspad reports unsynced later.",
-             sync.gate.reason, sync.rpc, sync.closed_warm, len(direct), stagger)
-    for i, info in enumerate(direct):
-        if i:
-            await trio.sleep(stagger)
+             "connection(s) closed; %d slot relay(s) on direct upstreams are closed one at a "
+             "time (the next once the previous slot has a Tor upstream again, %g..%gs), kaspad "
+             "reconnects to each slot and gets a Tor upstream. The bridge does not return to "
+             "clearnet, even if kaspad reports unsynced later.",
+             sync.gate.reason, sync.rpc, sync.closed_warm, len(direct), sync.options.stagger,
+             sync.options.stagger_max)
+    previous: int | None = None
+    for info in direct:
+        if previous is not None:
+            await _slot_back(bridge, previous, sync.options)
         runner = info.runner
         if info.id not in bridge.relays or runner is None or runner.relay.finished \
                 or not info.direct:
             continue
-        log.info("%s: closed, its upstream %s was dialed directly; kaspad reconnects through "
-                 "Tor", info.label, info.target)
+        log.info("%s: closed, its upstream %s was dialed directly; kaspad reconnects to the "
+                 "slot and gets a Tor upstream", info.label, info.target)
         runner.abort("the bridge switched to Tor (kaspad is synced); reconnect")
         sync.closed_relays += 1
+        previous = info.local_port
     bridge.pool.poke()
