@@ -1,4 +1,4 @@
-"""A minimal client of kaspad's own gRPC RPC, sans-IO: is kaspad synced? (protocol.md §11)
+"""A minimal client of kaspad's own gRPC RPC, sans-IO: is kaspad synced? (protocol.md §13)
 
 ``peers.sync_first`` needs to know when kaspad has finished its initial sync, without modifying
 kaspad. kaspad answers that on its RPC port (``--rpclisten``, by default ``127.0.0.1:16110`` on
