@@ -101,6 +101,10 @@ class SyncGate:
         self.rpc_problem = why
         return self.tick(now)
 
+    def already_switched(self, now: float, reason: str) -> None:
+        """The bridge switched in an earlier run (its state file): Tor only from the start."""
+        self._switch(now, reason)
+
     def tick(self, now: float) -> bool:
         """True when the timeout expired now (and the bridge switches to Tor)."""
         if self.deadline is not None and now >= self.deadline:

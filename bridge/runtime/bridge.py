@@ -158,8 +158,8 @@ class Bridge:
         self._log_silent = _Throttled(logging.WARNING)
         self._log_accept = _Throttled(logging.WARNING)
         self.started = trio.Event()
-        if options.sync_first is not None:  # IP peers (dialed directly) while kaspad syncs
-            self.pick_kinds(frozenset(options.onlynet) - {"onion"})
+        if options.sync_first is not None:  # nothing until kaspad's RPC answered once
+            self.pick_kinds(frozenset())
         #: peers.sync_first's switch (None: not configured), created when the bridge runs
         self.sync: SyncFirst | None = None
 

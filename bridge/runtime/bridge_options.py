@@ -42,6 +42,9 @@ class SyncFirstOptions:
     #: kaspad never loses all its slot peers at once
     stagger: float = 10.0
     stagger_max: float = 120.0
+    #: written at the switch; when it exists at start the bridge starts on Tor only (the switch
+    #: is one way across restarts too). None: not kept
+    state_file: Path | None = None
 
 
 @dataclass(slots=True)

@@ -17,12 +17,16 @@ to a :class:`~bridge.core.sync_first.SyncGate`. When it switches:
    ``stagger_max`` seconds later), so that kaspad never loses all its slot peers at once;
 4. one INFO line says what happened; ``status`` shows the phase.
 
-Polling stops after the switch: nothing kaspad says later changes the phase.
+Polling stops after the switch: nothing kaspad says later changes the phase, and the switch is
+remembered in ``<data_dir>/<network>/sync_first.switched``: a restarted bridge starts on Tor only
+(delete the file to sync over clearnet again). Before kaspad's RPC answered (or failed) once,
+the bridge dials nothing, so a restart next to a synced kaspad makes no direct connection.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -47,6 +51,8 @@ class SyncFirst:
         self.gate = SyncGate(network_id=options.network_id, started=started,
                              timeout=options.timeout)
         self.switched = trio.Event()
+        #: kaspad's RPC answered, or failed, once: the sync phase may start dialing
+        self.decided = trio.Event()
         self.closed_relays = 0
         self.closed_warm = 0
         self._problem_logged = ""
@@ -69,6 +75,7 @@ class SyncFirst:
             closed_direct_relays=self.closed_relays, closed_direct_warm=self.closed_warm)
 
     def on_answer(self, info: ServerInfo) -> None:
+        self.decided.set()
         if self.gate.answer(trio.current_time(), info):
             self.switched.set()
         elif self.gate.rpc_problem:
@@ -80,6 +87,7 @@ class SyncFirst:
         self._answered = True
 
     def on_problem(self, why: str) -> None:
+        self.decided.set()
         if self.gate.unreachable(trio.current_time(), why):
             self.switched.set()
         else:
@@ -101,13 +109,26 @@ class SyncFirst:
 
 
 async def sync_first_loop(bridge: Bridge, sync: SyncFirst) -> None:
-    """Poll kaspad until the gate switches, then switch the bridge to Tor only."""
+    """Poll kaspad until the gate switches, then switch the bridge to Tor only. Nothing is
+    dialed before kaspad's RPC answered (or failed) once: a restarted bridge next to a synced
+    kaspad goes to Tor without a single direct connection."""
     opts = sync.options
+    state = opts.state_file
+    if state is not None and state.exists():
+        sync.gate.already_switched(trio.current_time(), f"kaspad was synced in an earlier run "
+                                   f"({state} exists)")
+        log.info("sync first: kaspad was reported synced before (%s exists): Tor only from the "
+                 "start; delete that file (bridge stopped) to sync over clearnet again", state)
+        await switch_to_tor(bridge, sync, quiet=True)
+        return
     async with trio.open_nursery() as nursery:
         host, port = opts.rpc
         nursery.start_soon(lambda: poll_server_info(
             host, port, interval=opts.poll_interval, timeout=opts.rpc_timeout,
             on_answer=sync.on_answer, on_problem=sync.on_problem))
+        await sync.decided.wait()
+        if not sync.switched.is_set():  # the sync phase: IP peers, dialed directly
+            bridge.pick_kinds(frozenset(bridge.options.onlynet) - {"onion"})
         while not sync.switched.is_set():
             with trio.move_on_after(opts.poll_interval):
                 await sync.switched.wait()
@@ -127,11 +148,28 @@ async def _slot_back(bridge: Bridge, port: int, opts: SyncFirstOptions) -> None:
             await trio.sleep(0.2)
 
 
-async def switch_to_tor(bridge: Bridge, sync: SyncFirst) -> None:
+def _remember(state: Path | None) -> None:
+    """Write the state file (one way across restarts); a failure is logged, not fatal."""
+    if state is None:
+        return
+    try:
+        state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state.write_text("kaspad reported synced; the bridge dials through Tor only. Delete "
+                         "this file (bridge stopped) to sync over clearnet again.\n")
+    except OSError as exc:
+        log.warning("sync first: cannot write %s (%s): after a restart the bridge asks kaspad "
+                    "again and may sync over clearnet again if kaspad is behind by then",
+                    state, exc.strerror or exc)
+
+
+async def switch_to_tor(bridge: Bridge, sync: SyncFirst, *, quiet: bool = False) -> None:
     """Tor only from now on: new dials, the warm pool, then the slot relays one by one."""
     bridge.dialer.tor_only()
     bridge.pick_kinds(frozenset(bridge.options.onlynet))
     sync.closed_warm = bridge.pool.drop_direct()
+    if quiet:
+        return
+    _remember(sync.options.state_file)
     direct = [info for info in bridge.relays.values() if info.kind == "slot" and info.direct]
     log.info("sync first: %s (kaspad's RPC at %s): switching to Tor for good. New upstreams go "
              "through Tor only (onion peers; IP peers via Tor exits); %d direct warm "

@@ -13,6 +13,9 @@ from bridge.net.socks import ProxyEndpoint
 from bridge.runtime.bridge import BridgeOptions
 from bridge.runtime.bridge_options import SyncFirstOptions
 
+#: in <data_dir>/<network>/: kaspad was synced once, the bridge stays on Tor only
+SYNC_FIRST_STATE_FILE = "sync_first.switched"
+
 
 def _proxy(hp: HostPort | None) -> ProxyEndpoint | None:
     return ProxyEndpoint(hp.host, hp.port) if hp is not None else None
@@ -64,7 +67,9 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         sync_first=(SyncFirstOptions(
             rpc=(cfg.kaspad.rpc.host, cfg.kaspad.rpc.port),
             network_id=get_network(cfg.network).short_name,
-            timeout=cfg.peers.sync_first_timeout or None) if cfg.peers.sync_first else None),
+            timeout=cfg.peers.sync_first_timeout or None,
+            state_file=cfg.network_dir / SYNC_FIRST_STATE_FILE) if cfg.peers.sync_first
+            else None),
     )
 
 

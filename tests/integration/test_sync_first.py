@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trio
@@ -34,13 +35,19 @@ class SyncRig:
     rpc: RpcEmulator
     kaspad: KaspadEmulator
     ip_ports: list[int]
+    state_file: Path
 
 
 @pytest.fixture
-async def sync_rig() -> AsyncIterator[SyncRig]:
+def synced_at_start() -> bool:
+    return False
+
+
+@pytest.fixture
+async def sync_rig(tmp_path: Path, synced_at_start: bool) -> AsyncIterator[SyncRig]:
     kaspad = KaspadEmulator(EmulatorConfig(addrv2=False))
     peers = [KaspadEmulator(EmulatorConfig(addrv2=True)) for _ in range(3)]
-    rpc = RpcEmulator(network_id="simnet", synced=False)
+    rpc = RpcEmulator(network_id="simnet", synced=synced_at_start)
     try:
         ports = [await trio.to_thread.run_sync(p.start_server) for p in peers]
         rpc_port = await trio.to_thread.run_sync(rpc.start)
@@ -65,10 +72,12 @@ async def sync_rig() -> AsyncIterator[SyncRig]:
                                 ip_via_tor=False, allow_direct=True, timeout=10),
                 sync_first=SyncFirstOptions(rpc=("127.0.0.1", rpc_port), network_id="simnet",
                                             timeout=None, poll_interval=0.2, rpc_timeout=5.0,
-                                            stagger=STAGGER, stagger_max=30.0))
+                                            stagger=STAGGER, stagger_max=30.0,
+                                            state_file=tmp_path / "sync_first.switched"))
             bridge = Bridge(opts)
             await nursery.start(bridge.run)
-            yield SyncRig(bridge, socks, rpc, kaspad, ports[:2])
+            yield SyncRig(bridge, socks, rpc, kaspad, ports[:2],
+                          tmp_path / "sync_first.switched")
             nursery.cancel_scope.cancel()
     finally:
         for emu in (kaspad, *peers):
@@ -135,6 +144,7 @@ async def test_slots_sync_over_direct_ip_peers_then_switch_to_tor_for_good(
     assert bridge.dialer.stats().failures.local == 0
     st = bridge.stats().sync
     assert st is not None and st.closed_direct_relays == 2
+    assert rig.state_file.exists()  # one way across restarts too
 
     # 4. one way: kaspad falling behind later changes nothing
     rig.rpc.synced = False
@@ -173,3 +183,53 @@ async def test_unreachable_rpc_keeps_the_direct_phase_and_says_so(
     assert len(lines) == 1, lines  # ~10 failed polls, one line
     assert "keeps dialing IP peers directly until it does" in lines[0]
     assert bridge.dialer.policy.allow_direct
+
+
+@pytest.mark.parametrize("synced_at_start", [True])
+async def test_a_synced_kaspad_at_start_means_no_direct_connection_at_all(
+        sync_rig: SyncRig) -> None:
+    """A bridge restarted next to a synced kaspad: it dials nothing before kaspad's first
+    answer, then only through Tor."""
+    rig, bridge = sync_rig, sync_rig.bridge
+    with trio.fail_after(10):
+        while bridge.pool.ready_count < 1:
+            await trio.sleep(0.02)
+    st = bridge.stats().sync
+    assert st is not None and st.phase == "tor" and st.closed_direct_warm == 0
+    sessions = await dial_slots(rig)
+    assert not any(direct for _, direct in slot_relays(bridge))
+    assert bridge.dialer.stats().dials == rig.socks.connections  # every dial went via SOCKS
+    assert not any(s.closed for s in sessions)
+    assert rig.state_file.exists()
+
+
+async def test_the_switch_survives_a_restart(tmp_path: Path) -> None:
+    """The state file of an earlier switch: Tor only from the start, kaspad is not even asked,
+    and IP peers go through Tor."""
+    state = tmp_path / "sync_first.switched"
+    state.write_text("switched\n")
+    rpc = RpcEmulator(network_id="simnet", synced=False)
+    rpc_port = await trio.to_thread.run_sync(rpc.start)
+    socks = ScriptedSocks5Server(lambda host, port: 4, require_auth=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            socks_port = await nursery.start(socks.serve)
+            bridge = Bridge(BridgeOptions(
+                kaspad_p2p=("127.0.0.1", 1), candidates=[Target("127.0.0.1", 9)],
+                slot_ports=[0], inbound=None, pool_size=1,
+                dial=DialPolicy(proxy=ProxyEndpoint("127.0.0.1", socks_port),
+                                ip_via_tor=False, allow_direct=True, timeout=5),
+                sync_first=SyncFirstOptions(rpc=("127.0.0.1", rpc_port), network_id="simnet",
+                                            timeout=None, poll_interval=0.1,
+                                            state_file=state)))
+            await nursery.start(bridge.run)
+            with trio.fail_after(10):
+                await socks.wait_records(1)
+            st = bridge.stats().sync
+            assert st is not None and st.phase == "tor" and str(state) in st.reason
+            assert [(r.host, r.port) for r in socks.records][:1] == [("127.0.0.1", 9)]
+            await trio.sleep(0.5)
+            assert rpc.requests == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(rpc.stop)
