@@ -42,6 +42,33 @@ async def _ask(stream: trio.SocketStream, client: RpcClient, timeout: float) -> 
     raise _NoAnswer(f"kaspad's RPC did not answer within {timeout:g}s")
 
 
+class RpcUnavailable(Exception):
+    """kaspad's RPC gave no answer (the message says why and where)."""
+
+
+async def server_info(host: str, port: int, *, timeout: float) -> ServerInfo:
+    """One GetServerInfo answer (``doctor``); :class:`RpcUnavailable` when there is none."""
+    answers: list[ServerInfo] = []
+    problems: list[str] = []
+    with trio.move_on_after(timeout * 2 + 1):
+        async with trio.open_nursery() as nursery:
+            def answer(info: ServerInfo) -> None:
+                answers.append(info)
+                nursery.cancel_scope.cancel()
+
+            def problem(why: str) -> None:
+                problems.append(why)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(lambda: poll_server_info(host, port, interval=timeout,
+                                                        timeout=timeout, on_answer=answer,
+                                                        on_problem=problem))
+    if answers:
+        return answers[0]
+    raise RpcUnavailable(problems[0] if problems else
+                         f"kaspad's RPC at {host}:{port} did not answer")
+
+
 async def poll_server_info(host: str, port: int, *, interval: float, timeout: float,
                            on_answer: Callable[[ServerInfo], None],
                            on_problem: Callable[[str], None]) -> None:
