@@ -103,6 +103,7 @@ class SyncGate:
 
     def already_switched(self, now: float, reason: str) -> None:
         """The bridge switched in an earlier run (its state file): Tor only from the start."""
+        self.rpc_problem = ""  # (kaspad is not asked)
         self._switch(now, reason)
 
     def tick(self, now: float) -> bool:
