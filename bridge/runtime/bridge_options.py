@@ -38,7 +38,7 @@ class SyncFirstOptions:
     rpc_timeout: float = 10.0
     #: at the switch, the next direct slot relay is closed at least this many seconds after
     #: the previous one, and once the previous slot has a Tor upstream again (kaspad retries a
-    #: closed --addpeer after 30 s, protocol.md §10.2) or ``stagger_max`` seconds have passed:
+    #: closed --addpeer within 30 s, protocol.md §10.2) or ``stagger_max`` seconds have passed:
     #: kaspad never loses all its slot peers at once
     stagger: float = 10.0
     stagger_max: float = 120.0

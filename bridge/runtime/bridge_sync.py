@@ -12,7 +12,7 @@ to a :class:`~bridge.core.sync_first.SyncGate`. When it switches:
 2. the warm connections dialed directly are closed (:meth:`bridge.net.pool.WarmPool.drop_direct`)
    and the pool refills through Tor;
 3. each slot relay on a direct upstream is closed (kaspad is answered UNAVAILABLE, reconnects to
-   the slot, 30 s later by its own schedule, and gets a Tor upstream), one at a time: the next
+   the slot within 30 s, by its own schedule, and gets a Tor upstream), one at a time: the next
    one only once the previous slot relays to a Tor upstream again (at least ``stagger``, at most
    ``stagger_max`` seconds later), so that kaspad never loses all its slot peers at once;
 4. one INFO line says what happened; ``status`` shows the phase.

@@ -141,7 +141,7 @@ async def test_real_kaspad_syncs_through_a_direct_slot_then_gets_a_tor_upstream(
             assert seen_direct, "node1 never had a direct, handshaken slot relay to node2"
             st = bridge.stats().sync
             assert st is not None and st.reason == "kaspad reported synced"
-            # kaspad retries a closed --addpeer after 30 s (protocol.md §10.2)
+            # kaspad retries a closed --addpeer at its next 30 s round (protocol.md §10.2)
             t1 = trio.current_time()
             with trio.fail_after(150):
                 while not any(i.kind == "slot" and not i.direct and i.target is not None
