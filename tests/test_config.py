@@ -136,7 +136,7 @@ def test_defaults_helper_and_as_dict() -> None:
     assert d["slots.count"] == 4 and d["peers.connect"] == []
     out = as_dict(load_config(None, env=ENV, overrides={"tor.control_password": "s3cret"}))
     assert out["tor"]["control_password"] == "***"  # type: ignore[index]
-    assert out["kaspad"] == {"p2p": "127.0.0.1:16111"}
+    assert out["kaspad"] == {"p2p": "127.0.0.1:16111", "rpc": "127.0.0.1:16110"}
     assert "s3cret" not in repr(out)
 
 

@@ -194,3 +194,30 @@ def test_config_warnings_follow_what_the_bridge_does(tmp_path: Path) -> None:
     assert not any("kaspad.p2p" in x for x in cfg(**{"kaspad.p2p": "172.20.0.4:16111"}))
     assert any("kaspad.p2p = 1.2.3.4:16111 is a public address" in x
                for x in cfg(**{"kaspad.p2p": "1.2.3.4:16111"}))
+
+
+async def test_doctor_asks_kaspads_rpc_when_sync_first_is_set() -> None:
+    from bridge.cli.doctor import check_kaspad_rpc
+    from bridge.config import Config
+    from bridge.rig.emu_rpc import RpcEmulator
+
+    rpc = RpcEmulator(network_id="simnet", synced=False)
+    port = await trio.to_thread.run_sync(rpc.start)
+    try:
+        def cfg(network: str, rpc_port: int) -> Config:
+            return load_config(None, env={"HOME": "/home/tester"}, overrides={
+                "network": network, "mode": "hybrid", "peers.sync_first": True,
+                "kaspad.rpc": f"127.0.0.1:{rpc_port}"})
+
+        (ok,) = await check_kaspad_rpc(cfg("kaspa-simnet", port), 5.0)
+        assert ok.status == "ok" and "not synced yet" in ok.detail and "2.1.0" in ok.detail
+        (wrong,) = await check_kaspad_rpc(cfg("kaspa-mainnet", port), 5.0)
+        assert wrong.status == "fail" and "'simnet', not 'mainnet'" in wrong.detail
+        rpc.stop()
+        (down,) = await check_kaspad_rpc(cfg("kaspa-simnet", port), 2.0)
+        assert down.status == "fail" and "not reachable" in down.detail
+        assert down.fix is not None and "--rpclisten" in down.fix
+        no_sync = load_config(None, env={"HOME": "/home/tester"}, overrides={"mode": "hybrid"})
+        assert await check_kaspad_rpc(no_sync, 1.0) == []
+    finally:
+        await trio.to_thread.run_sync(rpc.stop)

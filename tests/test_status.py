@@ -164,12 +164,12 @@ def test_status_json_keys_are_stable() -> None:
     assert list(snap) == [
         "snapshot_version", "bridge_version", "time", "uptime", "network", "mode", "health",
         "tor", "own_onion", "known_onions", "listeners", "slots", "slots_filled", "inbound",
-        "pool", "dial", "closed", "inbound_stats", "book", "candidates", "totals",
+        "pool", "dial", "closed", "inbound_stats", "book", "sync_first", "candidates", "totals",
         "recent_errors"]
     assert list(snap["inbound"][0]) == [
         "id", "kind", "label", "local_port", "peer", "user_agent", "handshake", "age",
         "bytes_from_kaspad", "bytes_from_remote", "messages_from_kaspad",
-        "messages_from_remote", "buffered", "rewrites", "closing"]
+        "messages_from_remote", "buffered", "rewrites", "closing", "direct"]
     assert list(snap["pool"]["stats"]) == ["dialed", "ready", "failed", "taken", "dropped",
                                            "duplicates", "not_reading"]
     assert list(snap["closed"]) == ["ok", "error", "refused", "slot_no_request", "slot_full",
@@ -243,3 +243,54 @@ def test_managed_tor_bridges_are_shown_redacted() -> None:
     screen = render_text(js)
     assert "tor bridges" in screen and "obfs4 192.0.2.10:443" in screen
     assert "SECRETCERT" not in screen and "SECRETCERT" not in json.dumps(js)
+
+
+def test_sync_first_phase_in_status_json_screen_and_metrics() -> None:
+    """peers.sync_first: the phase, kaspad's answer and the switch are shown everywhere."""
+    from dataclasses import replace
+
+    from prometheus_client import generate_latest
+
+    from bridge.runtime.observe import make_registry
+    from bridge.runtime.stats import SyncStats
+
+    direct = replace(relay_stats(1, peer="192.0.2.1:16111"), direct=True)
+    syncing = SyncStats(phase="syncing", kaspad_synced=False, reason="", switched_ago=None,
+                        last_answer_ago=2.0, rpc="127.0.0.1:16110", rpc_problem="",
+                        switch_in=3600.0)
+    snap = make_snapshot(bridge=replace(make_bridge_stats(relays=(direct,)), sync=syncing))
+    js = to_json(snap)
+    assert js["sync_first"]["phase"] == "syncing" and js["sync_first"]["kaspad_synced"] is False
+    assert js["slots"][0]["relays"][0]["direct"] is True
+    screen = render_text(js, width=200)
+    assert "SYNCING over direct IP peers (kaspad syncing; RPC 127.0.0.1:16110)" in screen
+    assert "at the latest in 1h00m" in screen and "192.0.2.1:16111 (direct)" in screen
+
+    class Source:
+        def __init__(self, s: object) -> None:
+            self.s = s
+
+        def snapshot(self) -> object:
+            return self.s
+
+        def health(self) -> object:
+            return self.s.health  # type: ignore[attr-defined]
+
+    text = generate_latest(make_registry(Source(snap))).decode()  # type: ignore[arg-type]
+    assert 'ktb_sync_phase{phase="syncing"} 1.0' in text
+    assert 'ktb_sync_phase{phase="tor"} 0.0' in text
+    assert "ktb_sync_kaspad_synced 0.0" in text and "ktb_slots_direct 1.0" in text
+
+    switched = replace(syncing, phase="tor", kaspad_synced=True, switched_ago=65.0,
+                       reason="kaspad reported synced", switch_in=None,
+                       closed_direct_relays=2, closed_direct_warm=1)
+    snap = make_snapshot(bridge=replace(make_bridge_stats(), sync=switched))
+    screen = render_text(to_json(snap), width=200)
+    assert ("Tor only since 1m05s ago: kaspad reported synced; closed 2 direct slot relays, "
+            "1 direct warm connections") in screen
+    text = generate_latest(make_registry(Source(snap))).decode()  # type: ignore[arg-type]
+    assert 'ktb_sync_phase{phase="tor"} 1.0' in text and "ktb_slots_direct 0.0" in text
+    unknown = replace(syncing, kaspad_synced=None, rpc_problem="kaspad's RPC is not reachable")
+    screen = render_text(to_json(make_snapshot(bridge=replace(make_bridge_stats(),
+                                                              sync=unknown))), width=200)
+    assert "kaspad's sync state unknown: kaspad's RPC is not reachable" in screen

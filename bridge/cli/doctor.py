@@ -427,6 +427,30 @@ async def check_kaspad_version(cfg: Config, timeout: float) -> list[Check]:
     return checks
 
 
+async def check_kaspad_rpc(cfg: Config, timeout: float) -> list[Check]:
+    """peers.sync_first: kaspad's RPC answers GetServerInfo for the configured network."""
+    if not cfg.peers.sync_first:
+        return []
+    from bridge.core.kaspa import get_network
+    from bridge.net.kaspad_rpc import RpcUnavailable, server_info
+
+    rpc = cfg.kaspad.rpc
+    fix = (f"start kaspad with its RPC on {rpc} (--rpclisten={rpc}; kaspad's default is "
+           "127.0.0.1:<network RPC port>) or fix kaspad.rpc; until the bridge gets an answer it "
+           "keeps syncing over direct IP peers, at most peers.sync_first_timeout")
+    try:
+        info = await server_info(rpc.host, rpc.port, timeout=timeout)
+    except RpcUnavailable as exc:
+        return [Check("kaspad rpc", "fail", str(exc), fix)]
+    want = get_network(cfg.network).short_name
+    if info.error or info.network_id != want:
+        what = (f"answered with an error: {info.error}" if info.error else
+                f"is a kaspad of {info.network_id!r}, not {want!r}")
+        return [Check("kaspad rpc", "fail", f"kaspad's RPC at {rpc} {what}", fix)]
+    return [Check("kaspad rpc", "ok", f"{rpc}: kaspad {info.server_version} on {want}, "
+                  f"{'synced' if info.is_synced else 'not synced yet'} (peers.sync_first)")]
+
+
 async def check_daemon(cfg: Config, timeout: float) -> list[Check]:
     m = cfg.metrics.listen
     if m is None:
@@ -451,6 +475,7 @@ async def run_checks(cfg: Config, *, timeout: float = 10.0) -> list[Check]:
     checks += control
     checks += await check_socks(cfg, discovered, timeout)
     checks += await check_kaspad(cfg, timeout)
+    checks += await check_kaspad_rpc(cfg, timeout)
     checks += await check_daemon(cfg, timeout)
     return checks
 

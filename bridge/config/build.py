@@ -29,7 +29,7 @@ from bridge.config.raw import Builder, Raw
 from bridge.config.types import HostPort, UnixSocket
 from bridge.core.bridges import BridgeLine, BridgeLineError
 from bridge.core.errors import OnionAddressError
-from bridge.core.kaspa import PUBLIC_NETWORKS, network_p2p_port
+from bridge.core.kaspa import PUBLIC_NETWORKS, get_network, network_p2p_port
 from bridge.core.onion import OnionAddress
 
 #: The shortest peers.refresh_interval on a public network, in seconds.
@@ -63,7 +63,10 @@ def build(raw: Raw, home: str | None) -> Config:
 
     # [kaspad]
     p2p_text = b.str_("kaspad.p2p") or f"127.0.0.1:{p2p_port}"
-    kaspad = KaspadConfig(p2p=b.hostport("kaspad.p2p", default_port=p2p_port, text=p2p_text))
+    rpc_port = get_network(network).rpc_port
+    rpc_text = b.str_("kaspad.rpc") or f"127.0.0.1:{rpc_port}"
+    kaspad = KaspadConfig(p2p=b.hostport("kaspad.p2p", default_port=p2p_port, text=p2p_text),
+                          rpc=b.hostport("kaspad.rpc", default_port=rpc_port, text=rpc_text))
 
     slots = _slots(b)
     inbound = _inbound(b)
@@ -270,6 +273,19 @@ def _peers(b: Builder, network: str, mode: str, p2p_port: int) -> PeersConfig:
             ("peers.allow_direct", "mode"),
             f"peers.allow_direct = true is only allowed with mode = 'hybrid', mode is {mode!r}",
         )
+    sync_first = b.bool_("peers.sync_first")
+    if sync_first and mode != "hybrid":
+        raise b.err_any(
+            ("peers.sync_first", "mode"),
+            f"peers.sync_first = true is only allowed with mode = 'hybrid' (kaspad syncs over "
+            f"IP peers dialed directly, then the bridge switches to Tor), mode is {mode!r}; in "
+            "tor-only mode nothing is ever dialed outside Tor")
+    if sync_first and not allow_direct and b.src("peers.allow_direct") != "default":
+        raise b.err_any(
+            ("peers.allow_direct", "peers.sync_first"),
+            "peers.sync_first = true dials IP peers directly while kaspad syncs, but "
+            "peers.allow_direct = false forbids it; remove one of them")
+    allow_direct = allow_direct or sync_first
     onlynet_raw = tuple(str(x) for x in b.list_("peers.onlynet"))
     for item in onlynet_raw:
         if item not in ONLYNET_CHOICES:
@@ -285,6 +301,11 @@ def _peers(b: Builder, network: str, mode: str, p2p_port: int) -> PeersConfig:
             "in hybrid mode the bridge carries only onion traffic through Tor; IP networks in "
             "peers.onlynet need peers.allow_direct = true (dialed directly, not via Tor)",
         )
+    if sync_first and not onlynet - {"onion"}:
+        raise b.err_any(
+            ("peers.onlynet", "peers.sync_first"),
+            "peers.sync_first = true syncs kaspad over IP peers, but peers.onlynet has no IP "
+            "network (add \"ipv4\" and/or \"ipv6\")")
     for hp in connect:
         if hp.kind not in onlynet:
             raise b.err("peers.connect",
@@ -311,7 +332,9 @@ def _peers(b: Builder, network: str, mode: str, p2p_port: int) -> PeersConfig:
     refresh = b.float_("peers.refresh_interval")
     return PeersConfig(connect=tuple(connect), allow_direct=allow_direct, onlynet=onlynet,
                        refresh_interval=refresh,
-                       dns_seed=b.bool_("peers.dns_seed"), seeders=tuple(seeders))
+                       dns_seed=b.bool_("peers.dns_seed"), seeders=tuple(seeders),
+                       sync_first=sync_first,
+                       sync_first_timeout=b.float_("peers.sync_first_timeout"))
 
 
 def _relay(b: Builder, mode: str) -> RelayConfig:

@@ -152,6 +152,7 @@ def describe_allowed(key: Key) -> str:
 
 
 _PORTS = ", ".join(f"{n.short_name} {n.p2p_port}" for n in NETWORKS.values())
+_RPC_PORTS = ", ".join(f"{n.short_name} {n.rpc_port}" for n in NETWORKS.values())
 
 #: What each section is for (the comment above it in ``config/reference.toml``).
 SECTION_DOCS: Final[Mapping[str, str]] = {
@@ -210,6 +211,10 @@ _DECLARATIONS: Final = (
     Key("kaspad.p2p", "str", "",
         "kaspad's --listen address: inbound onion connections are relayed here. "
         f"Empty = 127.0.0.1:<network P2P port> ({_PORTS}); the port may be omitted."),
+    Key("kaspad.rpc", "str", "",
+        "kaspad's gRPC RPC address (--rpclisten), asked whether kaspad is synced when "
+        "peers.sync_first = true (GetServerInfo; nothing else). Empty = 127.0.0.1:<network RPC "
+        f"port> ({_RPC_PORTS}); the port may be omitted."),
     # [slots]
     Key("slots.host", "str", "127.0.0.1",
         "IP literal the slot ports listen on (no port; IPv6 without brackets). Must be loopback "
@@ -330,6 +335,16 @@ _DECLARATIONS: Final = (
         "and closes."),
     Key("peers.seeders", "list", (),
         "Seeders as '<dns name>:<port>'; [] = the network's DNS seeders."),
+    Key("peers.sync_first", "bool", False,
+        "Sync first, then Tor (hybrid mode only; implies allow_direct): while kaspad does its "
+        "initial sync the slots get IP peers dialed directly; once kaspad's RPC (kaspad.rpc) "
+        "reports it synced, the bridge switches for good to Tor only (onion peers, IP peers via "
+        "Tor exits), closing the direct connections one by one. Run kaspad with the tor-only "
+        "flags (kaspad-flags prints them) so that it has no clearnet peers of its own."),
+    Key("peers.sync_first_timeout", "float", 86400.0,
+        "Seconds after the start when the bridge switches to Tor anyway if kaspad has not "
+        "reported synced (or its RPC cannot be reached) by then.",
+        bounds=Bounds(60, 30 * 86400, zero="no limit: only kaspad's answer switches")),
     # [relay]
     Key("relay.max_message_bytes", "int", 1 << 30,
         "gRPC message cap (kaspad's own limit is 1 GiB).", bounds=Bounds(16384, 1 << 30)),

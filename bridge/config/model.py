@@ -37,6 +37,7 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class KaspadConfig:
     p2p: HostPort
+    rpc: HostPort
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class PeersConfig:
     refresh_interval: float  # 0: the bridge never asks peers for addresses itself
     dns_seed: bool
     seeders: tuple[tuple[str, int], ...]  # (): the network's seeders
+    sync_first: bool
+    sync_first_timeout: float  # 0: no limit
 
 
 @dataclass(frozen=True, slots=True)

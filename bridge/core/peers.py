@@ -82,6 +82,8 @@ class PeerSelector:
     base_backoff: float = 2.0
     max_backoff: float = 60.0
     own_onion: OnionAddress | None = None
+    #: the peer networks picked now (None: every candidate); peers.sync_first narrows it
+    kinds: frozenset[str] | None = None
     _state: dict[Target, _State] = field(default_factory=dict)
     _next: int = 0
 
@@ -97,6 +99,8 @@ class PeerSelector:
     def _eligible(self, t: Target, now: float) -> bool:
         st = self._state[t]
         if st.in_use or st.is_self or st.retry_at > now:
+            return False
+        if self.kinds is not None and t.kind not in self.kinds:
             return False
         return not (self.own_onion is not None and t.host.lower() == self.own_onion.host)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import h2.events
 import h2.exceptions
@@ -145,6 +145,18 @@ class Dialer:
             return self.policy.proxy
         return self.socks_provider() if self.socks_provider is not None else None
 
+    def is_direct(self, target: Target) -> bool:
+        """Whether ``target`` would be dialed directly (not through Tor) now."""
+        try:
+            return not target.is_onion and self.route(target) is None
+        except DialError:
+            return False
+
+    def tor_only(self) -> None:
+        """From now on every target goes through Tor: IP peers via Tor exits, never directly
+        (``peers.sync_first``'s switch; one way)."""
+        self.policy = replace(self.policy, ip_via_tor=True, allow_direct=False)
+
     def route(self, target: Target) -> ProxyEndpoint | None:
         """The proxy for ``target``, or ``None`` for a direct connection (IP and allowed only)."""
         tor = self.tor_proxy()
@@ -211,6 +223,8 @@ class Upstream:
     stream: trio.SocketStream
     #: the h2 connection (with its frame guard and budget) over ``stream``
     end: Endpoint
+    #: dialed directly, not through Tor (an IP peer in hybrid mode)
+    direct: bool = False
 
 
 @dataclass(slots=True)
@@ -224,6 +238,8 @@ class _Entry:
     taken: bool = False
     #: the idle task is writing (h2's ACKs): not ready for a slot until the write is done
     sending: bool = False
+    #: closed by the switch to Tor (dialed directly): the idle task closes the stream
+    retired: bool = False
 
 
 class WarmPool:
@@ -299,9 +315,11 @@ class WarmPool:
 
     async def _warm(self, target: Target, nursery: trio.Nursery) -> None:
         stream: trio.SocketStream | None = None
+        direct = self.dialer.is_direct(target)
         try:
             self.events = self.events.bump(dialed=1)
             stream = await self.dialer.dial(target)
+            direct = direct or self.dialer.is_direct(target)
             conn = new_upstream_connection(self.relay_settings)
             await h2io.h2_client_handshake(stream, conn, self.handshake_timeout)
         except (BridgeError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
@@ -324,7 +342,15 @@ class WarmPool:
         finally:
             self._dialing -= 1
             self._notify()
-        entry = _Entry(Upstream(target, stream, conn), trio.Event())
+        if direct and not self.dialer.policy.allow_direct:
+            # dialed directly before the switch to Tor only (peers.sync_first): not for kaspad
+            self.selector.release(target)
+            log.info("upstream %s dialed directly before the switch to Tor: closed, not used",
+                     target)
+            await trio.aclose_forcefully(stream)
+            self._notify()
+            return
+        entry = _Entry(Upstream(target, stream, conn, direct), trio.Event())
         self._ready.append(entry)
         self.events = self.events.bump(ready=1)
         if self.on_ready is not None:
@@ -339,7 +365,7 @@ class WarmPool:
             await self._serve_idle(entry)
         finally:
             entry.exited.set()
-            if not entry.taken and not entry.dead:
+            if entry.retired or (not entry.taken and not entry.dead):
                 # cancelled (the daemon shuts down): nobody else will close it
                 entry.dead = True
                 await trio.aclose_forcefully(entry.up.stream)
@@ -440,6 +466,11 @@ class WarmPool:
                 self._notify()
                 if entry.dead:
                     continue
+                if entry.up.direct and not self.dialer.policy.allow_direct:
+                    self._retire_direct(entry)
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await entry.up.stream.aclose()
+                    continue
                 if self.busy is not None and entry.up.target in self.busy():
                     log.info("warm upstream %s not used: its node is connected to kaspad "
                              "already", entry.up.target)
@@ -450,6 +481,24 @@ class WarmPool:
                 self.events = self.events.bump(taken=1)
                 return entry.up
         return None
+
+    def _retire_direct(self, entry: _Entry) -> None:
+        """Close a directly dialed warm connection without penalty (the switch to Tor): its
+        idle task closes it on its way out (:meth:`_keep`)."""
+        entry.taken = entry.retired = True
+        entry.scope.cancel()
+        self.selector.release(entry.up.target)
+        self.events = self.events.bump(dropped=1)
+
+    def drop_direct(self) -> int:
+        """Close every warm connection that was dialed directly (``peers.sync_first``'s switch
+        to Tor); the number closed. The pool refills through Tor."""
+        direct = [e for e in self._ready if e.up.direct]
+        self._ready = [e for e in self._ready if not e.up.direct]
+        for entry in direct:
+            self._retire_direct(entry)
+        self._notify()
+        return len(direct)
 
     def duplicate(self, target: Target, delay: float = DUPLICATE_DEFER) -> None:
         """``target``'s node id is connected to kaspad already (seen in its Version, or known

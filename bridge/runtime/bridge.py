@@ -42,6 +42,7 @@ import itertools
 import logging
 import threading
 import time
+from dataclasses import replace
 from functools import partial
 
 import trio
@@ -70,6 +71,7 @@ from bridge.runtime.bridge_relays import (
     inbound_handler,
     slot_handler,
 )
+from bridge.runtime.bridge_sync import SyncFirst, sync_first_loop
 from bridge.runtime.stats import (
     DIRECTIONS,
     KINDS,
@@ -167,6 +169,10 @@ class Bridge:
         #: onion peers refused before kaspad answered: one line per 10 s at most, with a count
         self._log_inbound_refused = _Throttled(logging.INFO, every=10.0)
         self.started = trio.Event()
+        if options.sync_first is not None:  # nothing until kaspad's RPC answered once
+            self.pick_kinds(frozenset())
+        #: peers.sync_first's switch (None: not configured), created when the bridge runs
+        self.sync: SyncFirst | None = None
 
     def _retire(self, info: RelayInfo) -> None:
         """A relay closed: its counters go into the totals, its error into the recent errors."""
@@ -202,12 +208,23 @@ class Bridge:
                                 if float(c.get("retry_at") or 0) > now)),
             relays=relays, totals=totals,
             relay_latency={(kind, direction): getattr(t, direction).snapshot()
-                           for kind, t in self.timing.items() for direction in DIRECTIONS})
+                           for kind, t in self.timing.items() for direction in DIRECTIONS},
+            sync=self.sync.stats(now) if self.sync is not None else None)
 
     @property
     def max_slot_connections(self) -> int:
         cap = self.options.max_slot_connections
         return cap if cap is not None else max(8, 4 * len(self.options.slot_ports))
+
+    def pick_kinds(self, kinds: frozenset[str]) -> None:
+        """Pick only candidates of these peer networks from now on (``peers.sync_first``: IP
+        peers while kaspad syncs, then every network of ``onlynet``)."""
+        sel = self.selector
+        if isinstance(sel, BookSelector):
+            sel.policy = replace(sel.policy, kinds=kinds)  # type: ignore[arg-type]
+        elif isinstance(sel, PeerSelector):
+            sel.kinds = kinds
+        self.pool.poke()
 
     def learned(self, event: OnionsLearned | AddressesLearned) -> None:
         """What a relay's policy learned from gossip (its runner's ``on_learned``): onions
@@ -240,6 +257,9 @@ class Bridge:
                 nursery.start_soon(book_writer, self)
             if self.options.seeders and self.book is not None:
                 nursery.start_soon(seed_loop, self)
+            if self.options.sync_first is not None:
+                self.sync = SyncFirst(self.options.sync_first, trio.current_time())
+                nursery.start_soon(sync_first_loop, self, self.sync)
             log.info("bridge up: slots %s on %s, inbound %s, %d candidates",
                      self.slot_ports, self.options.slot_host, self.inbound_port,
                      len(self.options.candidates))

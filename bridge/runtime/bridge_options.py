@@ -23,6 +23,32 @@ KASPAD_RESPONSE_DEADLINE = 9.0
 KASPAD_VERSION_TIMEOUT = 4.0
 
 
+@dataclass(frozen=True, slots=True)
+class SyncFirstOptions:
+    """``peers.sync_first``: direct IP upstreams while kaspad syncs, Tor only once it is synced
+    (:mod:`bridge.runtime.bridge_sync`)."""
+
+    #: kaspad's gRPC RPC (``kaspad.rpc``)
+    rpc: tuple[str, int]
+    #: kaspad's ``networkId`` for the configured network ("mainnet", "testnet-10", "simnet")
+    network_id: str
+    #: seconds after the start when the bridge switches anyway (None: never)
+    timeout: float | None = 86400.0
+    #: seconds between two GetServerInfo requests
+    poll_interval: float = 5.0
+    #: seconds an RPC connection or answer may take
+    rpc_timeout: float = 10.0
+    #: at the switch, the next direct slot relay is closed at least this many seconds after
+    #: the previous one, and once the previous slot has a Tor upstream again (kaspad retries a
+    #: closed --addpeer within 30 s, protocol.md §10.2) or ``stagger_max`` seconds have passed:
+    #: kaspad never loses all its slot peers at once
+    stagger: float = 10.0
+    stagger_max: float = 120.0
+    #: written at the switch; when it exists at start the bridge starts on Tor only (the switch
+    #: is one way across restarts too). None: not kept
+    state_file: Path | None = None
+
+
 @dataclass(slots=True)
 class BridgeOptions:
     kaspad_p2p: tuple[str, int]
@@ -89,3 +115,5 @@ class BridgeOptions:
     #: re-harvest the seeders while the book has fewer usable peers than this
     seed_below: int = 16
     seed_interval: float = 1800.0
+    #: sync first, then Tor (None: the dial policy never changes)
+    sync_first: SyncFirstOptions | None = None

@@ -57,6 +57,10 @@ class RelayInfo:
     target: Target | None
     relay: Relay
     started: float
+    #: the upstream was dialed directly, not through Tor (hybrid mode's IP peers)
+    direct: bool = False
+    #: the relay's shell (set once it runs): the switch to Tor closes direct slot relays
+    runner: RelayRunner | None = None
 
     @property
     def label(self) -> str:
@@ -65,7 +69,7 @@ class RelayInfo:
 
     def stats(self, now: float) -> RelayStats:
         return relay_stats(self.id, self.kind, self.label, self.local_port, self.target,
-                           self.relay, self.started, now)
+                           self.relay, self.started, now, direct=self.direct)
 
 
 def _policy(bridge: Bridge, label: str, conn_label: str) -> ConnectionPolicy:
@@ -92,9 +96,11 @@ async def slot_handler(bridge: Bridge, stream: trio.SocketStream) -> None:
         if up.target.is_onion:
             policy.remote_onion = OnionAddress.parse(up.target.host)
         info.target = up.target
+        info.direct = up.direct
         relay.upstream_authority = up.target.authority
-        log.info("%s: kaspad connected, relaying to %s%s", label, up.target,
-                 " (instead)" if relay.upstreams_dropped else "")
+        log.info("%s: kaspad connected, relaying to %s%s%s", label, up.target,
+                 " (instead)" if relay.upstreams_dropped else "",
+                 " (direct, not via Tor)" if up.direct else "")
         return up.stream, up.end
 
     def on_drop(_dropped: Dropped) -> None:
@@ -103,12 +109,14 @@ async def slot_handler(bridge: Bridge, stream: trio.SocketStream) -> None:
         if taken:
             bridge.pool.duplicate(taken.pop())
         info.target = None
+        info.direct = False
 
     relay = Relay(policy, kaspad_side=Side.DOWN, upstream_authority=b"",
                   settings=bridge.options.relay, screen=True, timing=bridge.timing["slot"])
     info = RelayInfo(rid, "slot", local_port, None, relay, trio.current_time())
     bridge.relays[rid] = info
     runner = RelayRunner(relay, stream, label)
+    info.runner = runner
     runner.on_drop = on_drop
     runner.on_learned = bridge.learned
     try:

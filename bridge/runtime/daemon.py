@@ -187,9 +187,11 @@ class Daemon:
         """Listeners up and, when the mode needs Tor, Tor usable and (with
         ``tor.listen_onion``) the onion published."""
         cfg = self.cfg
+        sync = self.bridge.sync if self.bridge is not None else None
         return health(listeners_up=self.bridge is not None and self.bridge.started.is_set(),
                       tor=self.supervisor.status if self.supervisor is not None else None,
-                      needs_tor=cfg.mode == "tor-only" or cfg.tor.listen_onion,
+                      needs_tor=(cfg.mode == "tor-only" or cfg.tor.listen_onion
+                                 or (sync is not None and sync.gate.switched)),
                       needs_onion=cfg.tor.listen_onion)
 
     def snapshot(self) -> Snapshot:

@@ -248,6 +248,18 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
             for k, v in bridge.book_writer.items():
                 batches.add_metric([k], v)
             yield batches
+        if bridge.sync is not None:
+            phase = GaugeMetricFamily(
+                "ktb_sync_phase", "peers.sync_first: 1 for the current phase (syncing: IP peers "
+                "dialed directly while kaspad syncs; tor: Tor only, for good)", labels=["phase"])
+            for name in ("syncing", "tor"):
+                phase.add_metric([name], 1 if bridge.sync.phase == name else 0)
+            yield phase
+            yield gauge("ktb_sync_kaspad_synced", "peers.sync_first: kaspad's last answer "
+                        "(1 synced, 0 syncing, -1 unknown: its RPC gave no usable answer)",
+                        {True: 1, False: 0, None: -1}[bridge.sync.kaspad_synced])
+        yield gauge("ktb_slots_direct", "Slot relays on an upstream dialed directly (not "
+                    "through Tor)", sum(1 for r in relays if r.kind == "slot" and r.direct))
         yield gauge("ktb_candidates", "Known upstream candidates", bridge.candidates.total)
         yield gauge("ktb_candidates_backing_off", "Candidates waiting for a retry",
                     bridge.candidates.backing_off)

@@ -86,10 +86,13 @@ class RelayStats:
     buffered: int  # bytes held by the relay
     rewrites: RewriteStats
     closing: str | None
+    #: the upstream was dialed directly, not through Tor (hybrid mode's IP peers)
+    direct: bool = False
 
 
 def relay_stats(id: int, kind: str, label: str, local_port: int, target: Target | None,
-                relay: Relay, started: float, now: float) -> RelayStats:
+                relay: Relay, started: float, now: float, *, direct: bool = False
+                ) -> RelayStats:
     """The stats of one live relay (:class:`bridge.runtime.bridge.RelayInfo`)."""
     st = relay.stats()
     remote = relay.policy.remote
@@ -101,7 +104,7 @@ def relay_stats(id: int, kind: str, label: str, local_port: int, target: Target 
         handshake=bool(remote.node_id), age=round(max(0.0, now - started), 1),
         traffic=TrafficStats.of(st), buffered=st["buffered"],
         rewrites=RewriteStats.of(relay.policy.counters),
-        closing=closed.reason if closed is not None else None)
+        closing=closed.reason if closed is not None else None, direct=direct)
 
 
 def _printable(text: str, limit: int = 64) -> str:
@@ -180,6 +183,24 @@ class CandidateStats:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncStats:
+    """``peers.sync_first``: the phase, what kaspad last said, the switch. Times are seconds
+    ago (``*_ago``) or from now (``switch_in``), None when not applicable."""
+
+    phase: str  # "syncing" | "tor"
+    kaspad_synced: bool | None
+    reason: str
+    switched_ago: float | None
+    last_answer_ago: float | None
+    rpc: str
+    rpc_problem: str
+    switch_in: float | None
+    #: slot relays and warm connections on direct upstreams closed at the switch
+    closed_direct_relays: int = 0
+    closed_direct_warm: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeStats:
     """What :meth:`bridge.runtime.bridge.Bridge.stats` reports."""
 
@@ -198,6 +219,8 @@ class BridgeStats:
     #: gRPC message latency inside the bridge (first byte in to last byte handed on), by
     #: (kind, direction): ("slot" | "inbound", "from_kaspad" | "from_remote")
     relay_latency: Mapping[tuple[str, str], HistogramSnapshot] = field(default_factory=dict)
+    #: peers.sync_first's switch (None: not configured)
+    sync: SyncStats | None = None
 
 
 @dataclass(frozen=True, slots=True)

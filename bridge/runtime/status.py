@@ -46,6 +46,7 @@ def _relay_json(r: RelayStats) -> dict[str, Any]:
         "buffered": r.buffered,
         "rewrites": dict(r.rewrites.items()),
         "closing": r.closing,
+        "direct": r.direct,
     }
 
 
@@ -129,6 +130,13 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
             # learned entries refused (not public, over their source's quota) or evicted, and
             # the writer's batches (stored, dropped while it was behind, failed)
             "entries": dict(book.learned.items()), "batches": dict(b.book_writer.items())}
+        sy = b.sync
+        out["sync_first"] = None if sy is None else {
+            "phase": sy.phase, "kaspad_synced": sy.kaspad_synced, "reason": sy.reason,
+            "switched_ago": sy.switched_ago, "last_answer_ago": sy.last_answer_ago,
+            "rpc": sy.rpc, "rpc_problem": sy.rpc_problem, "switch_in": sy.switch_in,
+            "closed_direct_relays": sy.closed_direct_relays,
+            "closed_direct_warm": sy.closed_direct_warm}
         c = b.candidates
         out["candidates"] = {"total": c.total, "in_use": c.in_use, "backing_off": c.backing_off}
         totals = b.totals
@@ -136,6 +144,7 @@ def to_json(snap: Snapshot) -> dict[str, Any]:
         out["pool"] = {"size": snap.pool_size, "ready": 0, "stats": {}}
         out["dial"] = {"dials": 0, "failures": {}}
         out["closed"] = {}
+        out["sync_first"] = None
         out["candidates"] = {"total": 0, "in_use": 0, "backing_off": 0}
         totals = Totals()
     out["totals"] = {
@@ -181,6 +190,21 @@ def _short_peer(peer: str) -> str:
     if host.endswith(".onion") and len(host) > 30:
         host = host[:16] + "…" + host[-10:]
     return f"{host}{sep}{port}" if sep else peer
+
+
+def _sync_line(sync: Mapping[str, Any]) -> str:
+    """``peers.sync_first``'s phase for the status screen."""
+    if sync.get("phase") == "tor":
+        return (f"Tor only since {_age(sync.get('switched_ago'))} ago: {sync.get('reason')}; "
+                f"closed {sync.get('closed_direct_relays', 0)} direct slot relays, "
+                f"{sync.get('closed_direct_warm', 0)} direct warm connections")
+    synced = sync.get("kaspad_synced")
+    state = ("kaspad syncing" if synced is False else "kaspad synced" if synced
+             else f"kaspad's sync state unknown: {sync.get('rpc_problem')}")
+    limit = sync.get("switch_in")
+    return (f"SYNCING over direct IP peers ({state}; RPC {sync.get('rpc')}); Tor only once "
+            "kaspad reports synced"
+            + (f", at the latest in {_age(limit)}" if limit is not None else ""))
 
 
 def render(snap: Mapping[str, Any]) -> RenderableType:
@@ -243,6 +267,9 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
                                     "proof-of-work OFF (this tor lacks it)" if pow_on is False
                                     else "proof-of-work off (tor.onion_pow = false)")
                       + f"  streams per circuit: {streams or 'unlimited'}")
+    sync = snap.get("sync_first")
+    if sync:
+        tor_t.add_row("sync first", _sync_line(sync))
     tor_t.add_row("gossip", f"onion peers learned: {snap.get('known_onions', 0)}")
     pool = snap.get("pool", {})
     ps = pool.get("stats", {})
@@ -285,6 +312,8 @@ def render(snap: Mapping[str, Any]) -> RenderableType:
             peers.add_row(label, Text(empty, style="dim"), "", "", "", "", "")
             return
         peer = r.get("peer") or ("(tor peer)" if r.get("kind") == "inbound" else "(waiting)")
+        if r.get("direct"):
+            peer = f"{peer} (direct)"
         peers.add_row(label, esc(_short_peer(str(peer))), esc(r.get("user_agent") or "-"),
                       _age(r.get("age")),
                       _bytes(int(r.get("bytes_from_kaspad", 0))),

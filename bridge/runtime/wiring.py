@@ -11,6 +11,10 @@ from bridge.net.pool import DialPolicy
 from bridge.net.runner import StallPolicy
 from bridge.net.socks import ProxyEndpoint
 from bridge.runtime.bridge import BridgeOptions
+from bridge.runtime.bridge_options import SyncFirstOptions
+
+#: in <data_dir>/<network>/: kaspad was synced once, the bridge stays on Tor only
+SYNC_FIRST_STATE_FILE = "sync_first.switched"
 
 
 def _proxy(hp: HostPort | None) -> ProxyEndpoint | None:
@@ -39,9 +43,11 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         onlynet=cfg.peers.onlynet,
         book_path=cfg.data_dir / "peers.sqlite",
         refresh_interval=cfg.peers.refresh_interval or None,
-        # DNS seeding through Tor only in tor-only mode (in hybrid kaspad seeds itself)
+        # DNS seeding through Tor only when kaspad does not seed itself: tor-only mode, and
+        # sync_first (kaspad runs with the tor-only flags)
         seeders=(list(cfg.peers.seeders or get_network(cfg.network).seeder_targets())
-                 if cfg.mode == "tor-only" and cfg.peers.dns_seed else []),
+                 if (cfg.mode == "tor-only" or cfg.peers.sync_first) and cfg.peers.dns_seed
+                 else []),
         pool_size=cfg.pool.size,
         slot_wait=cfg.pool.slot_wait,
         h2_handshake_timeout=cfg.pool.handshake_timeout,
@@ -58,6 +64,12 @@ def bridge_options(cfg: Config) -> BridgeOptions:
         policy=PolicySettings(advertise_address=cfg.relay.advertise_address, via_tor=True,
                               max_rewrite_bytes=cfg.relay.max_rewrite_bytes),
         own_onion=own,
+        sync_first=(SyncFirstOptions(
+            rpc=(cfg.kaspad.rpc.host, cfg.kaspad.rpc.port),
+            network_id=get_network(cfg.network).short_name,
+            timeout=cfg.peers.sync_first_timeout or None,
+            state_file=cfg.network_dir / SYNC_FIRST_STATE_FILE) if cfg.peers.sync_first
+            else None),
     )
 
 
@@ -65,11 +77,13 @@ def kaspad_flags(cfg: Config) -> list[str]:
     """The flags an unmodified kaspad needs to use this bridge (protocol.md §10.1).
 
     ``--addpeer`` (not ``--connect``, which would disable kaspad's listener and so the onion
-    inbound) per slot. In tor-only mode kaspad must not reach the network itself.
+    inbound) per slot. In tor-only mode kaspad must not reach the network itself, nor with
+    ``peers.sync_first`` (its clearnet sync goes through the bridge's slots, which switch to Tor
+    once it is synced; peers of its own would stay on clearnet).
     """
     flags = list(get_network(cfg.network).kaspad_flags)
     flags += [f"--addpeer={ep}" for ep in cfg.slots.endpoints()]
-    if cfg.mode == "tor-only":
+    if cfg.mode == "tor-only" or cfg.peers.sync_first:
         flags += ["--outpeers=0", "--nodnsseed", f"--listen={cfg.kaspad.p2p}", "--disable-upnp"]
     # hybrid: kaspad keeps its own clearnet networking (default listen 0.0.0.0, which also
     # serves the onion inbound relayed to kaspad.p2p on loopback).
