@@ -166,7 +166,8 @@ class Bridge:
         self._log_full = _Throttled(logging.WARNING)
         self._log_silent = _Throttled(logging.WARNING)
         self._log_accept = _Throttled(logging.WARNING)
-        #: onion peers refused before kaspad answered: one line per 10 s at most, with a count
+        #: onion peers closed for their own fault or refused before kaspad answered: one line
+        #: per 10 s at most, with a count
         self._log_inbound_refused = _Throttled(logging.INFO, every=10.0)
         self.started = trio.Event()
         if options.sync_first is not None:  # nothing until kaspad's RPC answered once

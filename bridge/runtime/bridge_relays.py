@@ -174,10 +174,12 @@ def _finish(bridge: Bridge, runner: RelayRunner, policy: ConnectionPolicy,
         return
     line = runner.close_line()
     if (line is not None and runner.relay.kaspad_side is Side.UP
-            and not runner.relay.response_started and (err is None or err.fault is Fault.REMOTE)):
-        # An onion peer refused before kaspad answered (a bad Version, a flood, a timeout):
-        # anyone can connect to the onion, so these lines are throttled (the log's disk is a
-        # cost too); each one is still counted in /status and logged at debug level.
+            and (err.fault is Fault.REMOTE if err is not None
+                 else not runner.relay.response_started)):
+        # An onion peer closed for its own fault (a bad Version, a flood, an over-long
+        # Addresses, a timeout) or refused before kaspad answered: anyone can connect to the
+        # onion, so these lines are throttled (the log's disk is a cost too); each one is still
+        # counted in /status and logged at debug level.
         log.debug("%s", line[1])
         bridge._log_inbound_refused("%s", line[1])
     else:
