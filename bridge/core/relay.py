@@ -149,7 +149,6 @@ class Relay:
         self._culprit_code: int | None = None
         #: hold the remote back from kaspad until its Version passed, see the module docstring
         #: (slot relays: the remote's response; the onion inbound: kaspad is not even dialed)
-        self.screen = screen
         self.screening = screen
         #: the onion inbound's form of screening: the relay answers the remote's request itself
         self.gated = screen and kaspad_side is Side.UP
@@ -620,11 +619,8 @@ def response_headers_for(request: Sequence[tuple[bytes, bytes]] | Sequence[tuple
     """The response HEADERS kaspad's server sends for ``request`` (protocol.md §2.5): status
     200, the gRPC content type, and ``grpc-encoding: gzip`` when the client accepts gzip (kaspad
     then compresses its messages; otherwise it sends them plain, flag 0)."""
-    accept = b""
-    for k, v in request:
-        kb = k.encode() if isinstance(k, str) else k
-        if kb == b"grpc-accept-encoding":
-            accept = v.encode() if isinstance(v, str) else v
+    picked = _pick(request, (b"grpc-accept-encoding",))
+    accept = picked[-1][1] if picked else b""
     out = [(b":status", b"200"), (b"content-type", b"application/grpc")]
     if b"gzip" in (e.strip() for e in accept.split(b",")):
         out.append((b"grpc-encoding", b"gzip"))

@@ -448,7 +448,8 @@ class RelayRunner:
             return level, f"{self.label} closed: {err.describe()}; stats={stats}"
         return logging.INFO, f"{self.label} closed: {closed.reason}; stats={stats}"
 
-    def log_close(self) -> None:
-        line = self.close_line()
+    def log_close(self, line: tuple[int, str] | None = None) -> None:
+        """Log the relay's end (``line``: :meth:`close_line`'s, when the caller has it)."""
+        line = line or self.close_line()
         if line is not None:
             log.log(line[0], "%s", line[1])

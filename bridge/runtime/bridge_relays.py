@@ -183,7 +183,7 @@ def _finish(bridge: Bridge, runner: RelayRunner, policy: ConnectionPolicy,
         log.debug("%s", line[1])
         bridge._log_inbound_refused("%s", line[1])
     else:
-        runner.log_close()
+        runner.log_close(line)
     if isinstance(err, DuplicatePeer):
         # kaspad has that node connected already: nobody's fault
         bridge.closed_count = bridge.closed_count.bump(refused=1)
