@@ -19,6 +19,11 @@ from bridge.core.onion import OnionAddress, is_onion_host
 Kind = Literal["onion", "ipv4", "ipv6"]
 
 
+def hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (an authority, a socket address to show)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     host: str  # onion host ("<56>.onion"), IPv4 or IPv6 literal (no brackets)
@@ -37,8 +42,7 @@ class Target:
     @property
     def authority(self) -> bytes:
         """The HTTP/2 ``:authority`` kaspad's tonic would send for this peer."""
-        h = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{h}:{self.port}".encode()
+        return hostport(self.host, self.port).encode()
 
     def __str__(self) -> str:
         return self.authority.decode()

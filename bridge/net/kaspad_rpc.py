@@ -15,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from bridge.core.kaspad_rpc import RpcClient, RpcClosed, RpcError, ServerInfo
+from bridge.core.peers import hostport
 from bridge.net import h2io
 
 log = logging.getLogger("bridge.sync")
@@ -73,7 +74,7 @@ async def poll_server_info(host: str, port: int, *, interval: float, timeout: fl
                            on_answer: Callable[[ServerInfo], None],
                            on_problem: Callable[[str], None]) -> None:
     """Forever: GetServerInfo from kaspad's RPC at ``host:port`` every ``interval`` seconds."""
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authority = hostport(host, port)
     while True:
         stream: trio.SocketStream | None = None
         try:

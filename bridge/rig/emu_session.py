@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from bridge.core.peers import hostport
 from bridge.rig import emu_flows
 from bridge.rig.emu_codec import (
     _fmt_secs,
@@ -201,7 +202,7 @@ class PeerSession:
 
     def _dial(self, host: str, port: int) -> None:
         cfg = self.config
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        target = hostport(host, port)
         try:
             channel = grpc.insecure_channel(
                 target, options=CLIENT_OPTIONS, compression=grpc.Compression.Gzip

@@ -85,6 +85,7 @@ from typing import Any
 
 import grpc
 
+from bridge.core.peers import hostport
 from bridge.rig.emu_codec import (
     _identity,
     _parse_grpc_peer,
@@ -190,7 +191,7 @@ class KaspadEmulator:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("protowire.P2P", {"MessageStream": handler}),)
         )
-        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        addr = hostport(host, port)
         bound: int = server.add_insecure_port(addr)
         if not bound:
             raise OSError(f"cannot bind {addr}")
@@ -201,7 +202,7 @@ class KaspadEmulator:
 
     def dial(self, host: str, port: int) -> PeerSession:
         """Connect like kaspad's outbound ConnectionHandler::connect (returns immediately)."""
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        target = hostport(host, port)
         session = PeerSession(self, "outbound", target, host)
         self._add_session(session)
         threading.Thread(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from bridge.core.kaspad_rpc import ServerInfo
+from bridge.core.peers import hostport
 from bridge.core.sync_first import SyncGate
 from bridge.net.kaspad_rpc import poll_server_info
 from bridge.runtime.stats import SyncStats
@@ -61,7 +62,7 @@ class SyncFirst:
     @property
     def rpc(self) -> str:
         host, port = self.options.rpc
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return hostport(host, port)
 
     def stats(self, now: float) -> SyncStats:
         st = self.gate.state()

@@ -58,6 +58,7 @@ from prometheus_client.registry import Collector
 
 from bridge.core.errors import BridgeError, Fault
 from bridge.core.histogram import DIAL_BUCKETS, RELAY_BUCKETS, WARM_BUCKETS, HistogramSnapshot
+from bridge.core.peers import hostport
 from bridge.net.pool import DIAL_OUTCOMES, DIAL_ROUTES
 from bridge.runtime.stats import DIRECTIONS, KINDS, Health, Snapshot, Totals
 from bridge.runtime.status import to_json
@@ -389,10 +390,10 @@ class ObserveServer:
         self.bound_port = int(listeners[0].socket.getsockname()[1])
         if self.public:
             log.info("address-free /metrics and /health on http://%s/ (metrics.public_listen; "
-                     "no /status there)", _hostport(self.host, self.bound_port))
+                     "no /status there)", hostport(self.host, self.bound_port))
         else:
             log.info("metrics/health/status on http://%s/ (loopback only)",
-                     _hostport(self.host, self.bound_port))
+                     hostport(self.host, self.bound_port))
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._handle, listeners)
             task_status.started(self.bound_port)
@@ -521,6 +522,3 @@ class ObserveServer:
             return _response(500, "Internal Server Error", b"internal error\n", "text/plain")
         return _response(404, "Not Found", b"not found\n", "text/plain", head_only)
 
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -25,6 +25,7 @@ import stem.response
 import stem.socket
 import trio
 
+from bridge.core.peers import hostport
 from bridge.tor.control_connect import (
     _close_in_background,
     _connect_sync,
@@ -311,7 +312,7 @@ class TorControl:
         ``pow`` module) refuses the command naming them; it is then sent again without them and
         :attr:`AddedOnion.pow` says so. ``MaxStreams`` is older (0.2.7) and always sent."""
         host, port = target
-        tgt = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        tgt = hostport(host, port)
         if key is None:
             ktype, kcontent = "NEW", "ED25519-V3"
         else:
