@@ -435,3 +435,57 @@ async def test_version_bombs_never_reach_kaspad_and_their_log_is_throttled(
     assert len([r for r in lines if r.levelno == logging.DEBUG]) == 30
     info = [r for r in lines if r.levelno >= logging.INFO]
     assert 1 <= len(info) <= 2, [r.getMessage() for r in info]
+
+
+async def test_gated_inbound_bounds_the_wait_for_a_version() -> None:
+    """The gate's two clocks (issue G): a peer that has started its Version must finish it
+    within ``inbound_version_timeout`` (kaspad is never dialed for it), and a peer that stays
+    silent after its request gets kaspad dialed after ``inbound_silent_window`` (another
+    bridge's slot waits for our kaspad's Version first)."""
+    from bridge.runtime.bridge import Bridge, BridgeOptions
+    from tests.faults.remote import RawClient
+
+    dials = 0
+
+    async def kaspad(stream: trio.SocketStream) -> None:
+        nonlocal dials
+        dials += 1
+        with trio.move_on_after(10):
+            while await stream.receive_some(65536):
+                pass
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, kaspad, 0,
+                                                          host="127.0.0.1"))
+        opts = BridgeOptions(kaspad_p2p=("127.0.0.1", listeners[0].socket.getsockname()[1]),
+                             candidates=[], slot_ports=[], inbound=("127.0.0.1", 0),
+                             inbound_accept_rate=None, inbound_version_timeout=1.0,
+                             inbound_silent_window=0.3)
+        bridge = Bridge(opts)
+        await nursery.start(bridge.run)
+        assert bridge.inbound_port is not None
+
+        partial = await RawClient.connect(bridge.inbound_port)
+        await partial.preface()
+        await partial.open_stream()
+        await partial.pump(lambda c: c.status is not None)
+        await partial.send(b"\x00\x00\x00\x01\x00")  # a 256-byte message's prefix, no more
+        t0 = trio.current_time()
+        with trio.fail_after(5):
+            await partial.pump(lambda c: c.grpc_status is not None)
+        took = trio.current_time() - t0
+        assert 0.8 <= took < 3.0, took
+        assert partial.grpc_status == b"14" and b"Version" in partial.grpc_message
+        assert dials == 0
+        await partial.aclose()
+
+        silent = await RawClient.connect(bridge.inbound_port)
+        await silent.preface()
+        await silent.open_stream()
+        await silent.pump(lambda c: c.status is not None)
+        await trio.sleep(0.1)
+        assert dials == 0  # not yet: within the silent window
+        await until(lambda: dials == 1, 3, "kaspad dialed for the silent peer")
+        await silent.aclose()
+        nursery.cancel_scope.cancel()
